@@ -1,0 +1,190 @@
+//! One TURN allocation (RFC 8656 §2.2) with its permissions and channel bindings.
+//!
+//! Owns: per-allocation tables and their expiry. Lookups on the packet path are
+//! linear scans over small, capped vectors: no hashing of attacker-chosen keys,
+//! no allocation per packet.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::auth::Key;
+use crate::channel::ChannelNumber;
+use crate::limit::TokenBucket;
+
+/// How long a permission lives (RFC 8656 §9).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// How long a channel binding lives (RFC 8656 §12).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// After a binding expires, neither its number nor its peer may be rebound to
+/// something else for this long (RFC 8656 §12).
+pub const CHANNEL_QUARANTINE: Duration = Duration::from_secs(300);
+
+/// The client side of an allocation: the client's address and the listener it
+/// reached us on (the transport is always UDP here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    /// The client's (server-reflexive) transport address.
+    pub client: SocketAddr,
+    /// Our listening address the client sent to.
+    pub listener: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Permission {
+    pub(crate) ip: IpAddr,
+    pub(crate) expires: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelBinding {
+    pub(crate) number: ChannelNumber,
+    pub(crate) peer: SocketAddr,
+    pub(crate) expires: Instant,
+}
+
+impl ChannelBinding {
+    fn usable(&self, now: Instant) -> bool {
+        now < self.expires
+    }
+    fn reserved(&self, now: Instant) -> bool {
+        now < self.expires + CHANNEL_QUARANTINE
+    }
+}
+
+/// Why a ChannelBind cannot be honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BindConflict {
+    /// The number is bound to another peer, or the peer to another number.
+    Conflict,
+    /// The allocation holds as many channels as allowed.
+    Full,
+}
+
+pub(crate) struct Allocation {
+    pub(crate) five_tuple: FiveTuple,
+    pub(crate) username: Box<str>,
+    pub(crate) key: Key,
+    pub(crate) expires: Instant,
+    /// Local bind addresses of the relay sockets (IPv4, IPv6).
+    pub(crate) relay_v4: Option<SocketAddr>,
+    pub(crate) relay_v6: Option<SocketAddr>,
+    pub(crate) permissions: Vec<Permission>,
+    pub(crate) channels: Vec<ChannelBinding>,
+    pub(crate) to_peer_bucket: TokenBucket,
+    pub(crate) to_client_bucket: TokenBucket,
+    pub(crate) packets_to_peer: u64,
+    pub(crate) packets_to_client: u64,
+    pub(crate) created: Instant,
+}
+
+impl Allocation {
+    pub(crate) fn relay_for(&self, peer: &SocketAddr) -> Option<SocketAddr> {
+        if peer.is_ipv4() {
+            self.relay_v4
+        } else {
+            self.relay_v6
+        }
+    }
+
+    pub(crate) fn has_family_of(&self, ip: &IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.relay_v4.is_some(),
+            IpAddr::V6(_) => self.relay_v6.is_some(),
+        }
+    }
+
+    pub(crate) fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| p.ip == ip && now < p.expires)
+    }
+
+    /// Install or refresh a permission; false when the table is full.
+    pub(crate) fn permit(&mut self, ip: IpAddr, now: Instant, cap: usize) -> PermitResult {
+        let expires = now + PERMISSION_LIFETIME;
+        if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
+            p.expires = expires;
+            return PermitResult::Refreshed;
+        }
+        self.permissions.retain(|p| now < p.expires);
+        if self.permissions.len() >= cap {
+            return PermitResult::Full;
+        }
+        self.permissions.push(Permission { ip, expires });
+        PermitResult::Created
+    }
+
+    /// Whether a permission for `ip` could be installed (refresh, free slot, or an
+    /// expired one to reuse) without changing anything.
+    pub(crate) fn can_permit(&self, ip: IpAddr, now: Instant, cap: usize) -> bool {
+        self.permissions.iter().any(|p| p.ip == ip)
+            || self.permissions.iter().filter(|p| now < p.expires).count() < cap
+    }
+
+    pub(crate) fn channel_by_number(&self, number: u16, now: Instant) -> Option<&ChannelBinding> {
+        self.channels
+            .iter()
+            .find(|c| c.number.get() == number && c.usable(now))
+    }
+
+    pub(crate) fn channel_by_peer(&self, peer: &SocketAddr, now: Instant) -> Option<ChannelNumber> {
+        self.channels
+            .iter()
+            .find(|c| c.peer == *peer && c.usable(now))
+            .map(|c| c.number)
+    }
+
+    /// Check a ChannelBind without changing anything.
+    pub(crate) fn check_bind(
+        &self,
+        number: ChannelNumber,
+        peer: SocketAddr,
+        now: Instant,
+        cap: usize,
+    ) -> Result<(), BindConflict> {
+        let mut live = 0;
+        for c in self.channels.iter().filter(|c| c.reserved(now)) {
+            live += 1;
+            let same_number = c.number == number;
+            let same_peer = c.peer == peer;
+            if same_number != same_peer {
+                return Err(BindConflict::Conflict);
+            }
+            if same_number {
+                return Ok(());
+            }
+        }
+        if live >= cap {
+            return Err(BindConflict::Full);
+        }
+        Ok(())
+    }
+
+    /// Bind or refresh, after `check_bind` said yes. Returns true for a new binding.
+    pub(crate) fn bind(&mut self, number: ChannelNumber, peer: SocketAddr, now: Instant) -> bool {
+        let expires = now + CHANNEL_LIFETIME;
+        if let Some(c) = self
+            .channels
+            .iter_mut()
+            .find(|c| c.number == number && c.peer == peer)
+        {
+            c.expires = expires;
+            return false;
+        }
+        self.channels.retain(|c| c.reserved(now));
+        self.channels.push(ChannelBinding {
+            number,
+            peer,
+            expires,
+        });
+        true
+    }
+}
+
+/// What [`Allocation::permit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PermitResult {
+    Created,
+    Refreshed,
+    Full,
+}
