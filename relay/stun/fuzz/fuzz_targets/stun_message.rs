@@ -1,0 +1,7 @@
+//! Fuzz target `stun_message`: runs `tern_stun::fuzz::message`, the same body the
+//! crate's property tests run on stable.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| tern_stun::fuzz::message(data));
