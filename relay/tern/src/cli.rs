@@ -1,0 +1,367 @@
+//! The `tern` command line: a TOML file plus flags that override it, each flag
+//! named after its TOML key.
+//!
+//! Which configuration results: with neither `--config` nor `--listen`, the
+//! development default ([`Config::dev_default`]) with any other flags applied;
+//! otherwise [`Config::default`] (nothing implied), then the file, then the
+//! flags. A repeatable flag given at least once replaces the file's list.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tern_turn::policy::Cidr;
+
+use crate::config::{self, Config, ConfigError, ExternalIp, IoBackend, DEV_REALM, DEV_USER};
+
+/// tern: a thread-per-core TURN relay (RFC 8656).
+///
+/// Without --config or --listen it runs a development relay on loopback
+/// (127.0.0.1:3478 and [::1]:3478, realm tern.local) with a generated REST
+/// secret and user, both logged at start. Signals: SIGTERM/SIGINT stop,
+/// SIGHUP re-reads --config and reloads credentials and peer policy.
+#[derive(Parser, Debug)]
+#[command(name = "tern", version, about, long_about)]
+pub struct Cli {
+    /// A subcommand; without one, the relay runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings; each overrides the TOML key of the same name.
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate a configuration file without starting: prints a one-line
+    /// summary and exits 0, or prints the error and exits non-zero.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+/// Every setting as a flag; names and meanings are the TOML keys'.
+#[derive(Args, Debug, Default, Clone)]
+pub struct Flags {
+    /// TOML configuration file; flags given too override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Client-facing UDP address (repeatable; IPv4 and IPv6, e.g. 0.0.0.0:3478, [::]:3478).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_listen)]
+    pub listen: Vec<SocketAddr>,
+    /// Relay port range, inclusive [default: 49152-65535].
+    #[arg(long, value_name = "LO-HI", value_parser = config::parse_relay_ports)]
+    pub relay_ports: Option<(u16, u16)>,
+    /// Local address relay sockets bind to, one per family (repeatable).
+    #[arg(long, value_name = "IP", value_parser = config::parse_ip)]
+    pub relay_ip: Vec<IpAddr>,
+    /// REALM for long-term credentials.
+    #[arg(long, value_name = "NAME")]
+    pub realm: Option<String>,
+    /// REST API shared secret (use-auth-secret; repeatable, the first signs).
+    #[arg(long, value_name = "SECRET")]
+    pub auth_secret: Vec<String>,
+    /// Long-term user (repeatable).
+    #[arg(long, value_name = "NAME:PASSWORD", value_parser = config::parse_user)]
+    pub user: Vec<(String, String)>,
+    /// Peer network to allow even where the built-in policy denies it (repeatable).
+    #[arg(long, value_name = "CIDR", value_parser = config::parse_cidr)]
+    pub allow_peer: Vec<Cidr>,
+    /// Peer network to deny on top of the built-in policy (repeatable).
+    #[arg(long, value_name = "CIDR", value_parser = config::parse_cidr)]
+    pub deny_peer: Vec<Cidr>,
+    /// Public address to advertise, with the private one to bind behind 1:1 NAT (repeatable, one per family).
+    #[arg(long, value_name = "PUBLIC[/PRIVATE]", value_parser = config::parse_external_ip)]
+    pub external_ip: Vec<ExternalIp>,
+    /// Worker threads, each pinned to a core; 0 = one per available core [default: 0].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Log filter (tracing syntax): error, warn, info, debug, trace, or e.g. tern=debug,info [default: info].
+    #[arg(long, value_name = "LEVEL", value_parser = config::parse_log_level)]
+    pub log_level: Option<String>,
+    /// Accept only RFC 8656 channel numbers 0x4000-0x4FFF.
+    #[arg(long)]
+    pub strict_channel_range: bool,
+    /// Relay-wide cap on live allocations; 0 = none [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_allocations: Option<usize>,
+    /// Cap on live allocations per username; 0 = none [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_allocations_per_user: Option<usize>,
+    /// Bytes per second each way per allocation; 0 = no cap [default: 0].
+    #[arg(long, value_name = "BYTES")]
+    pub bandwidth_per_allocation: Option<u64>,
+    /// SOFTWARE attribute in responses; empty sends none [default: tern VERSION].
+    #[arg(long, value_name = "TEXT")]
+    pub software: Option<String>,
+    /// Packet I/O back end: auto (probe, fastest available) or mmsg [default: auto].
+    #[arg(long, value_name = "BACKEND", value_parser = config::parse_io_backend)]
+    pub io_backend: Option<IoBackend>,
+    /// Allocation lifetime in seconds when the client asks for none [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub default_lifetime: Option<u64>,
+    /// Longest allocation lifetime granted, in seconds [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub max_lifetime: Option<u64>,
+    /// How long a NONCE stays valid, in seconds [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub nonce_lifetime: Option<u64>,
+    /// Where new clients are sent (300 Try Alternate) while draining.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_alternate_server)]
+    pub alternate_server: Option<SocketAddr>,
+}
+
+/// Where the configuration in force came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The embedded development default (plus flags).
+    DevDefault,
+    /// A file (plus flags).
+    File(PathBuf),
+    /// Flags alone.
+    Flags,
+}
+
+impl Flags {
+    /// The configuration these flags describe: base (dev default or
+    /// [`Config::default`]), then `--config`'s file, then the flags.
+    pub fn resolve(&self) -> Result<(Config, Origin), ConfigError> {
+        let (mut config, origin) = match (&self.config, self.listen.is_empty()) {
+            (Some(path), _) => (Config::load(path)?, Origin::File(path.clone())),
+            (None, false) => (Config::default(), Origin::Flags),
+            (None, true) => (Config::dev_default(), Origin::DevDefault),
+        };
+        self.apply(&mut config);
+        Ok((config, origin))
+    }
+
+    /// Override `config`'s keys with every flag given.
+    pub fn apply(&self, c: &mut Config) {
+        fn replace<T: Clone>(dst: &mut Vec<T>, src: &[T]) {
+            if !src.is_empty() {
+                *dst = src.to_vec();
+            }
+        }
+        fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
+            if let Some(v) = src {
+                *dst = v.clone();
+            }
+        }
+        replace(&mut c.listen, &self.listen);
+        set(&mut c.relay_ports, &self.relay_ports);
+        replace(&mut c.relay_ip, &self.relay_ip);
+        set(&mut c.realm, &self.realm);
+        replace(&mut c.auth_secret, &self.auth_secret);
+        replace(&mut c.user, &self.user);
+        replace(&mut c.allow_peer, &self.allow_peer);
+        replace(&mut c.deny_peer, &self.deny_peer);
+        replace(&mut c.external_ip, &self.external_ip);
+        set(&mut c.workers, &self.workers);
+        set(&mut c.log_level, &self.log_level);
+        if self.strict_channel_range {
+            c.strict_channel_range = true;
+        }
+        set(&mut c.max_allocations, &self.max_allocations);
+        set(
+            &mut c.max_allocations_per_user,
+            &self.max_allocations_per_user,
+        );
+        set(
+            &mut c.bandwidth_per_allocation,
+            &self.bandwidth_per_allocation,
+        );
+        set(&mut c.software, &self.software);
+        set(&mut c.io_backend, &self.io_backend);
+        set(&mut c.default_lifetime, &self.default_lifetime);
+        set(&mut c.max_lifetime, &self.max_lifetime);
+        set(&mut c.nonce_lifetime, &self.nonce_lifetime);
+        if self.alternate_server.is_some() {
+            c.alternate_server = self.alternate_server;
+        }
+    }
+}
+
+/// What to log at start about a development-default relay: how to use it.
+/// Returns `None` for any other origin.
+pub fn dev_banner(config: &Config, origin: &Origin) -> Option<String> {
+    if *origin != Origin::DevDefault {
+        return None;
+    }
+    let secret = config
+        .auth_secret
+        .first()
+        .map(String::as_str)
+        .unwrap_or("(none)");
+    let user = config
+        .user
+        .iter()
+        .find(|(n, _)| n == DEV_USER)
+        .or(config.user.first())
+        .map(|(n, p)| format!("{n}:{p}"))
+        .unwrap_or_else(|| "(none)".to_owned());
+    Some(format!(
+        "development default (no --config, no --listen): loopback only, realm {DEV_REALM}, \
+         loopback peers allowed; user {user}; REST secret {secret}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("tern").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn no_flags_is_dev_default() {
+        let (c, origin) = parse(&[]).flags.resolve().unwrap();
+        assert_eq!(origin, Origin::DevDefault);
+        assert_eq!(c.realm, DEV_REALM);
+        assert_eq!(c.listen.len(), 2);
+        assert!(dev_banner(&c, &origin).unwrap().contains(&c.auth_secret[0]));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn listen_flag_implies_nothing() {
+        let (c, origin) = parse(&["--listen", "127.0.0.1:0", "--realm", "r"])
+            .flags
+            .resolve()
+            .unwrap();
+        assert_eq!(origin, Origin::Flags);
+        assert!(c.allow_peer.is_empty());
+        assert!(c.auth_secret.is_empty() && c.user.is_empty());
+        assert!(dev_banner(&c, &origin).is_none());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = std::env::temp_dir().join(format!("tern-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(
+            f,
+            r#"listen = ["127.0.0.1:3478"]
+realm = "file"
+workers = 3
+user = ["a:b", "c:d"]
+relay-ports = "50000-50100""#
+        )
+        .unwrap();
+        drop(f);
+        let cli = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--realm",
+            "flag",
+            "--user",
+            "x:y",
+            "--strict-channel-range",
+            "--io-backend",
+            "mmsg",
+        ]);
+        let (c, origin) = cli.flags.resolve().unwrap();
+        assert_eq!(origin, Origin::File(path.clone()));
+        assert_eq!(c.realm, "flag");
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.user, vec![("x".to_owned(), "y".to_owned())]);
+        assert_eq!(c.relay_ports, (50000, 50100));
+        assert!(c.strict_channel_range);
+        assert_eq!(c.io_backend, IoBackend::Mmsg);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_key_has_a_flag() {
+        let cli = parse(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--listen",
+            "[::1]:2",
+            "--relay-ports",
+            "1000-2000",
+            "--relay-ip",
+            "127.0.0.1",
+            "--realm",
+            "r",
+            "--auth-secret",
+            "s1",
+            "--auth-secret",
+            "s2",
+            "--user",
+            "u:p:w",
+            "--allow-peer",
+            "10.0.0.0/8",
+            "--deny-peer",
+            "192.0.2.0/24",
+            "--external-ip",
+            "203.0.113.1/10.0.0.1",
+            "--workers",
+            "4",
+            "--log-level",
+            "debug",
+            "--strict-channel-range",
+            "--max-allocations",
+            "10",
+            "--max-allocations-per-user",
+            "2",
+            "--bandwidth-per-allocation",
+            "1000",
+            "--software",
+            "sw",
+            "--io-backend",
+            "auto",
+            "--default-lifetime",
+            "60",
+            "--max-lifetime",
+            "120",
+            "--nonce-lifetime",
+            "30",
+            "--alternate-server",
+            "192.0.2.1:3478",
+        ]);
+        let mut c = Config::default();
+        cli.flags.apply(&mut c);
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.relay_ports, (1000, 2000));
+        assert_eq!(c.relay_ip, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(c.auth_secret, vec!["s1", "s2"]);
+        assert_eq!(c.user, vec![("u".to_owned(), "p:w".to_owned())]);
+        assert_eq!(c.allow_peer[0].to_string(), "10.0.0.0/8");
+        assert_eq!(c.deny_peer[0].to_string(), "192.0.2.0/24");
+        assert_eq!(c.external_ip[0].to_string(), "203.0.113.1/10.0.0.1");
+        assert_eq!(c.workers, 4);
+        assert_eq!(c.log_level, "debug");
+        assert!(c.strict_channel_range);
+        assert_eq!((c.max_allocations, c.max_allocations_per_user), (10, 2));
+        assert_eq!(c.bandwidth_per_allocation, 1000);
+        assert_eq!(c.software, "sw");
+        assert_eq!(c.io_backend, IoBackend::Auto);
+        assert_eq!(
+            (c.default_lifetime, c.max_lifetime, c.nonce_lifetime),
+            (60, 120, 30)
+        );
+        assert_eq!(c.alternate_server, Some("192.0.2.1:3478".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_flag_value_names_the_flag() {
+        let err = Cli::try_parse_from(["tern", "--relay-ports", "5000-4000"]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("--relay-ports"), "{text}");
+        assert!(text.contains("low end above high end"), "{text}");
+    }
+
+    #[test]
+    fn check_config_subcommand_parses() {
+        let cli = parse(&["check-config", "/x.toml"]);
+        assert!(
+            matches!(cli.command, Some(Command::CheckConfig { ref file }) if file.to_str() == Some("/x.toml"))
+        );
+    }
+}

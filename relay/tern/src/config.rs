@@ -1,0 +1,821 @@
+//! The relay's configuration: the [`Config`] struct, its TOML form, its
+//! validation, and the development default.
+//!
+//! Keys are kebab-case in TOML and on the command line (`relay-ports`,
+//! `--relay-ports`); the struct's fields are the same names in snake_case.
+//! Every error names the key and says what is wrong with it, e.g.
+//! `relay-ports: "5000-4000": low end above high end`. Unknown keys are
+//! errors. This module reads files but starts nothing; [`crate::Relay`]
+//! turns a validated configuration into running workers.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rand::RngCore;
+use serde::Deserialize;
+use tern_turn::policy::Cidr;
+use tern_turn::{RelayAddress, RelayAddresses};
+
+/// Everything the relay is configured with. Field names are the TOML keys
+/// (kebab-case there, snake_case here); see `tern --help` for each one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Client-facing UDP addresses (IPv4 and IPv6); port 0 picks a free port.
+    pub listen: Vec<SocketAddr>,
+    /// Relay ports, inclusive (`relay-ports = "49152-65535"`).
+    pub relay_ports: (u16, u16),
+    /// Local addresses relay sockets bind to, at most one per family.
+    pub relay_ip: Vec<IpAddr>,
+    /// The REALM of long-term credentials.
+    pub realm: String,
+    /// REST API shared secrets (`use-auth-secret`); the first signs, all verify.
+    pub auth_secret: Vec<String>,
+    /// Long-term users as (name, password).
+    pub user: Vec<(String, String)>,
+    /// Peer networks allowed even where the built-in policy denies (e.g. private ranges).
+    pub allow_peer: Vec<Cidr>,
+    /// Peer networks denied on top of the built-in policy.
+    pub deny_peer: Vec<Cidr>,
+    /// Public addresses to advertise, with the private one to bind behind 1:1 NAT.
+    pub external_ip: Vec<ExternalIp>,
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// A `tracing` filter: `info`, `debug`, `tern=debug,info`...
+    pub log_level: String,
+    /// Accept only RFC 8656 channel numbers (0x4000-0x4FFF).
+    pub strict_channel_range: bool,
+    /// Relay-wide cap on live allocations; 0 means none.
+    pub max_allocations: usize,
+    /// Cap on live allocations per username; 0 means none.
+    pub max_allocations_per_user: usize,
+    /// Bytes per second each way per allocation; 0 means no cap.
+    pub bandwidth_per_allocation: u64,
+    /// The SOFTWARE attribute in responses; empty sends none.
+    pub software: String,
+    /// Which packet I/O back end to run.
+    pub io_backend: IoBackend,
+    /// Allocation lifetime in seconds when the client asks for none (RFC 8656: 600).
+    pub default_lifetime: u64,
+    /// The longest allocation lifetime granted, in seconds.
+    pub max_lifetime: u64,
+    /// How long a NONCE stays valid, in seconds.
+    pub nonce_lifetime: u64,
+    /// Where new clients are sent (300 Try Alternate) while this relay drains.
+    pub alternate_server: Option<SocketAddr>,
+}
+
+/// A public address to advertise, optionally with the private address it maps
+/// to (1:1 NAT, e.g. an EC2 Elastic IP): `PUBLIC[/PRIVATE]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExternalIp {
+    /// Put in XOR-RELAYED-ADDRESS.
+    pub public: IpAddr,
+    /// Bound by relay sockets, when given.
+    pub private: Option<IpAddr>,
+}
+
+/// Which packet I/O back end runs.
+///
+/// Adding a back end (io_uring next) is one variant here and its name in
+/// [`IoBackend::NAMES`]; the probing lives in [`tern_io::select_backend`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoBackend {
+    /// Probe the kernel and take the fastest back end it offers.
+    #[default]
+    Auto,
+    /// The portable `recvmmsg`/`sendmmsg` back end.
+    Mmsg,
+}
+
+/// A configuration that cannot be used, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The text is not TOML, or names an unknown key.
+    #[error("line {line}: {message}")]
+    Syntax {
+        /// 1-based line of the error.
+        line: usize,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// A key's value is wrong.
+    #[error("{key}: {}{problem}", value.as_ref().map(|v| format!("{v:?}: ")).unwrap_or_default())]
+    Invalid {
+        /// The key, as spelled in TOML.
+        key: &'static str,
+        /// The offending value (absent for secrets, which are never echoed).
+        value: Option<String>,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, value: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            value: Some(value.into()),
+            problem: problem.into(),
+        }
+    }
+
+    fn problem(key: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            value: None,
+            problem: problem.into(),
+        }
+    }
+
+    /// The key at fault, when the error is about one.
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+impl Default for Config {
+    /// The base every file and flag set starts from: nothing implied (no
+    /// listener, no credentials, no peer allowances), RFC lifetimes.
+    fn default() -> Self {
+        Config {
+            listen: Vec::new(),
+            relay_ports: (49152, 65535),
+            relay_ip: Vec::new(),
+            realm: String::new(),
+            auth_secret: Vec::new(),
+            user: Vec::new(),
+            allow_peer: Vec::new(),
+            deny_peer: Vec::new(),
+            external_ip: Vec::new(),
+            workers: 0,
+            log_level: "info".to_owned(),
+            strict_channel_range: false,
+            max_allocations: 0,
+            max_allocations_per_user: 0,
+            bandwidth_per_allocation: 0,
+            software: format!("tern {}", env!("CARGO_PKG_VERSION")),
+            io_backend: IoBackend::Auto,
+            default_lifetime: 600,
+            max_lifetime: 3600,
+            nonce_lifetime: 600,
+            alternate_server: None,
+        }
+    }
+}
+
+/// The realm of the development default.
+pub const DEV_REALM: &str = "tern.local";
+/// The username of the development default's generated user.
+pub const DEV_USER: &str = "tern";
+
+impl Config {
+    /// The embedded development default: a relay that works on one machine.
+    /// Listens on 127.0.0.1:3478 and [::1]:3478, relays on loopback, realm
+    /// `tern.local`, a fresh random REST secret and a user `tern` with a fresh
+    /// random password, and loopback peers allowed (safe only because every
+    /// address it uses is loopback).
+    pub fn dev_default() -> Config {
+        let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        // INVARIANT: 8 is a valid IPv4 prefix length (at most 32).
+        let loopback_v4 = Cidr::new(v4, 8).expect("valid IPv4 prefix");
+        // INVARIANT: 128 is a valid IPv6 prefix length (at most 128).
+        let loopback_v6 = Cidr::new(v6, 128).expect("valid IPv6 prefix");
+        Config {
+            listen: vec![SocketAddr::new(v4, 3478), SocketAddr::new(v6, 3478)],
+            relay_ip: vec![v4, v6],
+            realm: DEV_REALM.to_owned(),
+            auth_secret: vec![random_token(24)],
+            user: vec![(DEV_USER.to_owned(), random_token(16))],
+            allow_peer: vec![loopback_v4, loopback_v6],
+            ..Config::default()
+        }
+    }
+
+    /// Parse the TOML form, starting from [`Config::default`].
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(s).map_err(|e| syntax_error(s, &e))?;
+        let mut config = Config::default();
+        raw.apply(&mut config)?;
+        Ok(config)
+    }
+
+    /// Read and parse a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Check everything that can be checked without touching the system, and
+    /// work out what follows from the settings (relay addresses). Called by
+    /// [`crate::Relay::start`] and `tern check-config`.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::problem("listen", "no address to listen on"));
+        }
+        for (i, a) in self.listen.iter().enumerate() {
+            if self.listen[..i].contains(a) {
+                return Err(ConfigError::invalid(
+                    "listen",
+                    a.to_string(),
+                    "listed twice",
+                ));
+            }
+        }
+        check_relay_ports(self.relay_ports)
+            .map_err(|p| ConfigError::invalid("relay-ports", fmt_ports(self.relay_ports), p))?;
+        if self.realm.is_empty() {
+            return Err(ConfigError::problem("realm", "must not be empty"));
+        }
+        self.validate_credentials()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
+            ConfigError::invalid("log-level", self.log_level.clone(), e.to_string())
+        })?;
+        if self.default_lifetime == 0 {
+            return Err(ConfigError::problem(
+                "default-lifetime",
+                "must be at least 1 second",
+            ));
+        }
+        if self.max_lifetime < self.default_lifetime {
+            return Err(ConfigError::invalid(
+                "max-lifetime",
+                self.max_lifetime.to_string(),
+                format!("below default-lifetime ({})", self.default_lifetime),
+            ));
+        }
+        if self.nonce_lifetime == 0 {
+            return Err(ConfigError::problem(
+                "nonce-lifetime",
+                "must be at least 1 second",
+            ));
+        }
+        let relay = self.relay_addresses()?;
+        Ok(Validated { relay })
+    }
+
+    /// Check what [`crate::RelayHandle::reload`] applies: secrets and users.
+    pub(crate) fn validate_credentials(&self) -> Result<(), ConfigError> {
+        for s in &self.auth_secret {
+            if s.is_empty() {
+                return Err(ConfigError::problem(
+                    "auth-secret",
+                    "a secret must not be empty",
+                ));
+            }
+        }
+        for (name, password) in &self.user {
+            check_user(name, password).map_err(|p| ConfigError::problem("user", p))?;
+        }
+        Ok(())
+    }
+
+    /// Relay addresses per family: bind = `relay-ip`, else the PRIVATE part of
+    /// `external-ip`, else the family's listen address if it is not a
+    /// wildcard; advertised = the PUBLIC part of `external-ip`, else bind.
+    fn relay_addresses(&self) -> Result<RelayAddresses, ConfigError> {
+        let relay_v4 = one_per_family("relay-ip", self.relay_ip.iter().copied(), true)?;
+        let relay_v6 = one_per_family("relay-ip", self.relay_ip.iter().copied(), false)?;
+        let ext_v4 = one_per_family_ext(&self.external_ip, true)?;
+        let ext_v6 = one_per_family_ext(&self.external_ip, false)?;
+        let listen_ip = |v4: bool| {
+            self.listen
+                .iter()
+                .map(|a| a.ip())
+                .find(|ip| ip.is_ipv4() == v4 && !ip.is_unspecified())
+        };
+        let resolve = |v4: bool| -> Result<Option<(IpAddr, IpAddr)>, ConfigError> {
+            let (relay, ext) = if v4 {
+                (relay_v4, ext_v4)
+            } else {
+                (relay_v6, ext_v6)
+            };
+            let bind = relay
+                .or(ext.and_then(|e| e.private))
+                .or_else(|| listen_ip(v4));
+            match bind {
+                Some(ip) if ip.is_unspecified() => Err(ConfigError::invalid(
+                    "relay-ip",
+                    ip.to_string(),
+                    "a relay address cannot be a wildcard",
+                )),
+                Some(bind) => Ok(Some((bind, ext.map(|e| e.public).unwrap_or(bind)))),
+                None => {
+                    let family = if v4 { "IPv4" } else { "IPv6" };
+                    let listens = self.listen.iter().any(|a| a.is_ipv4() == v4);
+                    if listens || ext.is_some() {
+                        Err(ConfigError::problem(
+                            "relay-ip",
+                            format!(
+                                "no {family} relay address: set relay-ip, external-ip \
+                                 PUBLIC/PRIVATE, or listen on a specific (not wildcard) \
+                                 {family} address"
+                            ),
+                        ))
+                    } else {
+                        Ok(None)
+                    }
+                }
+            }
+        };
+        let v4 = resolve(true)?.map(|(bind, adv)| RelayAddress {
+            bind: as_v4(bind),
+            advertised: as_v4(adv),
+        });
+        let v6 = resolve(false)?.map(|(bind, adv)| RelayAddress {
+            bind: as_v6(bind),
+            advertised: as_v6(adv),
+        });
+        Ok(RelayAddresses { v4, v6 })
+    }
+
+    /// A one-line description for logs and `check-config`.
+    pub fn summary(&self, validated: &Validated) -> String {
+        let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+        let mut relay = Vec::new();
+        if let Some(a) = validated.relay.v4 {
+            relay.push(relay_text(IpAddr::V4(a.bind), IpAddr::V4(a.advertised)));
+        }
+        if let Some(a) = validated.relay.v6 {
+            relay.push(relay_text(IpAddr::V6(a.bind), IpAddr::V6(a.advertised)));
+        }
+        let workers = if self.workers == 0 {
+            "one per core".to_owned()
+        } else {
+            self.workers.to_string()
+        };
+        format!(
+            "listen {}; relay {} ports {}; realm {:?}; {} user(s), {} secret(s); \
+             {} allow-peer, {} deny-peer; workers {}; io-backend {}",
+            listen.join(", "),
+            relay.join(", "),
+            fmt_ports(self.relay_ports),
+            self.realm,
+            self.user.len(),
+            self.auth_secret.len(),
+            self.allow_peer.len(),
+            self.deny_peer.len(),
+            workers,
+            self.io_backend,
+        )
+    }
+}
+
+/// What [`Config::validate`] worked out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validated {
+    /// Relay addresses per family (bind and advertised).
+    pub relay: RelayAddresses,
+}
+
+impl IoBackend {
+    /// Every back end name accepted by `io-backend`, in variant order.
+    pub const NAMES: &'static [&'static str] = &["auto", "mmsg"];
+
+    /// The back end to insist on, or `None` to let [`tern_io::select_backend`] probe.
+    pub fn requested(self) -> Option<tern_io::BackendKind> {
+        match self {
+            IoBackend::Auto => None,
+            IoBackend::Mmsg => Some(tern_io::BackendKind::Mmsg),
+        }
+    }
+
+    /// The name in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::Mmsg => "mmsg",
+        }
+    }
+}
+
+impl fmt::Display for IoBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for IoBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoBackend::Auto),
+            "mmsg" => Ok(IoBackend::Mmsg),
+            _ => Err(format!(
+                "unknown back end; expected one of {}",
+                IoBackend::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ExternalIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.private {
+            Some(p) => write!(f, "{}/{}", self.public, p),
+            None => write!(f, "{}", self.public),
+        }
+    }
+}
+
+impl FromStr for ExternalIp {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (public, private) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let public: IpAddr = public
+            .parse()
+            .map_err(|_| format!("{public:?} is not an IP address"))?;
+        let private = match private {
+            Some(p) => Some(
+                p.parse::<IpAddr>()
+                    .map_err(|_| format!("{p:?} is not an IP address"))?,
+            ),
+            None => None,
+        };
+        if public.is_unspecified() {
+            return Err("the public address cannot be a wildcard".to_owned());
+        }
+        if let Some(p) = private {
+            if p.is_ipv4() != public.is_ipv4() {
+                return Err("public and private addresses are of different families".to_owned());
+            }
+        }
+        Ok(ExternalIp { public, private })
+    }
+}
+
+// ---- value parsers shared by TOML and the command line ----------------------
+
+/// `--listen` / `listen`: an `IP:PORT` (IPv6 in brackets).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "expected IP:PORT, e.g. 0.0.0.0:3478 or [::]:3478".to_owned())
+}
+
+/// `--relay-ports` / `relay-ports`: `LO-HI`, inclusive, no port 0.
+pub fn parse_relay_ports(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or("expected LO-HI, e.g. 49152-65535")?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{:?} is not a port (0-65535)", p.trim()))
+    };
+    let ports = (port(lo)?, port(hi)?);
+    check_relay_ports(ports)?;
+    Ok(ports)
+}
+
+/// `--relay-ip` / `relay-ip`: an IP address.
+pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|_| "not an IP address".to_owned())
+}
+
+/// `--user` / `user`: `NAME:PASSWORD` (the password may contain ':').
+pub fn parse_user(s: &str) -> Result<(String, String), String> {
+    let (name, password) = s.split_once(':').ok_or("expected NAME:PASSWORD")?;
+    check_user(name, password)?;
+    Ok((name.to_owned(), password.to_owned()))
+}
+
+/// `--allow-peer`, `--deny-peer`: a network in CIDR notation.
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse::<Cidr>().map_err(|e| e.to_string())
+}
+
+/// `--external-ip`: `PUBLIC[/PRIVATE]`.
+pub fn parse_external_ip(s: &str) -> Result<ExternalIp, String> {
+    s.parse()
+}
+
+/// `--io-backend`: `auto` or a back end's name.
+pub fn parse_io_backend(s: &str) -> Result<IoBackend, String> {
+    s.parse()
+}
+
+/// `--log-level`: a `tracing` filter directive.
+pub fn parse_log_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
+/// `--alternate-server`: an `IP:PORT`.
+pub fn parse_alternate_server(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| "expected IP:PORT".to_owned())
+}
+
+// ---- helpers ------------------------------------------------------------------
+
+fn check_relay_ports((lo, hi): (u16, u16)) -> Result<(), String> {
+    if lo == 0 {
+        return Err("port 0 cannot be a relay port".to_owned());
+    }
+    if lo > hi {
+        return Err("low end above high end".to_owned());
+    }
+    Ok(())
+}
+
+fn fmt_ports((lo, hi): (u16, u16)) -> String {
+    format!("{lo}-{hi}")
+}
+
+fn check_user(name: &str, password: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty user name".to_owned());
+    }
+    if name.contains(':') {
+        return Err(format!("user name {name:?} contains ':'"));
+    }
+    if password.is_empty() {
+        return Err(format!("user {name:?} has an empty password"));
+    }
+    Ok(())
+}
+
+fn one_per_family(
+    key: &'static str,
+    ips: impl Iterator<Item = IpAddr>,
+    v4: bool,
+) -> Result<Option<IpAddr>, ConfigError> {
+    let mut found = None;
+    for ip in ips.filter(|ip| ip.is_ipv4() == v4) {
+        if found.is_some() {
+            return Err(ConfigError::invalid(
+                key,
+                ip.to_string(),
+                format!("more than one {} address", if v4 { "IPv4" } else { "IPv6" }),
+            ));
+        }
+        found = Some(ip);
+    }
+    Ok(found)
+}
+
+fn one_per_family_ext(ext: &[ExternalIp], v4: bool) -> Result<Option<ExternalIp>, ConfigError> {
+    let mut found = None;
+    for e in ext.iter().filter(|e| e.public.is_ipv4() == v4) {
+        if found.is_some() {
+            return Err(ConfigError::invalid(
+                "external-ip",
+                e.to_string(),
+                format!("more than one {} address", if v4 { "IPv4" } else { "IPv6" }),
+            ));
+        }
+        found = Some(*e);
+    }
+    Ok(found)
+}
+
+fn as_v4(ip: IpAddr) -> Ipv4Addr {
+    match ip {
+        IpAddr::V4(a) => a,
+        // Callers pass addresses filtered by family.
+        IpAddr::V6(a) => a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+fn as_v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+    }
+}
+
+fn relay_text(bind: IpAddr, advertised: IpAddr) -> String {
+    if bind == advertised {
+        bind.to_string()
+    } else {
+        format!("{bind} (advertised {advertised})")
+    }
+}
+
+/// A random URL-safe token of `bytes` random bytes (hex), for generated secrets.
+fn random_token(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    ConfigError::Syntax {
+        line: line.unwrap_or(1),
+        message: e.message().trim().to_owned(),
+    }
+}
+
+/// The TOML file as written: every key optional, values checked by hand so
+/// that each error names its key.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    listen: Option<toml::Value>,
+    relay_ports: Option<toml::Value>,
+    relay_ip: Option<toml::Value>,
+    realm: Option<toml::Value>,
+    auth_secret: Option<toml::Value>,
+    user: Option<toml::Value>,
+    allow_peer: Option<toml::Value>,
+    deny_peer: Option<toml::Value>,
+    external_ip: Option<toml::Value>,
+    workers: Option<toml::Value>,
+    log_level: Option<toml::Value>,
+    strict_channel_range: Option<toml::Value>,
+    max_allocations: Option<toml::Value>,
+    max_allocations_per_user: Option<toml::Value>,
+    bandwidth_per_allocation: Option<toml::Value>,
+    software: Option<toml::Value>,
+    io_backend: Option<toml::Value>,
+    default_lifetime: Option<toml::Value>,
+    max_lifetime: Option<toml::Value>,
+    nonce_lifetime: Option<toml::Value>,
+    alternate_server: Option<toml::Value>,
+}
+
+impl RawConfig {
+    fn apply(self, c: &mut Config) -> Result<(), ConfigError> {
+        if let Some(v) = self.listen {
+            c.listen = each("listen", v, parse_listen, true)?;
+        }
+        if let Some(v) = self.relay_ports {
+            c.relay_ports = one("relay-ports", v, parse_relay_ports)?;
+        }
+        if let Some(v) = self.relay_ip {
+            c.relay_ip = each("relay-ip", v, parse_ip, true)?;
+        }
+        if let Some(v) = self.realm {
+            c.realm = string("realm", v)?;
+        }
+        if let Some(v) = self.auth_secret {
+            c.auth_secret = each("auth-secret", v, |s| Ok(s.to_owned()), false)?;
+        }
+        if let Some(v) = self.user {
+            c.user = each("user", v, parse_user, false)?;
+        }
+        if let Some(v) = self.allow_peer {
+            c.allow_peer = each("allow-peer", v, parse_cidr, true)?;
+        }
+        if let Some(v) = self.deny_peer {
+            c.deny_peer = each("deny-peer", v, parse_cidr, true)?;
+        }
+        if let Some(v) = self.external_ip {
+            c.external_ip = each("external-ip", v, parse_external_ip, true)?;
+        }
+        if let Some(v) = self.workers {
+            c.workers = integer("workers", v)?;
+        }
+        if let Some(v) = self.log_level {
+            c.log_level = one("log-level", v, parse_log_level)?;
+        }
+        if let Some(v) = self.strict_channel_range {
+            c.strict_channel_range = boolean("strict-channel-range", v)?;
+        }
+        if let Some(v) = self.max_allocations {
+            c.max_allocations = integer("max-allocations", v)?;
+        }
+        if let Some(v) = self.max_allocations_per_user {
+            c.max_allocations_per_user = integer("max-allocations-per-user", v)?;
+        }
+        if let Some(v) = self.bandwidth_per_allocation {
+            c.bandwidth_per_allocation = integer("bandwidth-per-allocation", v)?;
+        }
+        if let Some(v) = self.software {
+            c.software = string("software", v)?;
+        }
+        if let Some(v) = self.io_backend {
+            c.io_backend = one("io-backend", v, parse_io_backend)?;
+        }
+        if let Some(v) = self.default_lifetime {
+            c.default_lifetime = integer("default-lifetime", v)?;
+        }
+        if let Some(v) = self.max_lifetime {
+            c.max_lifetime = integer("max-lifetime", v)?;
+        }
+        if let Some(v) = self.nonce_lifetime {
+            c.nonce_lifetime = integer("nonce-lifetime", v)?;
+        }
+        if let Some(v) = self.alternate_server {
+            c.alternate_server = Some(one("alternate-server", v, parse_alternate_server)?);
+        }
+        Ok(())
+    }
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    v.type_str()
+}
+
+fn string(key: &'static str, v: toml::Value) -> Result<String, ConfigError> {
+    match v {
+        toml::Value::String(s) => Ok(s),
+        other => Err(ConfigError::problem(
+            key,
+            format!("expected a string, found {}", type_name(&other)),
+        )),
+    }
+}
+
+fn one<T>(
+    key: &'static str,
+    v: toml::Value,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let s = string(key, v)?;
+    parse(&s).map_err(|p| ConfigError::invalid(key, s, p))
+}
+
+/// A string or an array of strings, each parsed; `echo` says whether a bad
+/// value may be repeated in the error (not for secrets).
+fn each<T>(
+    key: &'static str,
+    v: toml::Value,
+    parse: impl Fn(&str) -> Result<T, String>,
+    echo: bool,
+) -> Result<Vec<T>, ConfigError> {
+    let items = match v {
+        toml::Value::Array(items) => items,
+        single @ toml::Value::String(_) => vec![single],
+        other => {
+            return Err(ConfigError::problem(
+                key,
+                format!(
+                    "expected a string or an array of strings, found {}",
+                    type_name(&other)
+                ),
+            ))
+        }
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let s = match item {
+                toml::Value::String(s) => s,
+                other => {
+                    return Err(ConfigError::problem(
+                        key,
+                        format!("expected strings in the array, found {}", type_name(&other)),
+                    ))
+                }
+            };
+            parse(&s).map_err(|p| {
+                if echo {
+                    ConfigError::invalid(key, s, p)
+                } else {
+                    ConfigError::problem(key, p)
+                }
+            })
+        })
+        .collect()
+}
+
+fn integer<T: TryFrom<i64>>(key: &'static str, v: toml::Value) -> Result<T, ConfigError> {
+    match v {
+        toml::Value::Integer(i) => {
+            T::try_from(i).map_err(|_| ConfigError::invalid(key, i.to_string(), "out of range"))
+        }
+        other => Err(ConfigError::problem(
+            key,
+            format!("expected an integer, found {}", type_name(&other)),
+        )),
+    }
+}
+
+fn boolean(key: &'static str, v: toml::Value) -> Result<bool, ConfigError> {
+    match v {
+        toml::Value::Boolean(b) => Ok(b),
+        other => Err(ConfigError::problem(
+            key,
+            format!("expected true or false, found {}", type_name(&other)),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,443 @@
+//! Parsing every key, every error naming its key, the development default.
+
+use super::*;
+
+const FULL: &str = r#"
+listen = ["0.0.0.0:3478", "[::]:3478"]
+relay-ports = "50000-50999"
+relay-ip = ["10.0.0.5", "2001:db8::5"]
+realm = "example.org"
+auth-secret = ["s3cret", "older"]
+user = ["alice:wonder:land", "bob:builder"]
+allow-peer = ["10.1.0.0/16"]
+deny-peer = ["192.0.2.0/24", "2001:db8:dead::/48"]
+external-ip = ["203.0.113.7/10.0.0.5"]
+workers = 4
+log-level = "tern=debug,info"
+strict-channel-range = true
+max-allocations = 1000
+max-allocations-per-user = 10
+bandwidth-per-allocation = 125000
+software = "edge-1"
+io-backend = "mmsg"
+default-lifetime = 300
+max-lifetime = 1800
+nonce-lifetime = 120
+alternate-server = "198.51.100.1:3478"
+"#;
+
+#[test]
+fn parses_every_key() {
+    let c = Config::from_toml_str(FULL).unwrap();
+    assert_eq!(
+        c.listen,
+        vec![
+            "0.0.0.0:3478".parse().unwrap(),
+            "[::]:3478".parse().unwrap()
+        ]
+    );
+    assert_eq!(c.relay_ports, (50000, 50999));
+    assert_eq!(
+        c.relay_ip,
+        vec![
+            "10.0.0.5".parse::<IpAddr>().unwrap(),
+            "2001:db8::5".parse().unwrap()
+        ]
+    );
+    assert_eq!(c.realm, "example.org");
+    assert_eq!(c.auth_secret, vec!["s3cret", "older"]);
+    assert_eq!(
+        c.user,
+        vec![
+            ("alice".to_owned(), "wonder:land".to_owned()),
+            ("bob".to_owned(), "builder".to_owned())
+        ]
+    );
+    assert_eq!(c.allow_peer, vec!["10.1.0.0/16".parse().unwrap()]);
+    assert_eq!(c.deny_peer.len(), 2);
+    assert_eq!(
+        c.external_ip,
+        vec![ExternalIp {
+            public: "203.0.113.7".parse().unwrap(),
+            private: Some("10.0.0.5".parse().unwrap())
+        }]
+    );
+    assert_eq!(c.workers, 4);
+    assert_eq!(c.log_level, "tern=debug,info");
+    assert!(c.strict_channel_range);
+    assert_eq!(c.max_allocations, 1000);
+    assert_eq!(c.max_allocations_per_user, 10);
+    assert_eq!(c.bandwidth_per_allocation, 125_000);
+    assert_eq!(c.software, "edge-1");
+    assert_eq!(c.io_backend, IoBackend::Mmsg);
+    assert_eq!(
+        (c.default_lifetime, c.max_lifetime, c.nonce_lifetime),
+        (300, 1800, 120)
+    );
+    assert_eq!(
+        c.alternate_server,
+        Some("198.51.100.1:3478".parse().unwrap())
+    );
+
+    let v = c.validate().unwrap();
+    let v4 = v.relay.v4.unwrap();
+    assert_eq!(v4.bind, Ipv4Addr::new(10, 0, 0, 5));
+    assert_eq!(v4.advertised, Ipv4Addr::new(203, 0, 113, 7));
+    let v6 = v.relay.v6.unwrap();
+    assert_eq!(v6.bind, v6.advertised);
+    assert!(c.summary(&v).contains("advertised 203.0.113.7"));
+}
+
+#[test]
+fn single_strings_stand_for_one_element_lists() {
+    let c = Config::from_toml_str("listen = \"127.0.0.1:3478\"\nrealm = \"r\"\nuser = \"a:b\"")
+        .unwrap();
+    assert_eq!(c.listen.len(), 1);
+    assert_eq!(c.user.len(), 1);
+}
+
+#[test]
+fn empty_file_is_the_base_default() {
+    assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+}
+
+/// Each bad value, the key its error must name, and a fragment of the problem.
+const BAD: &[(&str, &str, &str)] = &[
+    ("listen = [\"nope\"]", "listen", "expected IP:PORT"),
+    ("listen = 5", "listen", "expected a string or an array"),
+    (
+        "relay-ports = \"5000-4000\"",
+        "relay-ports",
+        "low end above high end",
+    ),
+    ("relay-ports = \"0-10\"", "relay-ports", "port 0"),
+    ("relay-ports = \"5000\"", "relay-ports", "expected LO-HI"),
+    ("relay-ports = \"1-70000\"", "relay-ports", "not a port"),
+    ("relay-ports = 5", "relay-ports", "expected a string"),
+    ("relay-ip = [\"1.2.3\"]", "relay-ip", "not an IP address"),
+    ("realm = 3", "realm", "expected a string"),
+    ("auth-secret = [1]", "auth-secret", "expected strings"),
+    ("user = [\"nopassword\"]", "user", "NAME:PASSWORD"),
+    ("user = [\"alice:\"]", "user", "empty password"),
+    (
+        "allow-peer = [\"10.0.0.0/40\"]",
+        "allow-peer",
+        "prefix length",
+    ),
+    (
+        "deny-peer = [\"bogus\"]",
+        "deny-peer",
+        "not an IPv4 or IPv6 address",
+    ),
+    (
+        "external-ip = [\"203.0.113.1/::1\"]",
+        "external-ip",
+        "different families",
+    ),
+    ("external-ip = [\"x\"]", "external-ip", "not an IP address"),
+    ("workers = -1", "workers", "out of range"),
+    ("workers = \"4\"", "workers", "expected an integer"),
+    ("log-level = \"info,[\"", "log-level", ""),
+    (
+        "strict-channel-range = \"yes\"",
+        "strict-channel-range",
+        "true or false",
+    ),
+    (
+        "max-allocations = 1.5",
+        "max-allocations",
+        "expected an integer",
+    ),
+    (
+        "max-allocations-per-user = -3",
+        "max-allocations-per-user",
+        "out of range",
+    ),
+    (
+        "bandwidth-per-allocation = -1",
+        "bandwidth-per-allocation",
+        "out of range",
+    ),
+    ("software = []", "software", "expected a string"),
+    (
+        "io-backend = \"dpdk\"",
+        "io-backend",
+        "expected one of auto, mmsg",
+    ),
+    (
+        "default-lifetime = \"600\"",
+        "default-lifetime",
+        "expected an integer",
+    ),
+    ("max-lifetime = -5", "max-lifetime", "out of range"),
+    (
+        "nonce-lifetime = true",
+        "nonce-lifetime",
+        "expected an integer",
+    ),
+    (
+        "alternate-server = \"somewhere\"",
+        "alternate-server",
+        "expected IP:PORT",
+    ),
+];
+
+#[test]
+fn every_parse_error_names_its_key() {
+    for (text, key, fragment) in BAD {
+        let err = Config::from_toml_str(text).unwrap_err();
+        assert_eq!(err.key(), Some(*key), "{text}: {err}");
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("{key}: ")), "{text}: {msg}");
+        assert!(msg.contains(fragment), "{text}: {msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+}
+
+#[test]
+fn relay_ports_error_reads_as_documented() {
+    let err = Config::from_toml_str("relay-ports = \"5000-4000\"").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"relay-ports: "5000-4000": low end above high end"#
+    );
+}
+
+#[test]
+fn secrets_are_never_echoed() {
+    let err = Config::from_toml_str("user = [\"hunter2\"]").unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_it() {
+    let err = Config::from_toml_str("realm = \"r\"\nlisten-port = 3478\n").unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ConfigError::Syntax { line: 2, .. }), "{msg}");
+    assert!(msg.contains("listen-port"), "{msg}");
+    // snake_case spellings are not keys either
+    assert!(Config::from_toml_str("relay_ports = \"1-2\"").is_err());
+}
+
+#[test]
+fn toml_syntax_error_has_a_line() {
+    let err = Config::from_toml_str("realm = \"r\"\nworkers = = 3\n").unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { line: 2, .. }), "{err}");
+}
+
+fn base() -> Config {
+    Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        realm: "r".to_owned(),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn validation_errors_name_their_key() {
+    let cases: Vec<(Config, &str)> = vec![
+        (
+            Config {
+                listen: vec![],
+                ..base()
+            },
+            "listen",
+        ),
+        (
+            Config {
+                listen: vec![
+                    "127.0.0.1:1".parse().unwrap(),
+                    "127.0.0.1:1".parse().unwrap(),
+                ],
+                ..base()
+            },
+            "listen",
+        ),
+        (
+            Config {
+                relay_ports: (10, 5),
+                ..base()
+            },
+            "relay-ports",
+        ),
+        (
+            Config {
+                relay_ports: (0, 5),
+                ..base()
+            },
+            "relay-ports",
+        ),
+        (
+            Config {
+                realm: String::new(),
+                ..base()
+            },
+            "realm",
+        ),
+        (
+            Config {
+                auth_secret: vec![String::new()],
+                ..base()
+            },
+            "auth-secret",
+        ),
+        (
+            Config {
+                user: vec![("a:b".to_owned(), "p".to_owned())],
+                ..base()
+            },
+            "user",
+        ),
+        (
+            Config {
+                log_level: "info,[".to_owned(),
+                ..base()
+            },
+            "log-level",
+        ),
+        (
+            Config {
+                default_lifetime: 0,
+                ..base()
+            },
+            "default-lifetime",
+        ),
+        (
+            Config {
+                default_lifetime: 700,
+                max_lifetime: 600,
+                ..base()
+            },
+            "max-lifetime",
+        ),
+        (
+            Config {
+                nonce_lifetime: 0,
+                ..base()
+            },
+            "nonce-lifetime",
+        ),
+        (
+            Config {
+                listen: vec!["0.0.0.0:3478".parse().unwrap()],
+                ..base()
+            },
+            "relay-ip",
+        ),
+        (
+            Config {
+                relay_ip: vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()],
+                ..base()
+            },
+            "relay-ip",
+        ),
+        (
+            Config {
+                relay_ip: vec!["0.0.0.0".parse().unwrap()],
+                ..base()
+            },
+            "relay-ip",
+        ),
+        (
+            Config {
+                external_ip: vec![
+                    "203.0.113.1".parse().unwrap(),
+                    "203.0.113.2".parse().unwrap(),
+                ],
+                ..base()
+            },
+            "external-ip",
+        ),
+    ];
+    for (config, key) in cases {
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), Some(key), "{err}");
+        assert!(err.to_string().starts_with(key), "{err}");
+    }
+}
+
+#[test]
+fn relay_address_precedence() {
+    // Listen address of the family, when specific.
+    let v = base().validate().unwrap();
+    assert_eq!(v.relay.v4.unwrap().bind, Ipv4Addr::LOCALHOST);
+    assert!(v.relay.v6.is_none());
+    // external-ip PRIVATE beats the listen address; PUBLIC is advertised.
+    let c = Config {
+        listen: vec!["0.0.0.0:3478".parse().unwrap()],
+        external_ip: vec!["203.0.113.9/10.1.1.1".parse().unwrap()],
+        ..base()
+    };
+    let a = c.validate().unwrap().relay.v4.unwrap();
+    assert_eq!(
+        (a.bind, a.advertised),
+        (Ipv4Addr::new(10, 1, 1, 1), Ipv4Addr::new(203, 0, 113, 9))
+    );
+    // relay-ip beats both; a public-only external-ip is still advertised.
+    let c = Config {
+        relay_ip: vec!["127.0.0.2".parse().unwrap()],
+        external_ip: vec!["203.0.113.9".parse().unwrap()],
+        ..base()
+    };
+    let a = c.validate().unwrap().relay.v4.unwrap();
+    assert_eq!(
+        (a.bind, a.advertised),
+        (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(203, 0, 113, 9))
+    );
+    // A relay family without a listener of that family is fine (REQUESTED-ADDRESS-FAMILY).
+    let c = Config {
+        relay_ip: vec!["::1".parse().unwrap()],
+        ..base()
+    };
+    assert_eq!(
+        c.validate().unwrap().relay.v6.unwrap().bind,
+        Ipv6Addr::LOCALHOST
+    );
+}
+
+#[test]
+fn dev_default_is_loopback_with_fresh_credentials() {
+    let a = Config::dev_default();
+    let b = Config::dev_default();
+    assert_eq!(a.realm, "tern.local");
+    assert!(a
+        .listen
+        .iter()
+        .all(|l| l.ip().is_loopback() && l.port() == 3478));
+    assert!(a.relay_ip.iter().all(IpAddr::is_loopback));
+    assert_eq!(a.relay_ports, (49152, 65535));
+    assert_eq!(a.user[0].0, "tern");
+    assert_ne!(a.user[0].1, b.user[0].1, "password is random");
+    assert_ne!(a.auth_secret[0], b.auth_secret[0], "secret is random");
+    assert!(a.auth_secret[0].len() >= 32);
+    let allowed: Vec<String> = a.allow_peer.iter().map(ToString::to_string).collect();
+    assert_eq!(allowed, vec!["127.0.0.0/8", "::1/128"]);
+    let v = a.validate().unwrap();
+    assert_eq!(v.relay.v4.unwrap().bind, Ipv4Addr::LOCALHOST);
+    assert_eq!(v.relay.v6.unwrap().bind, Ipv6Addr::LOCALHOST);
+}
+
+#[test]
+fn base_default_implies_nothing() {
+    let c = Config::default();
+    assert!(c.listen.is_empty() && c.allow_peer.is_empty());
+    assert!(c.auth_secret.is_empty() && c.user.is_empty());
+    assert_eq!(
+        (c.default_lifetime, c.max_lifetime, c.nonce_lifetime),
+        (600, 3600, 600)
+    );
+    assert_eq!(c.io_backend, IoBackend::Auto);
+}
+
+#[test]
+fn io_backend_names_round_trip() {
+    for name in IoBackend::NAMES {
+        let b: IoBackend = name.parse().unwrap();
+        assert_eq!(b.to_string(), *name);
+    }
+    assert_eq!(IoBackend::Auto.requested(), None);
+    assert_eq!(
+        IoBackend::Mmsg.requested(),
+        Some(tern_io::BackendKind::Mmsg)
+    );
+}

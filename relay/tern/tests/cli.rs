@@ -1,0 +1,284 @@
+//! The `tern` binary: `check-config`, `--help`, flag errors, and signals.
+// Timeouts on a child process need the clock; the ban is for protocol crates.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn tern() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+}
+
+fn scratch(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tern-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const GOOD: &str = r#"
+listen = ["127.0.0.1:3478", "[::1]:3478"]
+relay-ip = ["127.0.0.1", "::1"]
+relay-ports = "50000-50999"
+realm = "example.org"
+user = ["alice:secret"]
+auth-secret = "rest"
+"#;
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let path = scratch("good.toml", GOOD);
+    let out = run(tern().arg("check-config").arg(&path));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert_eq!(stdout.lines().count(), 1, "one line: {stdout}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(stdout.contains("realm \"example.org\""), "{stdout}");
+    assert!(stdout.contains("50000-50999"), "{stdout}");
+}
+
+#[test]
+fn check_config_rejects_bad_files_naming_the_key() {
+    let cases = [
+        (
+            "ports.toml",
+            "realm = \"r\"\nlisten = \"127.0.0.1:1\"\nrelay-ports = \"5000-4000\"\n",
+            "relay-ports: \"5000-4000\": low end above high end",
+        ),
+        (
+            "unknown.toml",
+            "realm = \"r\"\nlisten = \"127.0.0.1:1\"\nlisten-port = 1\n",
+            "listen-port",
+        ),
+        (
+            "wildcard.toml",
+            "realm = \"r\"\nlisten = \"0.0.0.0:3478\"\n",
+            "relay-ip:",
+        ),
+        (
+            "type.toml",
+            "realm = \"r\"\nlisten = \"127.0.0.1:1\"\nworkers = \"two\"\n",
+            "workers: expected an integer",
+        ),
+        (
+            "norealm.toml",
+            "listen = \"127.0.0.1:1\"\n",
+            "realm: must not be empty",
+        ),
+    ];
+    for (name, body, expect) in cases {
+        let path = scratch(name, body);
+        let out = run(tern().arg("check-config").arg(&path));
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{name} must fail");
+        assert!(stderr.contains(expect), "{name}: {stderr}");
+        assert!(out.stdout.is_empty(), "{name}: nothing on stdout");
+    }
+}
+
+#[test]
+fn check_config_on_a_missing_file_fails() {
+    let out = run(tern().args(["check-config", "/nonexistent/tern.toml"]));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("/nonexistent/tern.toml"));
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = run(tern().arg("--help"));
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for flag in [
+        "--config",
+        "--listen",
+        "--relay-ports",
+        "--relay-ip",
+        "--realm",
+        "--auth-secret",
+        "--user",
+        "--allow-peer",
+        "--deny-peer",
+        "--external-ip",
+        "--workers",
+        "--log-level",
+        "--strict-channel-range",
+        "--max-allocations",
+        "--max-allocations-per-user",
+        "--bandwidth-per-allocation",
+        "--io-backend",
+        "--software",
+        "--default-lifetime",
+        "--max-lifetime",
+        "--nonce-lifetime",
+        "--alternate-server",
+        "check-config",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_flag_exits_non_zero_naming_it() {
+    let out = run(tern().args(["--relay-ports", "5000-4000"]));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--relay-ports") && stderr.contains("low end above high end"),
+        "{stderr}"
+    );
+    let out = run(tern().args(["--listen", "127.0.0.1:0"]));
+    assert!(!out.status.success(), "no realm must be an error");
+    assert!(text(&out.stderr).contains("realm"));
+}
+
+/// A running `tern` whose stderr lines arrive on a channel; killed on drop.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Daemon {
+        let mut child = tern()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Wait up to 10 s for a log line containing `needle`.
+    fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no log line with {needle:?}; saw:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "tern did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_end(&mut Vec::new());
+        }
+    }
+}
+
+#[test]
+fn sigterm_stops_with_exit_zero() {
+    let mut d = Daemon::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--realm",
+        "r",
+        "--user",
+        "a:b",
+        "--relay-ports",
+        "43000-43099",
+        "--workers",
+        "1",
+    ]);
+    d.expect("relay started");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit().success());
+}
+
+#[test]
+fn sighup_reloads_the_file() {
+    let path = scratch(
+        "reload.toml",
+        "listen = \"127.0.0.1:0\"\nrealm = \"r\"\nuser = \"a:b\"\nrelay-ports = \"43100-43199\"\nworkers = 1\n",
+    );
+    let mut d = Daemon::start(&["--config", path.to_str().unwrap()]);
+    d.expect("relay started");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\nrealm = \"r\"\nuser = [\"a:b\", \"c:d\"]\nrelay-ports = \"43100-43199\"\nworkers = 1\n",
+    )
+    .unwrap();
+    d.signal(Signal::SIGHUP);
+    let line = d.expect("reloaded credentials and peer policy");
+    assert!(line.contains("users=2"), "{line}");
+    d.signal(Signal::SIGINT);
+    assert!(d.wait_exit().success());
+}
+
+#[test]
+fn dev_default_logs_its_credentials() {
+    // The development default listens on port 3478; skip where it is taken.
+    let free = UdpSocket::bind("127.0.0.1:3478").is_ok() && UdpSocket::bind("[::1]:3478").is_ok();
+    if !free {
+        eprintln!("port 3478 on loopback is taken; skipping");
+        return;
+    }
+    let mut d = Daemon::start(&["--workers", "1"]);
+    let line = d.expect("development default");
+    assert!(line.contains("user tern:"), "{line}");
+    assert!(line.contains("REST secret"), "{line}");
+    d.expect("relay started");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit().success());
+}

@@ -1,0 +1,276 @@
+//! Proves that the worker's relay path allocates nothing per packet.
+//!
+//! A counting global allocator counts allocations made on every thread except
+//! those that mark themselves exempt (this test's own thread, which crafts
+//! and checks packets). The test starts a relay in-process, makes one
+//! allocation with a channel to a loopback peer (packets crafted with
+//! tern-stun), warms up, then relays 10,000 datagrams each way while counting,
+//! and asserts the workers allocated nothing.
+//!
+//! `harness = false`: the process has exactly this main thread and the
+//! relay's workers, so nothing else can allocate while counting.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tern::{Config, Relay};
+use tern_stun::{attr, Class, Message, MessageWriter, Method, TransactionId};
+
+struct Counting;
+
+static ARMED: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Set on threads whose allocations do not count (the test's own).
+    static EXEMPT: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count() {
+    // try_with: during thread teardown the flag is gone; such a thread is not
+    // relaying, so its allocations do not count.
+    if ARMED.load(Ordering::Relaxed) && !EXEMPT.try_with(Cell::get).unwrap_or(true) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to the system allocator with the caller's
+// arguments unchanged; counting touches only an atomic and a const thread-local.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded unchanged; the caller upholds GlobalAlloc::alloc's contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: as above; `ptr` was allocated by System through this allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const USER: &str = "noalloc";
+const PASSWORD: &str = "pass";
+const REALM: &str = "tern.test";
+const CHANNEL: u16 = 0x4000;
+const WARM_UP: usize = 1_000;
+const MEASURED: usize = 10_000;
+const BURST: usize = 20;
+const PAYLOAD: usize = 160;
+
+#[allow(clippy::print_stdout)] // without libtest, this reports in libtest's words
+fn main() -> ExitCode {
+    EXEMPT.with(|e| e.set(true));
+    match run() {
+        Ok(()) => {
+            println!("test no_alloc ... ok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("test no_alloc ... FAILED\n{e}\n\ntest result: FAILED. 0 passed; 1 failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The counter must see allocations of threads that are not exempt, or the
+/// assertion below could never fail.
+fn counter_sees_other_threads() -> Result<(), String> {
+    ARMED.store(true, Ordering::SeqCst);
+    let joined = std::thread::spawn(|| std::hint::black_box(vec![1u8; 64]).len()).join();
+    ARMED.store(false, Ordering::SeqCst);
+    let seen = ALLOCATIONS.swap(0, Ordering::SeqCst);
+    match joined {
+        Ok(64) if seen > 0 => Ok(()),
+        _ => Err(format!(
+            "counting allocator saw {seen} allocations of a spawned thread"
+        )),
+    }
+}
+
+fn run() -> Result<(), String> {
+    counter_sees_other_threads()?;
+    let mut config = Config::dev_default();
+    config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.relay_ip = vec!["127.0.0.1".parse().unwrap()];
+    config.relay_ports = (42_000, 42_999);
+    config.realm = REALM.to_owned();
+    config.user = vec![(USER.to_owned(), PASSWORD.to_owned())];
+    config.workers = 2;
+    let relay = Relay::start(config).map_err(|e| format!("start: {e}"))?;
+    let server = relay.listen_addrs()[0];
+
+    let client = bound_socket();
+    let peer = bound_socket();
+    let (relayed, nonce) = allocate(&client, server)?;
+    channel_bind(&client, server, peer.local_addr().unwrap(), &nonce)?;
+
+    let mut to_peer = vec![0u8; 4 + PAYLOAD];
+    to_peer[..2].copy_from_slice(&CHANNEL.to_be_bytes());
+    to_peer[2..4].copy_from_slice(&(PAYLOAD as u16).to_be_bytes());
+    let from_peer = vec![0x5Au8; PAYLOAD];
+    let mut buf = vec![0u8; 2048];
+
+    let mut exchange = |rounds: usize| -> Result<(), String> {
+        let mut done = 0;
+        while done < rounds {
+            let n = BURST.min(rounds - done);
+            for i in 0..n {
+                to_peer[4] = i as u8;
+                client
+                    .send_to(&to_peer, server)
+                    .map_err(|e| e.to_string())?;
+                peer.send_to(&from_peer, relayed)
+                    .map_err(|e| e.to_string())?;
+            }
+            for _ in 0..n {
+                let (len, from) = peer
+                    .recv_from(&mut buf)
+                    .map_err(|e| format!("peer recv: {e}"))?;
+                if len != PAYLOAD || from != relayed {
+                    return Err(format!("peer got {len} bytes from {from}"));
+                }
+                let (len, from) = client
+                    .recv_from(&mut buf)
+                    .map_err(|e| format!("client recv: {e}"))?;
+                if len != 4 + PAYLOAD || from != server || buf[..2] != CHANNEL.to_be_bytes() {
+                    return Err(format!("client got {len} bytes from {from}"));
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    };
+
+    exchange(WARM_UP)?;
+    ARMED.store(true, Ordering::SeqCst);
+    let measured = exchange(MEASURED);
+    ARMED.store(false, Ordering::SeqCst);
+    measured?;
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst);
+
+    let stats = relay.stats();
+    relay.shutdown();
+    let relayed_total = (WARM_UP + MEASURED) as u64;
+    if stats.turn.packets_to_peer < relayed_total || stats.turn.packets_to_client < relayed_total {
+        return Err(format!("relayed fewer packets than sent: {:?}", stats.turn));
+    }
+    if allocations != 0 {
+        return Err(format!(
+            "worker threads allocated {allocations} times while relaying {MEASURED} packets each way"
+        ));
+    }
+    Ok(())
+}
+
+fn bound_socket() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+fn tid(n: u8) -> TransactionId {
+    TransactionId([n; 12])
+}
+
+/// Send a request built by `build` and return the response bytes.
+fn request(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    method: Method,
+    id: TransactionId,
+    build: impl FnOnce(&mut MessageWriter<'_>),
+) -> Result<Vec<u8>, String> {
+    let mut out = [0u8; 512];
+    let mut w = MessageWriter::new(&mut out, method, Class::Request, id).unwrap();
+    build(&mut w);
+    let len = w.finish();
+    socket
+        .send_to(&out[..len], server)
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = socket
+        .recv_from(&mut buf)
+        .map_err(|e| format!("no response: {e}"))?;
+    Ok(buf[..n].to_vec())
+}
+
+fn authed(w: &mut MessageWriter<'_>, nonce: &[u8]) {
+    let key = tern_stun::long_term_key_md5(USER, REALM, PASSWORD);
+    w.add_raw(attr::USERNAME, USER.as_bytes()).unwrap();
+    w.add_raw(attr::REALM, REALM.as_bytes()).unwrap();
+    w.add_raw(attr::NONCE, nonce).unwrap();
+    w.add_message_integrity(&key).unwrap();
+    w.add_fingerprint().unwrap();
+}
+
+/// Allocate; returns the relayed address and the nonce to sign later requests with.
+fn allocate(client: &UdpSocket, server: SocketAddr) -> Result<(SocketAddr, Vec<u8>), String> {
+    let challenge = request(client, server, Method::ALLOCATE, tid(1), |w| {
+        w.add_requested_transport(tern_stun::PROTOCOL_UDP).unwrap();
+    })?;
+    let msg = Message::parse(&challenge).map_err(|e| format!("401: {e:?}"))?;
+    let nonce = msg
+        .get(attr::NONCE)
+        .ok_or("no NONCE in the challenge")?
+        .value
+        .to_vec();
+    let resp = request(client, server, Method::ALLOCATE, tid(2), |w| {
+        w.add_requested_transport(tern_stun::PROTOCOL_UDP).unwrap();
+        authed(w, &nonce);
+    })?;
+    let msg = Message::parse(&resp).map_err(|e| format!("allocate: {e:?}"))?;
+    if msg.class() != Class::Success {
+        return Err(format!("allocate failed: {:?}", error_of(&msg)));
+    }
+    let relayed = msg
+        .get(attr::XOR_RELAYED_ADDRESS)
+        .ok_or("no XOR-RELAYED-ADDRESS")?;
+    let relayed = tern_stun::decode_xor_address(relayed.value, &msg.transaction_id())
+        .map_err(|e| format!("relayed address: {e:?}"))?;
+    Ok((relayed, nonce))
+}
+
+fn channel_bind(
+    client: &UdpSocket,
+    server: SocketAddr,
+    peer: SocketAddr,
+    nonce: &[u8],
+) -> Result<(), String> {
+    let resp = request(client, server, Method::CHANNEL_BIND, tid(3), |w| {
+        w.add_channel_number(CHANNEL).unwrap();
+        w.add_xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+        authed(w, nonce);
+    })?;
+    let msg = Message::parse(&resp).map_err(|e| format!("channel bind: {e:?}"))?;
+    if msg.class() != Class::Success {
+        return Err(format!("channel bind failed: {:?}", error_of(&msg)));
+    }
+    Ok(())
+}
+
+fn error_of(msg: &Message<'_>) -> Option<(u16, String)> {
+    let a = msg.get(attr::ERROR_CODE)?;
+    tern_stun::decode_error_code(a.value)
+        .ok()
+        .map(|(c, r)| (c, r.to_owned()))
+}
