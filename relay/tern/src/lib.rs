@@ -173,9 +173,13 @@ impl Relay {
                 }
             }
         }
+        let pinned: Vec<usize> = (0..workers)
+            .filter_map(|i| cores.get(i % cores.len().max(1)).map(|c| c.id))
+            .collect();
         tracing::info!(
             listen = ?listen,
             workers,
+            cores = ?pinned,
             relay_ports = %format_args!("{lo}-{hi}"),
             "relay started"
         );
@@ -430,11 +434,12 @@ fn bind_listeners(
             .map_err(|source| StartError::Bind { addr, source })?;
         if let Ok(sizes) = buffer_sizes(&first) {
             let asked = SocketOptions::LISTENER;
+            // Linux reports twice the payload size it granted (it counts overhead).
             tracing::info!(
                 listen = %local,
-                rcvbuf = sizes.recv,
-                sndbuf = sizes.send,
-                "listening socket buffers granted"
+                rcvbuf = sizes.recv / 2,
+                sndbuf = sizes.send / 2,
+                "listening socket buffers granted (payload bytes)"
             );
             // Linux reports twice what was granted for payload (it counts overhead), so
             // anything below twice the wish means the sysctl cap cut it.
