@@ -103,8 +103,14 @@ impl Allocation {
     pub(crate) fn permit(&mut self, ip: IpAddr, now: Instant, cap: usize) -> PermitResult {
         let expires = now + PERMISSION_LIFETIME;
         if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
+            // An expired entry not swept yet is reinstalled: a new permission.
+            let live = now < p.expires;
             p.expires = expires;
-            return PermitResult::Refreshed;
+            return if live {
+                PermitResult::Refreshed
+            } else {
+                PermitResult::Created
+            };
         }
         self.permissions.retain(|p| now < p.expires);
         if self.permissions.len() >= cap {
@@ -168,8 +174,10 @@ impl Allocation {
             .iter_mut()
             .find(|c| c.number == number && c.peer == peer)
         {
+            // Rebinding the same pair after expiry (during quarantine) is a new binding.
+            let was_usable = c.usable(now);
             c.expires = expires;
-            return false;
+            return !was_usable;
         }
         self.channels.retain(|c| c.reserved(now));
         self.channels.push(ChannelBinding {

@@ -306,13 +306,20 @@ impl Server {
             self.stats.drop(DropReason::NoPermission);
             return None;
         }
-        let end = PEER_HEADROOM + len;
-        if len > usize::from(u16::MAX) - PEER_HEADROOM || buf.len() < end + PEER_TAILROOM {
+        // Bound `len` before adding to it: a caller's bogus length must not overflow.
+        if len > usize::from(u16::MAX) - PEER_HEADROOM
+            || buf.len() < PEER_HEADROOM + len + PEER_TAILROOM
+        {
             self.stats.drop(DropReason::NoRoom);
             return None;
         }
+        let end = PEER_HEADROOM + len;
         let rate = self.config.bandwidth_per_allocation;
-        if rate != 0 && !alloc.to_client_bucket.take(len as u64, rate, rate, now) {
+        if rate != 0
+            && !alloc
+                .to_client_bucket
+                .take(len as u64, rate, burst(rate), now)
+        {
             self.stats.drop(DropReason::Bandwidth);
             return None;
         }
@@ -539,7 +546,7 @@ impl Server {
         if rate != 0
             && !alloc
                 .to_peer_bucket
-                .take(data.len() as u64, rate, rate, now)
+                .take(data.len() as u64, rate, burst(rate), now)
         {
             self.stats.drop(DropReason::Bandwidth);
             return None;
@@ -572,6 +579,18 @@ impl Server {
     ) {
         self.stats.requests += 1;
         let method = msg.method();
+        // RFC 8489 §6.3.1: every request, Binding included.
+        let mut unknown = [0u16; 8];
+        let n = msg.unknown_required(is_understood, &mut unknown);
+        if n > 0 {
+            let reply = ErrorReply {
+                code: 420,
+                reason: "Unknown Attribute",
+                extra: ErrorExtra::Unknown(unknown, n),
+            };
+            self.respond(ft, msg, Reply::Error(reply), None, false, now);
+            return;
+        }
         if method == Method::BINDING {
             self.stats.binding_requests += 1;
             let reply = Reply::Empty;
@@ -586,17 +605,6 @@ impl Server {
                 to: ft.client,
                 payload,
             });
-            return;
-        }
-        let mut unknown = [0u16; 8];
-        let n = msg.unknown_required(is_understood, &mut unknown);
-        if n > 0 {
-            let reply = ErrorReply {
-                code: 420,
-                reason: "Unknown Attribute",
-                extra: ErrorExtra::Unknown(unknown, n),
-            };
-            self.respond(ft, msg, Reply::Error(reply), None, false, now);
             return;
         }
         if ![
@@ -617,6 +625,17 @@ impl Server {
             };
             self.respond(ft, msg, Reply::Error(reply), None, false, now);
             return;
+        }
+        // An allocation whose lifetime has run out is gone even if its timer
+        // has not fired yet: a late Refresh must not revive it (RFC 8656 §7).
+        if let Some(&index) = self.by_client.get(&ft) {
+            let expired = self.slots[index as usize]
+                .allocation
+                .as_ref()
+                .is_some_and(|a| a.expires <= now);
+            if expired {
+                self.delete(host, index, DeleteReason::Expired, now);
+            }
         }
         let auth = match self.authenticate(ft, msg, now) {
             Ok(auth) => auth,
@@ -864,7 +883,7 @@ impl Server {
             self.stats.quota_rejections += 1;
             return Err(err(508, "Insufficient Capacity"));
         }
-        if let Err(q) = host.acquire_allocation(&auth.username) {
+        if let Err(q) = host.acquire_allocation(quota_user(&auth.username)) {
             self.stats.quota_rejections += 1;
             return Err(match q {
                 QuotaError::PerUser => err(486, "Allocation Quota Reached"),
@@ -881,7 +900,7 @@ impl Server {
         let (primary, reserved) = match primary {
             Ok((addr, reserved)) => (addr, reserved),
             Err(e) => {
-                host.release_allocation(&auth.username);
+                host.release_allocation(quota_user(&auth.username));
                 self.stats.quota_rejections += 1;
                 return Err(e);
             }
@@ -912,8 +931,8 @@ impl Server {
             relay_v6,
             permissions: Vec::new(),
             channels: Vec::new(),
-            to_peer_bucket: TokenBucket::full(self.config.bandwidth_per_allocation, now),
-            to_client_bucket: TokenBucket::full(self.config.bandwidth_per_allocation, now),
+            to_peer_bucket: TokenBucket::full(burst(self.config.bandwidth_per_allocation), now),
+            to_client_bucket: TokenBucket::full(burst(self.config.bandwidth_per_allocation), now),
             packets_to_peer: 0,
             packets_to_client: 0,
             created: now,
@@ -1014,6 +1033,10 @@ impl Server {
             .ok_or_else(|| err(437, "Allocation Mismatch"))?;
         let peers = || msg.attributes().filter(|a| a.typ == attr::XOR_PEER_ADDRESS);
         let mut count = 0;
+        // All or nothing (RFC 8656 §9.2): the live permissions plus the distinct
+        // new ones must fit under the cap before any is installed.
+        let live = alloc.permissions.iter().filter(|p| now < p.expires).count();
+        let mut new_ips: Vec<IpAddr> = Vec::new();
         for a in peers() {
             let peer = tern_stun::decode_xor_address(a.value, &tid)
                 .map_err(|_| err(400, "Bad Request: XOR-PEER-ADDRESS"))?;
@@ -1024,8 +1047,11 @@ impl Server {
                 self.stats.peer_denied += 1;
                 return Err(err(403, "Forbidden: peer address not allowed"));
             }
-            if !alloc.can_permit(peer.ip(), now, cap) {
-                return Err(err(508, "Insufficient Capacity: too many permissions"));
+            if !alloc.has_permission(peer.ip(), now) && !new_ips.contains(&peer.ip()) {
+                new_ips.push(peer.ip());
+                if live + new_ips.len() > cap {
+                    return Err(err(508, "Insufficient Capacity: too many permissions"));
+                }
             }
             count += 1;
         }
@@ -1265,7 +1291,7 @@ impl Server {
             self.unindex_relay(addr);
             host.close_relay(addr);
         }
-        host.release_allocation(&alloc.username);
+        host.release_allocation(quota_user(&alloc.username));
         match reason {
             DeleteReason::Expired => self.stats.allocations_expired += 1,
             _ => self.stats.allocations_deleted += 1,
@@ -1402,8 +1428,12 @@ impl Server {
             }
         }
         if let Some(software) = &self.config.software {
-            let s = software.as_bytes();
-            w.add_raw(attr::SOFTWARE, &s[..s.len().min(128)])?;
+            // RFC 8489 §14.14: fewer than 128 characters; cut on a character boundary.
+            let end = software
+                .char_indices()
+                .nth(127)
+                .map_or(software.len(), |(i, _)| i);
+            w.add_text(attr::SOFTWARE, &software[..end])?;
         }
         if let Some(auth) = auth {
             match auth.integrity {
@@ -1415,6 +1445,22 @@ impl Server {
             w.add_fingerprint()?;
         }
         Ok(w.finish())
+    }
+}
+
+/// Bucket depth for a bandwidth cap of `rate` bytes/s: one second's worth, but
+/// never less than the largest UDP datagram, so a cap below 64 KiB/s still lets
+/// every datagram through eventually.
+fn burst(rate: u64) -> u64 {
+    rate.max(65_535)
+}
+
+/// Whom a quota counts against: the user part of a REST `expiry:user` name (so
+/// every fresh credential of one user shares one quota), else the whole name.
+fn quota_user(username: &str) -> &str {
+    match crate::auth::rest_expiry(username) {
+        Some(_) => username.split_once(':').map_or(username, |(_, user)| user),
+        None => username,
     }
 }
 
