@@ -36,7 +36,9 @@ pub struct ServerConfig {
     pub max_lifetime: Duration,
     /// How long a NONCE stays valid before 438 Stale Nonce.
     pub nonce_lifetime: Duration,
-    /// 401 challenges per second per source IP (burst twice that); excess requests are dropped.
+    /// 401 challenges per second per source IP (burst twice that); excess requests are
+    /// dropped. 100/s lets a corporate NAT full of clients through while a spoofed
+    /// flood cannot turn the relay into a 401 reflector at line rate.
     pub unauth_rate: u32,
     /// Sent in 300 Try Alternate to new Allocates while draining.
     pub alternate_server: Option<SocketAddr>,
@@ -66,7 +68,7 @@ impl ServerConfig {
             default_lifetime: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             nonce_lifetime: Duration::from_secs(600),
-            unauth_rate: 10,
+            unauth_rate: 100,
             alternate_server: None,
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 256,

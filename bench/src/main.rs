@@ -1,0 +1,480 @@
+//! `tern-bench`: load generator, comparison harness, null relay and
+//! impairment proxy for TURN relays. See README.md beside this crate.
+
+// This binary is I/O and measurement, not a sans-IO protocol core.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tern_bench::compare::{compare, table};
+use tern_bench::forwarder::{self, ForwarderConfig, ForwarderCounters};
+use tern_bench::load::Load;
+use tern_bench::scenario::{Bench, RunReport, Scenario, TargetKind};
+use tern_bench::sweep::{csv, svg, sweep, SweepConfig};
+use tern_bench::turn_client::DataPath;
+
+/// Load generator and side-by-side harness for TURN relays (loopback only).
+#[derive(Parser, Debug)]
+#[command(name = "tern-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One measurement window against one target.
+    Run {
+        /// What to measure.
+        #[arg(long, value_enum, default_value = "tern")]
+        target: TargetKind,
+        #[command(flatten)]
+        sc: ScenarioArgs,
+    },
+    /// The same scenario against several targets, alternating, repeated.
+    Compare {
+        /// Targets, comma-separated.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "tern,coturn,null"
+        )]
+        targets: Vec<TargetKind>,
+        /// Repetitions of each target.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[command(flatten)]
+        sc: ScenarioArgs,
+    },
+    /// Highest rate sustained at or under a loss threshold; CSV + SVG.
+    Sweep {
+        /// What to measure.
+        #[arg(long, value_enum, default_value = "tern")]
+        target: TargetKind,
+        /// First rate tried (pps); doubled until a window fails, then bisected.
+        #[arg(long, default_value_t = 10_000.0)]
+        start_rate: f64,
+        /// Never request more than this (pps).
+        #[arg(long, default_value_t = 2_000_000.0)]
+        max_rate: f64,
+        /// A window passes at or under this loss (percent).
+        #[arg(long, default_value_t = 0.1)]
+        max_loss: f64,
+        /// Stop bisecting when the bracket is narrower than this share.
+        #[arg(long, default_value_t = 0.05)]
+        resolution: f64,
+        /// At most this many windows.
+        #[arg(long, default_value_t = 16)]
+        max_windows: usize,
+        /// CSV output file.
+        #[arg(long, default_value = "sweep.csv")]
+        csv: PathBuf,
+        /// SVG output file.
+        #[arg(long, default_value = "sweep.svg")]
+        svg: PathBuf,
+        #[command(flatten)]
+        sc: ScenarioArgs,
+    },
+    /// The null relay: forward every datagram from --listen to --to (recvmmsg/sendmmsg), no TURN.
+    NullRelay {
+        #[command(flatten)]
+        f: ForwardArgs,
+    },
+    /// The impairment proxy: the null relay plus deterministic drop and fixed delay.
+    Proxy {
+        #[command(flatten)]
+        f: ForwardArgs,
+        /// Share of packets to drop (0..1), exactly and evenly spread.
+        #[arg(long, default_value_t = 0.0)]
+        drop: f64,
+        /// Delay added to every forwarded packet, milliseconds.
+        #[arg(long, default_value_t = 0.0)]
+        delay_ms: f64,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct ForwardArgs {
+    /// Address to receive on (loopback).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Address to send everything to (loopback).
+    #[arg(long)]
+    to: SocketAddr,
+    /// recvmmsg/sendmmsg batch size.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    time_limit: u64,
+    /// Stop after this many packets.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    max_packets: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ScenarioArgs {
+    /// Allocations (flows), each with its own client socket.
+    #[arg(long, default_value_t = 1000)]
+    flows: usize,
+    /// Requested rate over all flows, packets per second.
+    #[arg(long, default_value_t = 20_000.0)]
+    rate: f64,
+    /// Measurement window (sending time limit), seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Packet count limit (default: rate x duration).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Probe payload bytes as the peer sees them (rounded up to a multiple of 4, >= 32).
+    #[arg(long, default_value_t = 160)]
+    payload: usize,
+    /// Sender threads.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Peer-side receiver threads (one socket each; TURN targets only).
+    #[arg(long, default_value_t = 1)]
+    receivers: usize,
+    /// Packets per flow per sendmmsg.
+    #[arg(long, default_value_t = 1)]
+    burst: usize,
+    /// Send indications instead of ChannelData (permission only, no channel).
+    #[arg(long)]
+    send_indications: bool,
+    /// Peers echo every probe back through the relay; clients measure RTT and
+    /// return loss (TURN targets only).
+    #[arg(long)]
+    echo: bool,
+    /// Relay worker threads (tern --workers, coturn --relay-threads).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// tern binary (relative paths also tried beside this executable).
+    #[arg(long, default_value = "target/release/tern")]
+    tern_bin: PathBuf,
+    /// coturn binary.
+    #[arg(long, default_value = "turnserver")]
+    coturn_bin: PathBuf,
+    /// Realm of spawned relays.
+    #[arg(long, default_value = "tern.bench")]
+    realm: String,
+    /// REST shared secret.
+    #[arg(long, default_value = "tern-bench-secret")]
+    secret: String,
+    /// REST user part (or NAME:PASSWORD with --long-term).
+    #[arg(long, default_value = "bench")]
+    user: String,
+    /// Long-term credentials from --user NAME:PASSWORD instead of REST.
+    #[arg(long)]
+    long_term: bool,
+    /// External relay address (--target external).
+    #[arg(long)]
+    server: Option<SocketAddr>,
+    /// External relay pid, for CPU accounting.
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// The relay must use under this % of a core over 1 s before a window starts.
+    #[arg(long, default_value_t = 5.0)]
+    idle_pct: f64,
+    /// How long to wait for that, seconds.
+    #[arg(long, default_value_t = 15)]
+    idle_wait: u64,
+    /// Flag a window when other processes used more than this % of a core.
+    #[arg(long, default_value_t = 20.0)]
+    disturb_pct: f64,
+    /// Pin sender and receiver threads to cores.
+    #[arg(long)]
+    pin: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ScenarioArgs {
+    fn scenario(&self) -> Scenario {
+        let payload = self
+            .payload
+            .max(tern_bench::payload::HEADER_LEN)
+            .next_multiple_of(4)
+            .min(1400);
+        let duration = Duration::from_secs_f64(self.duration.max(0.01));
+        let load = Load {
+            rate_pps: self.rate,
+            duration,
+            count: self
+                .count
+                .unwrap_or((self.rate * duration.as_secs_f64()).ceil() as u64),
+            payload_len: payload,
+            senders: self.senders,
+            burst: self.burst,
+            pin: self.pin,
+            disturb_pct: self.disturb_pct,
+            echo: self.echo,
+        };
+        Scenario {
+            flows: self.flows.max(1),
+            path: if self.send_indications {
+                DataPath::SendIndication
+            } else {
+                DataPath::Channel
+            },
+            load,
+            receivers: self.receivers,
+            workers: self.workers,
+            tern_bin: resolve_beside_exe(&self.tern_bin),
+            coturn_bin: self.coturn_bin.clone(),
+            realm: self.realm.clone(),
+            secret: self.secret.clone(),
+            user: self.user.clone(),
+            long_term: self.long_term,
+            server: self.server,
+            relay_pid: self.relay_pid,
+            idle_pct: self.idle_pct,
+            idle_wait: Duration::from_secs(self.idle_wait),
+        }
+    }
+}
+
+fn resolve_beside_exe(p: &std::path::Path) -> PathBuf {
+    if p.is_absolute() || p.exists() {
+        return p.to_path_buf();
+    }
+    let beside = std::env::current_exe().ok().and_then(|e| {
+        e.parent()
+            .map(|d| d.join(p.file_name().unwrap_or_default()))
+    });
+    match beside {
+        Some(b) if b.exists() => b,
+        _ => p.to_path_buf(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn out(s: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{s}");
+}
+
+fn json<T: serde::Serialize>(v: &T) -> tern_bench::Result<()> {
+    out(&serde_json::to_string_pretty(v).map_err(|e| tern_bench::Error(e.to_string()))?);
+    Ok(())
+}
+
+fn real_main(cli: Cli) -> tern_bench::Result<()> {
+    match cli.cmd {
+        Cmd::Run { target, sc } => {
+            let s = sc.scenario();
+            let mut b = Bench::start(target, &s)?;
+            let r = b.window(&s.load, s.idle_pct, s.idle_wait);
+            if sc.json {
+                json(&r)?;
+            } else {
+                out(&describe(&r));
+            }
+        }
+        Cmd::Compare { targets, reps, sc } => {
+            let s = sc.scenario();
+            eprintln!(
+                "compare: {} flows, {:.0} pps, {:.1} s windows, payload {} B, {:?}, {} rep(s) of {:?}",
+                s.flows,
+                s.load.rate_pps,
+                s.load.duration.as_secs_f64(),
+                s.load.payload_len,
+                s.path,
+                reps,
+                targets.iter().map(|t| t.name()).collect::<Vec<_>>()
+            );
+            let rep = compare(&s, &targets, reps.max(1), |line| eprintln!("{line}"));
+            if sc.json {
+                json(&rep)?;
+            } else {
+                out(&table(&rep.summary));
+            }
+        }
+        Cmd::Sweep {
+            target,
+            start_rate,
+            max_rate,
+            max_loss,
+            resolution,
+            max_windows,
+            csv: csv_path,
+            svg: svg_path,
+            sc,
+        } => {
+            let s = sc.scenario();
+            let mut b = Bench::start(target, &s)?;
+            let cfg = SweepConfig {
+                start_pps: start_rate,
+                max_pps: max_rate,
+                max_loss_pct: max_loss,
+                resolution,
+                max_windows,
+            };
+            let rep = sweep(&mut b, &s.load, &cfg, s.idle_pct, s.idle_wait, |p| {
+                eprintln!(
+                    "requested {:>9.0} offered {:>9.0} delivered {:>9.0} pps loss {:>7.3} % p99 {:>8.1} µs {}{}",
+                    p.requested_pps,
+                    p.offered_pps,
+                    p.delivered_pps,
+                    p.loss_pct,
+                    p.p99_us,
+                    if p.pass { "pass" } else { "FAIL" },
+                    if p.generator_limited { " (generator-limited)" } else { "" }
+                )
+            });
+            std::fs::write(&csv_path, csv(&rep.points))?;
+            let title = format!(
+                "{} — {} flows, {} B payload, {:.1} s windows",
+                target.name(),
+                s.flows,
+                s.load.payload_len,
+                s.load.duration.as_secs_f64()
+            );
+            std::fs::write(&svg_path, svg(&rep.points, &title))?;
+            if sc.json {
+                json(&rep)?;
+            } else {
+                out(&match rep.best_pps {
+                    Some(b) => format!(
+                        "{}: highest rate at <= {max_loss} % loss: {b:.0} pps{}\nwrote {} and {}",
+                        target.name(),
+                        if rep.generator_bound {
+                            " (bounded by the generator, not the relay)"
+                        } else {
+                            ""
+                        },
+                        csv_path.display(),
+                        svg_path.display()
+                    ),
+                    None => format!(
+                        "{}: no rate passed; wrote {} and {}",
+                        target.name(),
+                        csv_path.display(),
+                        svg_path.display()
+                    ),
+                });
+            }
+        }
+        Cmd::NullRelay { f } => forward(&f, 0.0, 0.0)?,
+        Cmd::Proxy { f, drop, delay_ms } => forward(&f, drop, delay_ms)?,
+    }
+    Ok(())
+}
+
+fn forward(f: &ForwardArgs, drop: f64, delay_ms: f64) -> tern_bench::Result<()> {
+    for a in [f.listen, f.to] {
+        if !a.ip().is_loopback() {
+            return Err(tern_bench::Error(format!("{a} is not a loopback address")));
+        }
+    }
+    let sock = forwarder::bind(f.listen)?;
+    let cfg = ForwarderConfig {
+        to: f.to,
+        drop_share: drop.clamp(0.0, 1.0),
+        delay: Duration::from_secs_f64(delay_ms.max(0.0) / 1000.0),
+        batch: f.batch,
+        max_packets: f.max_packets,
+        time_limit: Duration::from_secs(f.time_limit),
+    };
+    let counters = ForwarderCounters::default();
+    forwarder::run(&sock, &cfg, &AtomicBool::new(false), &counters);
+    eprintln!("{:?}", counters.snapshot());
+    Ok(())
+}
+
+fn describe(r: &RunReport) -> String {
+    let m = &r.m;
+    let c = &m.cpu;
+    let mut s = format!(
+        "target {} ({}), {} flows, payload {} B, setup {:.2} s\n",
+        r.target.name(),
+        match r.path {
+            Some(DataPath::Channel) => "ChannelData",
+            Some(DataPath::SendIndication) => "Send indications",
+            None => "plain UDP",
+        },
+        r.flows,
+        r.load.payload_len,
+        r.setup_s
+    );
+    s += &format!(
+        "requested {:.0} pps for {:.1} s ({} packets); offered {} in {:.2} s = {:.0} pps",
+        r.load.rate_pps,
+        r.load.duration.as_secs_f64(),
+        m.requested,
+        m.sent,
+        m.send_s,
+        m.offered_pps
+    );
+    if m.generator_limited {
+        s += &format!(
+            "  ** GENERATOR SHORTFALL {:.1} %: the requested rate was NOT offered **",
+            m.send_shortfall_pct
+        );
+    }
+    s += &format!(
+        "\ndelivered {} = {:.0} pps; lost {} ({:.3} %), reordered {}, duplicates {}, foreign {}, send errors {}\n",
+        m.received, m.delivered_pps, m.lost, m.loss_pct, m.reordered, m.duplicates, m.foreign, m.send_errors
+    );
+    let l = &m.latency;
+    s += &format!(
+        "one-way latency µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}\n",
+        l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
+    );
+    let opt = |v: Option<f64>, p: usize| v.map_or("-".to_owned(), |v| format!("{v:.p$}"));
+    s += &format!(
+        "CPU over {:.2} s: relay {} s ({} % of a core, {} ns/pkt); machine busy {:.2} s ({} ns/pkt, softirq {:.2} s); harness {:.2} s; others {:.2} s ({:.1} % of a core){}\n",
+        c.window_s,
+        opt(c.relay_cpu_s, 2),
+        opt(c.relay_core_pct, 1),
+        opt(c.relay_ns_per_pkt, 0),
+        c.machine_busy_s,
+        opt(c.machine_ns_per_pkt, 0),
+        c.softirq_s,
+        c.bench_cpu_s,
+        c.others_cpu_s,
+        c.others_core_pct,
+        if c.disturbed { "  ** DISTURBED **" } else { "" }
+    );
+    if let Some(e) = &m.echo {
+        s += &format!(
+            "echo: {} back at clients, return loss {:.3} %, foreign {}; RTT µs p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n",
+            e.received,
+            e.return_loss_pct,
+            e.foreign,
+            e.rtt.p50_us,
+            e.rtt.p90_us,
+            e.rtt.p99_us,
+            e.rtt.p999_us,
+            e.rtt.max_us
+        );
+    }
+    s += &format!(
+        "kernel UDP drops during window: rcvbuf {}, sndbuf {}",
+        c.udp_rcvbuf_errors, c.udp_sndbuf_errors
+    );
+    if let (Some(p), Some(ok)) = (r.idle_core_pct_before, r.idle_ok) {
+        s += &format!(
+            "\nrelay CPU before window: {p:.1} % of a core{}",
+            if ok { "" } else { " (NOT idle)" }
+        );
+    }
+    s
+}

@@ -1,0 +1,275 @@
+//! A scenario against one target: start it (or reach it), set up the flows
+//! (real TURN allocations, or plain UDP sockets for the null relay), wait for
+//! the relay to be idle, then run one or more measurement windows.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cpu;
+use crate::load::{measure, peer_sockets, Flow, Load, Measurement};
+use crate::servers::{spawn_coturn, spawn_null, spawn_tern, RelayConfig, Spawned};
+use crate::turn_client::{allocate_all, Credentials, DataPath, Setup};
+use crate::{bail, Result};
+
+/// What is being measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// tern, started by the harness.
+    Tern,
+    /// coturn (`turnserver`), started by the harness.
+    Coturn,
+    /// The built-in null relay (plain UDP, no TURN), started by the harness.
+    Null,
+    /// A relay already running at `--server` (CPU measured if `--relay-pid` is given).
+    External,
+}
+
+impl TargetKind {
+    /// Short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Tern => "tern",
+            TargetKind::Coturn => "coturn",
+            TargetKind::Null => "null",
+            TargetKind::External => "external",
+        }
+    }
+}
+
+/// Everything that defines a scenario, shared by `run`, `compare` and `sweep`.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Allocations (flows).
+    pub flows: usize,
+    /// ChannelData or Send indications (TURN targets).
+    pub path: DataPath,
+    /// Rate, duration, payload, threads.
+    pub load: Load,
+    /// Peer-side receiver sockets/threads.
+    pub receivers: usize,
+    /// Relay worker threads (tern `--workers`, coturn `--relay-threads`).
+    pub workers: usize,
+    /// tern binary.
+    pub tern_bin: PathBuf,
+    /// coturn binary.
+    pub coturn_bin: PathBuf,
+    /// Realm for spawned relays.
+    pub realm: String,
+    /// REST secret for spawned relays (and external, unless `user` is set).
+    pub secret: String,
+    /// REST user part, or long-term `user:password` for external relays.
+    pub user: String,
+    /// Use long-term credentials `user` (as `name:password`) instead of REST.
+    pub long_term: bool,
+    /// External relay address.
+    pub server: Option<SocketAddr>,
+    /// External relay pid.
+    pub relay_pid: Option<u32>,
+    /// Relay must use less than this share of a core over 1 s before a window starts.
+    pub idle_pct: f64,
+    /// How long to wait for that.
+    pub idle_wait: Duration,
+}
+
+/// A target set up and ready for measurement windows.
+pub struct Bench {
+    /// What it is.
+    pub kind: TargetKind,
+    /// The flows (client sockets with their data-path prefix).
+    pub flows: Vec<Flow>,
+    /// Peer-side sockets.
+    pub peers: Vec<UdpSocket>,
+    /// Relay pid for CPU accounting.
+    pub pid: Option<u32>,
+    /// Time to set up all allocations, seconds.
+    pub setup_s: f64,
+    /// Data path in use (None: plain UDP).
+    pub path: Option<DataPath>,
+    releases: Vec<Vec<u8>>,
+    run: u32,
+    _server: Option<Spawned>,
+}
+
+/// One window's report.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// Target.
+    pub target: TargetKind,
+    /// ChannelData / Send indications; `None` for plain UDP (null relay).
+    pub path: Option<DataPath>,
+    /// Flows (allocations).
+    pub flows: usize,
+    /// Requested load.
+    pub load: Load,
+    /// Allocation setup time, seconds.
+    pub setup_s: f64,
+    /// Relay CPU (share of a core) measured just before the window.
+    pub idle_core_pct_before: Option<f64>,
+    /// Whether the relay got idle in time.
+    pub idle_ok: Option<bool>,
+    /// The window.
+    #[serde(flatten)]
+    pub m: Measurement,
+}
+
+impl Bench {
+    /// Start (or reach) `kind` and set up `sc.flows` flows.
+    pub fn start(kind: TargetKind, sc: &Scenario) -> Result<Bench> {
+        let ip: IpAddr = "127.0.0.1".parse().expect("literal");
+        let peers = peer_sockets(sc.receivers, false)?;
+        let relay = RelayConfig {
+            ip,
+            realm: sc.realm.clone(),
+            secret: sc.secret.clone(),
+            workers: sc.workers,
+            ports: (sc.flows as u16).saturating_add(64),
+        };
+        let (server, addr, pid) = match kind {
+            TargetKind::Null => {
+                if sc.load.echo {
+                    bail!("the null relay forwards one way only; --echo needs a TURN target");
+                }
+                let exe = std::env::current_exe()?;
+                let to = peers[0].local_addr()?;
+                let limit = sc.load.duration * 50 + Duration::from_secs(600);
+                let s = spawn_null(&exe, ip, to, limit)?;
+                let mut b = Bench::plain(s.listen, peers, sc.flows, Some(s.pid))?;
+                b._server = Some(s);
+                return Ok(b);
+            }
+            TargetKind::Tern => {
+                let s = spawn_tern(&sc.tern_bin, &relay)?;
+                let (a, p) = (s.listen, s.pid);
+                (Some(s), a, Some(p))
+            }
+            TargetKind::Coturn => {
+                let s = spawn_coturn(&sc.coturn_bin, &relay)?;
+                let (a, p) = (s.listen, s.pid);
+                (Some(s), a, Some(p))
+            }
+            TargetKind::External => match sc.server {
+                Some(a) => (None, a, sc.relay_pid),
+                None => bail!("--target external needs --server ADDR:PORT"),
+            },
+        };
+        let credentials = if sc.long_term {
+            let (u, p) = sc.user.split_once(':').unwrap_or((&sc.user, ""));
+            Credentials::LongTerm {
+                user: u.to_owned(),
+                password: p.to_owned(),
+            }
+        } else {
+            Credentials::Rest {
+                secret: sc.secret.clone(),
+                user: sc.user.clone(),
+            }
+        };
+        let setup = Setup {
+            server: addr,
+            credentials,
+            path: sc.path,
+            window: 64,
+            timeout: Duration::from_secs(30 + sc.flows as u64 / 50),
+        };
+        let peer_addrs: Vec<SocketAddr> = peers
+            .iter()
+            .map(UdpSocket::local_addr)
+            .collect::<std::io::Result<_>>()?;
+        let per_flow: Vec<SocketAddr> = (0..sc.flows)
+            .map(|i| peer_addrs[i % peer_addrs.len()])
+            .collect();
+        let t0 = Instant::now();
+        let allocs = allocate_all(&setup, &per_flow)?;
+        let setup_s = t0.elapsed().as_secs_f64();
+        let payload = sc.load.payload_len;
+        let mut releases = Vec::with_capacity(allocs.len());
+        let flows = allocs
+            .into_iter()
+            .map(|a| {
+                let prefix = a.data_prefix(sc.path, payload);
+                releases.push(a.release_message());
+                Flow {
+                    sock: a.sock,
+                    prefix,
+                }
+            })
+            .collect();
+        Ok(Bench {
+            kind,
+            flows,
+            peers,
+            pid,
+            setup_s,
+            path: Some(sc.path),
+            releases,
+            run: 0,
+            _server: server,
+        })
+    }
+
+    /// Plain UDP flows to `addr` (a null relay or proxy that forwards to `peers[0]`).
+    pub fn plain(
+        addr: SocketAddr,
+        peers: Vec<UdpSocket>,
+        flows: usize,
+        pid: Option<u32>,
+    ) -> Result<Bench> {
+        let flows = (0..flows)
+            .map(|i| {
+                let s = UdpSocket::bind(crate::turn_client::client_addr(addr, i))?;
+                s.connect(addr)?;
+                Ok(Flow {
+                    sock: s,
+                    prefix: Vec::new(),
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Bench {
+            kind: TargetKind::Null,
+            flows,
+            peers,
+            pid,
+            setup_s: 0.0,
+            path: None,
+            releases: Vec::new(),
+            run: 0,
+            _server: None,
+        })
+    }
+
+    /// Wait for the relay to be idle, then run one measurement window.
+    pub fn window(&mut self, load: &Load, idle_pct: f64, idle_wait: Duration) -> RunReport {
+        let (idle, ok) = match self.pid {
+            Some(pid) => {
+                let (p, ok) = cpu::wait_idle(pid, idle_pct, idle_wait);
+                (Some(p), Some(ok))
+            }
+            None => (None, None),
+        };
+        self.run += 1;
+        let run = (std::process::id() << 8) ^ self.run;
+        let m = measure(&self.flows, &self.peers, load, run, self.pid);
+        RunReport {
+            target: self.kind,
+            path: self.path,
+            flows: self.flows.len(),
+            load: load.clone(),
+            setup_s: self.setup_s,
+            idle_core_pct_before: idle,
+            idle_ok: ok,
+            m,
+        }
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        for (f, r) in self.flows.iter().zip(&self.releases) {
+            let _best_effort = f.sock.send(r);
+        }
+    }
+}
