@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use tern_turn::policy::Cidr;
 
-use crate::config::{self, Config, ConfigError, ExternalIp, IoBackend, DEV_REALM, DEV_USER};
+use crate::config::{
+    self, AdminListen, Config, ConfigError, ExternalIp, IoBackend, DEV_REALM, DEV_USER,
+};
 
 /// tern: a thread-per-core TURN relay (RFC 8656).
 ///
@@ -111,6 +113,16 @@ pub struct Flags {
     /// Where new clients are sent (300 Try Alternate) while draining.
     #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_alternate_server)]
     pub alternate_server: Option<SocketAddr>,
+    /// Admin HTTP endpoint (/metrics, /healthz, /readyz, /load, /admin/*), or off [default: 127.0.0.1:9641].
+    #[arg(long, value_name = "ADDR:PORT|off", value_parser = config::parse_admin)]
+    pub admin: Option<AdminListen>,
+    /// Bearer token required by POST /admin/drain and /admin/undrain (at least 16 characters).
+    #[arg(long, value_name = "TOKEN", env = "TERN_ADMIN_TOKEN", hide_env_values = true,
+          value_parser = config::parse_admin_token)]
+    pub admin_token: Option<String>,
+    /// Seconds a drain (SIGTERM, /admin/drain) waits for allocations to end [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_timeout: Option<u64>,
 }
 
 /// Where the configuration in force came from.
@@ -180,6 +192,13 @@ impl Flags {
         if self.alternate_server.is_some() {
             c.alternate_server = self.alternate_server;
         }
+        if let Some(AdminListen(a)) = self.admin {
+            c.admin = a;
+        }
+        if self.admin_token.is_some() {
+            c.admin_token.clone_from(&self.admin_token);
+        }
+        set(&mut c.drain_timeout, &self.drain_timeout);
     }
 }
 
@@ -324,6 +343,12 @@ relay-ports = "50000-50100""#
             "30",
             "--alternate-server",
             "192.0.2.1:3478",
+            "--admin",
+            "off",
+            "--admin-token",
+            "0123456789abcdefXYZ",
+            "--drain-timeout",
+            "60",
         ]);
         let mut c = Config::default();
         cli.flags.apply(&mut c);
@@ -347,6 +372,9 @@ relay-ports = "50000-50100""#
             (60, 120, 30)
         );
         assert_eq!(c.alternate_server, Some("192.0.2.1:3478".parse().unwrap()));
+        assert_eq!(c.admin, None);
+        assert_eq!(c.admin_token.as_deref(), Some("0123456789abcdefXYZ"));
+        assert_eq!(c.drain_timeout, 60);
     }
 
     #[test]

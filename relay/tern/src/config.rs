@@ -64,7 +64,17 @@ pub struct Config {
     pub nonce_lifetime: u64,
     /// Where new clients are sent (300 Try Alternate) while this relay drains.
     pub alternate_server: Option<SocketAddr>,
+    /// The admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/load`,
+    /// `/admin/*`); `None` (`admin = "off"`) serves none.
+    pub admin: Option<SocketAddr>,
+    /// The bearer token `POST /admin/*` requires; without one they are refused.
+    pub admin_token: Option<String>,
+    /// Seconds a drain waits for live allocations to end before stopping anyway.
+    pub drain_timeout: u64,
 }
+
+/// Where the admin endpoint listens unless `admin` says otherwise.
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9641);
 
 /// A public address to advertise, optionally with the private address it maps
 /// to (1:1 NAT, e.g. an EC2 Elastic IP): `PUBLIC[/PRIVATE]`.
@@ -174,6 +184,9 @@ impl Default for Config {
             max_lifetime: 3600,
             nonce_lifetime: 600,
             alternate_server: None,
+            admin: Some(DEFAULT_ADMIN),
+            admin_token: None,
+            drain_timeout: 3600,
         }
     }
 }
@@ -268,6 +281,12 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        if self.drain_timeout == 0 {
+            return Err(ConfigError::problem(
+                "drain-timeout",
+                "must be at least 1 second",
+            ));
+        }
         let relay = self.relay_addresses()?;
         Ok(Validated { relay })
     }
@@ -284,6 +303,9 @@ impl Config {
         }
         for (name, password) in &self.user {
             check_user(name, password).map_err(|p| ConfigError::problem("user", p))?;
+        }
+        if let Some(token) = &self.admin_token {
+            check_admin_token(token).map_err(|p| ConfigError::problem("admin-token", p))?;
         }
         Ok(())
     }
@@ -362,9 +384,13 @@ impl Config {
         } else {
             self.workers.to_string()
         };
+        let admin = match self.admin {
+            Some(a) => a.to_string(),
+            None => "off".to_owned(),
+        };
         format!(
             "listen {}; relay {} ports {}; realm {:?}; {} user(s), {} secret(s); \
-             {} allow-peer, {} deny-peer; workers {}; io-backend {}",
+             {} allow-peer, {} deny-peer; workers {}; io-backend {}; admin {}",
             listen.join(", "),
             relay.join(", "),
             fmt_ports(self.relay_ports),
@@ -375,6 +401,7 @@ impl Config {
             self.deny_peer.len(),
             workers,
             self.io_backend,
+            admin,
         )
     }
 }
@@ -523,6 +550,26 @@ pub fn parse_log_level(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// The value of `admin`: where the admin endpoint listens, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+/// `--admin` / `admin`: an `IP:PORT`, or `off` for no admin endpoint.
+pub fn parse_admin(s: &str) -> Result<AdminListen, String> {
+    if s == "off" {
+        return Ok(AdminListen(None));
+    }
+    s.parse()
+        .map(|a| AdminListen(Some(a)))
+        .map_err(|_| "expected IP:PORT (e.g. 127.0.0.1:9641) or off".to_owned())
+}
+
+/// `--admin-token` / `admin-token`: a bearer token of visible ASCII.
+pub fn parse_admin_token(s: &str) -> Result<String, String> {
+    check_admin_token(s)?;
+    Ok(s.to_owned())
+}
+
 /// `--alternate-server`: an `IP:PORT`.
 pub fn parse_alternate_server(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| "expected IP:PORT".to_owned())
@@ -553,6 +600,16 @@ fn check_user(name: &str, password: &str) -> Result<(), String> {
     }
     if password.is_empty() {
         return Err(format!("user {name:?} has an empty password"));
+    }
+    Ok(())
+}
+
+fn check_admin_token(token: &str) -> Result<(), String> {
+    if token.len() < 16 {
+        return Err("the token must be at least 16 characters".to_owned());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token must be visible ASCII (no spaces)".to_owned());
     }
     Ok(())
 }
@@ -657,6 +714,9 @@ struct RawConfig {
     max_lifetime: Option<toml::Value>,
     nonce_lifetime: Option<toml::Value>,
     alternate_server: Option<toml::Value>,
+    admin: Option<toml::Value>,
+    admin_token: Option<toml::Value>,
+    drain_timeout: Option<toml::Value>,
 }
 
 impl RawConfig {
@@ -723,6 +783,17 @@ impl RawConfig {
         }
         if let Some(v) = self.alternate_server {
             c.alternate_server = Some(one("alternate-server", v, parse_alternate_server)?);
+        }
+        if let Some(v) = self.admin {
+            c.admin = one("admin", v, parse_admin)?.0;
+        }
+        if let Some(v) = self.admin_token {
+            let token = string("admin-token", v)?;
+            check_admin_token(&token).map_err(|p| ConfigError::problem("admin-token", p))?;
+            c.admin_token = Some(token);
+        }
+        if let Some(v) = self.drain_timeout {
+            c.drain_timeout = integer("drain-timeout", v)?;
         }
         Ok(())
     }

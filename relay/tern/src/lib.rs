@@ -4,9 +4,12 @@
 //! Owns: turning a [`Config`] into running workers (one per core, pinned, each
 //! with its own SO_REUSEPORT listening sockets, its own `tern_turn::Server`
 //! shard, its own relay sockets and counters), the relay-wide quotas and
-//! EVEN-PORT reservations, and control of the workers (reload, drain, stats,
-//! shutdown) over channels. Must not touch: protocol logic (tern-turn, tern-stun)
-//! or socket syscalls (tern-io).
+//! EVEN-PORT reservations, control of the workers (reload, drain, stats,
+//! shutdown) over channels, and the side thread: metrics collected from the
+//! workers without locks, the lifecycle and drain, the admin HTTP endpoint
+//! (`/metrics`, `/healthz`, `/readyz`, `/load`, `/admin/*`) and systemd
+//! notifications. Must not touch: protocol logic (tern-turn, tern-stun) or
+//! socket syscalls (tern-io).
 //!
 //! ```no_run
 //! let relay = tern::Relay::start(tern::Config::dev_default()).unwrap();
@@ -19,14 +22,20 @@
 // to the cores, so the workspace ban on Instant::now/SystemTime::now does not apply.
 #![allow(clippy::disallowed_methods)]
 
+mod admin;
 pub mod cli;
 pub mod config;
+mod http;
+mod metrics;
+pub mod notify;
 mod shared;
+mod side;
 mod worker;
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -35,13 +44,17 @@ use crossbeam::channel;
 use hdrhistogram::Histogram;
 use rand::RngCore;
 use tern_io::socket::{bind_udp, buffer_sizes, SocketOptions};
-use tern_io::{BackendKind, BackendUnavailable, IoStats, Wake};
+use tern_io::{BackendKind, BackendUnavailable, IoStats};
 use tern_turn::policy::PeerPolicy;
 use tern_turn::{Credentials, RelayPortRange, ServerConfig, Stats};
 
 pub use config::{Config, ConfigError};
+pub use notify::Notifier;
+pub use side::{DrainCause, Lifecycle, UndrainError};
 
+use metrics::{Report, Reporter};
 use shared::Shared;
+use side::{Side, SideConfig, WorkerLink};
 use worker::{Control, Setup, WorkerStats};
 
 /// How long [`RelayHandle::stats`] waits for each worker's answer.
@@ -69,6 +82,14 @@ pub enum StartError {
         /// The kernel's answer.
         source: io::Error,
     },
+    /// The admin endpoint could not be bound.
+    #[error("admin: cannot bind {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// The kernel's answer.
+        source: io::Error,
+    },
     /// A worker could not be started.
     #[error("worker {index}: {source}")]
     Worker {
@@ -80,9 +101,19 @@ pub enum StartError {
 }
 
 impl Relay {
-    /// Validate `config`, bind the listening sockets, start the workers and
-    /// return once every worker runs.
+    /// Validate `config`, bind the listening sockets and the admin endpoint,
+    /// start the workers and the side thread, and return once every worker runs.
     pub fn start(config: Config) -> Result<RelayHandle, StartError> {
+        Relay::start_notifying(config, None)
+    }
+
+    /// [`Relay::start`], telling systemd through `notifier` (see
+    /// [`Notifier::from_env`]): `READY=1` once every socket is bound, `STATUS=`
+    /// lines, `WATCHDOG=1` while every worker makes progress, `STOPPING=1`.
+    pub fn start_notifying(
+        config: Config,
+        notifier: Option<Notifier>,
+    ) -> Result<RelayHandle, StartError> {
         let validated = config.validate()?;
         if config.user.is_empty() && config.auth_secret.is_empty() {
             tracing::warn!("no user and no auth-secret: every Allocate will be refused");
@@ -112,6 +143,7 @@ impl Relay {
         let workers = slices.len();
 
         let (listen, mut listeners) = bind_listeners(&config.listen, workers)?;
+        let admin_listener = bind_admin(config.admin)?;
         let shared = Arc::new(Shared::new(
             config.max_allocations,
             config.max_allocations_per_user,
@@ -119,6 +151,11 @@ impl Relay {
         let (credentials, policy) = credentials_and_policy(&config);
 
         let mut handles = Vec::with_capacity(workers);
+        let mut links = Vec::with_capacity(workers);
+        let mut recycle = Vec::with_capacity(workers);
+        // One report per worker circulates: worker → `reports` → side thread →
+        // the worker's recycle channel → worker.
+        let (report_tx, reports) = channel::bounded(workers.max(1));
         for (index, slice) in slices.into_iter().enumerate() {
             let mut server = ServerConfig::new(config.realm.clone(), validated.relay, slice);
             server.software = (!config.software.is_empty()).then(|| config.software.clone());
@@ -135,6 +172,9 @@ impl Relay {
 
             let (control_tx, control_rx) = channel::unbounded();
             let (ready_tx, ready_rx) = channel::bounded(1);
+            let (recycle_tx, recycle_rx) = channel::bounded(1);
+            // A fresh channel of capacity 1: cannot fail.
+            let _ = recycle_tx.try_send(Report::new(index));
             let mut seed = [0u8; 32];
             rand::thread_rng().fill_bytes(&mut seed);
             let setup = Setup {
@@ -145,6 +185,7 @@ impl Relay {
                 server,
                 shared: shared.clone(),
                 control: control_rx,
+                reporter: Reporter::new(report_tx.clone(), recycle_rx),
                 seed,
             };
             let spawned = std::thread::Builder::new()
@@ -153,7 +194,7 @@ impl Relay {
             let thread = match spawned {
                 Ok(t) => t,
                 Err(source) => {
-                    stop_all(&mut handles);
+                    stop_all(&links, &mut handles);
                     return Err(StartError::Worker { index, source });
                 }
             };
@@ -161,14 +202,17 @@ impl Relay {
                 Err(io::Error::other("worker thread ended before it was ready"))
             });
             match ready {
-                Ok(waker) => handles.push(WorkerHandle {
-                    control: control_tx,
-                    waker,
-                    thread: Some(thread),
-                }),
+                Ok(waker) => {
+                    links.push(WorkerLink {
+                        control: control_tx,
+                        waker,
+                    });
+                    recycle.push(recycle_tx);
+                    handles.push(thread);
+                }
                 Err(source) => {
                     let _ = thread.join();
-                    stop_all(&mut handles);
+                    stop_all(&links, &mut handles);
                     return Err(StartError::Worker { index, source });
                 }
             }
@@ -176,44 +220,100 @@ impl Relay {
         let pinned: Vec<usize> = (0..workers)
             .filter_map(|i| cores.get(i % cores.len().max(1)).map(|c| c.id))
             .collect();
-        tracing::info!(
-            listen = ?listen,
-            workers,
-            cores = ?pinned,
-            relay_ports = %format_args!("{lo}-{hi}"),
-            "relay started"
-        );
-        Ok(RelayHandle {
+        drop(report_tx);
+        let side = Arc::new(Side::new(
+            links,
+            selection.kind,
+            SideConfig {
+                capacity: config.max_allocations,
+                drain_timeout: Duration::from_secs(config.drain_timeout),
+                alternate_server: config.alternate_server,
+                admin_token: config.admin_token.clone(),
+            },
+            notifier,
+        ));
+        let mut relay = RelayHandle {
             workers: handles,
+            side_threads: Vec::new(),
+            side_stop: None,
+            admin_stop: Arc::new(AtomicBool::new(false)),
+            admin_addr: None,
             listen,
             backend: selection.kind,
             shared,
+            side: side.clone(),
             config: Mutex::new(config),
-        })
+        };
+        let (stop_tx, stop_rx) = channel::bounded::<()>(0);
+        relay.side_stop = Some(stop_tx);
+        let collector = {
+            let side = side.clone();
+            std::thread::Builder::new()
+                .name("tern-side".to_owned())
+                .spawn(move || side::collect(side, reports, recycle, stop_rx))
+        };
+        match collector {
+            Ok(t) => relay.side_threads.push(t),
+            Err(source) => {
+                return Err(StartError::Worker {
+                    index: workers,
+                    source,
+                })
+            }
+        }
+        if let Some(listener) = admin_listener {
+            relay.admin_addr = listener.local_addr().ok();
+            let stop = relay.admin_stop.clone();
+            let side = side.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tern-admin".to_owned())
+                .spawn(move || admin::serve(side, listener, stop));
+            match spawned {
+                Ok(t) => relay.side_threads.push(t),
+                Err(source) => {
+                    return Err(StartError::Worker {
+                        index: workers,
+                        source,
+                    })
+                }
+            }
+        }
+        tracing::info!(
+            listen = ?relay.listen,
+            workers,
+            cores = ?pinned,
+            relay_ports = %format_args!("{lo}-{hi}"),
+            admin = %relay.admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "relay started"
+        );
+        side.notify("READY=1\nSTATUS=starting");
+        Ok(relay)
     }
 }
 
 /// A running relay. Dropping it shuts the relay down.
 pub struct RelayHandle {
-    workers: Vec<WorkerHandle>,
+    workers: Vec<JoinHandle<()>>,
+    /// The collector and the admin acceptor.
+    side_threads: Vec<JoinHandle<()>>,
+    /// Dropped to end the collector.
+    side_stop: Option<channel::Sender<()>>,
+    admin_stop: Arc<AtomicBool>,
+    admin_addr: Option<SocketAddr>,
     listen: Vec<SocketAddr>,
     backend: BackendKind,
     shared: Arc<Shared>,
+    side: Arc<Side>,
     /// The configuration in force, to tell which reloaded keys need a restart.
     config: Mutex<Config>,
-}
-
-struct WorkerHandle {
-    control: channel::Sender<Control>,
-    waker: Arc<dyn Wake>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RelayHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayHandle")
             .field("listen", &self.listen)
-            .field("workers", &self.workers.len())
+            .field("workers", &self.side.links.len())
+            .field("admin", &self.admin_addr)
             .field("backend", &self.backend)
             .finish()
     }
@@ -227,7 +327,36 @@ impl RelayHandle {
 
     /// How many workers run.
     pub fn workers(&self) -> usize {
-        self.workers.len()
+        self.side.links.len()
+    }
+
+    /// The admin endpoint's address (port 0 resolved), or `None` when it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Where the relay is in its life; [`Lifecycle::Drained`] means the owner
+    /// should call [`RelayHandle::shutdown`].
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.side.lifecycle()
+    }
+
+    /// Refuse new allocations (300 Try Alternate when `alternate-server` is
+    /// set, 403 otherwise) while live ones run on; once none is left, or
+    /// `drain-timeout` has passed, the lifecycle becomes
+    /// [`Lifecycle::Drained`]. `/readyz` answers 503 from now on. A
+    /// [`DrainCause::Stop`] drain is final and tells systemd `STOPPING=1`.
+    pub fn drain(&self, cause: DrainCause) {
+        self.side.drain(cause);
+    }
+
+    /// Cancel a [`DrainCause::Admin`] drain that is not over yet.
+    pub fn undrain(&self) -> Result<(), UndrainError> {
+        self.side.undrain()
+    }
+
+    fn config(&self) -> std::sync::MutexGuard<'_, Config> {
+        self.config.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The packet I/O back end in use.
@@ -239,8 +368,8 @@ impl RelayHandle {
     /// turns; one that does not answer within 2 s is left out (see
     /// [`StatsSnapshot::workers_reporting`]).
     pub fn stats(&self) -> StatsSnapshot {
-        let mut replies = Vec::with_capacity(self.workers.len());
-        for w in &self.workers {
+        let mut replies = Vec::with_capacity(self.side.links.len());
+        for w in &self.side.links {
             let (tx, rx) = channel::bounded(1);
             if w.send(Control::Stats(tx)) {
                 replies.push(rx);
@@ -251,7 +380,7 @@ impl RelayHandle {
             io: IoStats::default(),
             allocations: 0,
             quota_allocations: self.shared.total(),
-            workers: self.workers.len(),
+            workers: self.side.links.len(),
             workers_reporting: 0,
             backend: self.backend,
             unroutable: 0,
@@ -274,13 +403,14 @@ impl RelayHandle {
     pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
         config.validate_credentials()?;
         let (credentials, policy) = credentials_and_policy(config);
-        for w in &self.workers {
+        self.side.set_admin_token(config.admin_token.clone());
+        for w in &self.side.links {
             w.send(Control::Reload {
                 credentials: credentials.clone(),
                 policy: policy.clone(),
             });
         }
-        let mut running = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.config();
         let restart: Vec<&str> = restart_keys(&running, config);
         if !restart.is_empty() {
             tracing::warn!(keys = ?restart, "changed keys take effect only after a restart");
@@ -289,6 +419,7 @@ impl RelayHandle {
         running.user = config.user.clone();
         running.allow_peer = config.allow_peer.clone();
         running.deny_peer = config.deny_peer.clone();
+        running.admin_token = config.admin_token.clone();
         tracing::info!(
             users = config.user.len(),
             secrets = config.auth_secret.len(),
@@ -301,13 +432,18 @@ impl RelayHandle {
 
     /// Refuse new allocations (300 Try Alternate when `alternate-server` is
     /// set, 403 otherwise) while existing ones run on; `false` resumes.
+    /// The same as [`RelayHandle::drain`] with [`DrainCause::Admin`] and
+    /// [`RelayHandle::undrain`] (whose refusal is logged).
     pub fn set_draining(&self, draining: bool) {
-        for w in &self.workers {
-            w.send(Control::Draining(draining));
+        if draining {
+            self.drain(DrainCause::Admin);
+        } else if let Err(e) = self.undrain() {
+            tracing::warn!("cannot resume: {e}");
         }
     }
 
-    /// Stop every worker (freeing allocations, closing sockets) and wait for them.
+    /// Stop every worker (freeing allocations, closing sockets), the admin
+    /// endpoint and the side thread, and wait for them.
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -316,7 +452,15 @@ impl RelayHandle {
         if self.workers.is_empty() {
             return;
         }
-        stop_all(&mut self.workers);
+        self.side.shutting_down();
+        self.admin_stop.store(true, Ordering::Relaxed);
+        stop_all(&self.side.links, &mut self.workers);
+        self.side_stop = None;
+        for t in self.side_threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a side thread panicked");
+            }
+        }
         tracing::info!("relay stopped");
     }
 }
@@ -327,29 +471,35 @@ impl Drop for RelayHandle {
     }
 }
 
-impl WorkerHandle {
-    /// Queue `msg` and wake the worker. False if the worker is gone.
-    fn send(&self, msg: Control) -> bool {
-        if self.control.send(msg).is_err() {
-            return false;
+fn stop_all(links: &[WorkerLink], threads: &mut Vec<JoinHandle<()>>) {
+    for w in links {
+        w.send(Control::Shutdown);
+    }
+    for t in threads.drain(..) {
+        if t.join().is_err() {
+            tracing::error!("a worker thread panicked");
         }
-        if let Err(e) = self.waker.wake() {
-            tracing::warn!(error = %e, "could not wake worker");
-        }
-        true
     }
 }
 
-fn stop_all(workers: &mut Vec<WorkerHandle>) {
-    for w in workers.iter() {
-        w.send(Control::Shutdown);
-    }
-    for mut w in workers.drain(..) {
-        if let Some(t) = w.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("a worker thread panicked");
-            }
+/// Bind the admin endpoint. The default address being taken (another relay
+/// or a test on this host) is logged and the relay runs without one; an
+/// address set explicitly must bind.
+fn bind_admin(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, StartError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    match TcpListener::bind(addr) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if addr == config::DEFAULT_ADMIN && e.kind() == io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                %addr,
+                "the default admin address is taken; running without /metrics, /readyz and /admin \
+                 (set admin to a free ADDR:PORT, or \"off\")"
+            );
+            Ok(None)
         }
+        Err(source) => Err(StartError::Admin { addr, source }),
     }
 }
 
@@ -524,5 +674,7 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         running.alternate_server != new.alternate_server,
         "alternate-server",
     );
+    check(running.admin != new.admin, "admin");
+    check(running.drain_timeout != new.drain_timeout, "drain-timeout");
     keys
 }

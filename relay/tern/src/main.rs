@@ -1,14 +1,22 @@
 //! The `tern` daemon: parse the command line, set up logging, start the relay,
-//! and turn signals into stop (SIGTERM, SIGINT) and reload (SIGHUP).
+//! and turn signals into drain-then-stop (SIGTERM, SIGINT; a second one stops
+//! at once) and reload (SIGHUP). The process exits 0 once a drain is over
+//! (no allocation left, or `drain-timeout` passed), whether SIGTERM or
+//! `POST /admin/drain` started it.
 
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use crossbeam::channel;
 use nix::sys::signal::{SigSet, Signal};
 use tern::cli::{dev_banner, Cli, Command, Flags, Origin};
-use tern::{Config, Relay};
+use tern::{Config, DrainCause, Lifecycle, Notifier, Relay};
+
+/// How often the main thread looks whether a drain is over.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -62,7 +70,23 @@ fn run(flags: &Flags) -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let relay = match Relay::start(config) {
+    // sigwait on a thread of its own, so this one can also watch the drain.
+    let (signal_tx, signal_rx) = channel::bounded(8);
+    let spawned = std::thread::Builder::new()
+        .name("tern-signals".to_owned())
+        .spawn(move || loop {
+            let got = signals.wait();
+            let failed = got.is_err();
+            if signal_tx.send(got).is_err() || failed {
+                break;
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the signal thread");
+        return ExitCode::FAILURE;
+    }
+
+    let relay = match Relay::start_notifying(config, Notifier::from_env()) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -70,20 +94,34 @@ fn run(flags: &Flags) -> ExitCode {
         }
     };
 
+    let mut stop_signals = 0;
     loop {
-        match signals.wait() {
-            Ok(Signal::SIGHUP) => reload(flags, &origin, &relay),
-            Ok(signal) => {
-                tracing::info!(%signal, "stopping");
-                break;
+        match signal_rx.recv_timeout(DRAIN_POLL) {
+            Ok(Ok(Signal::SIGHUP)) => reload(flags, &origin, &relay),
+            Ok(Ok(signal)) => {
+                stop_signals += 1;
+                if stop_signals > 1 {
+                    tracing::info!(%signal, "second stop signal: stopping now");
+                    break;
+                }
+                tracing::info!(%signal, "draining before stopping; send it again to stop at once");
+                relay.drain(DrainCause::Stop);
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "waiting for signals failed; stopping");
                 break;
             }
+            Err(channel::RecvTimeoutError::Timeout) => {}
+            Err(channel::RecvTimeoutError::Disconnected) => {
+                tracing::error!("the signal thread ended; stopping");
+                break;
+            }
+        }
+        if relay.lifecycle() == Lifecycle::Drained {
+            tracing::info!("drained: stopping");
+            break;
         }
     }
-    // Graceful drain (relay.set_draining, then wait) is a later step; now: stop.
     relay.shutdown();
     ExitCode::SUCCESS
 }

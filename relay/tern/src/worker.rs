@@ -25,6 +25,7 @@ use tern_turn::{
     PEER_HEADROOM, PEER_TAILROOM,
 };
 
+use crate::metrics::{Counters, Reporter};
 use crate::shared::Shared;
 
 /// Datagrams per receive syscall.
@@ -45,8 +46,8 @@ pub(crate) enum Control {
         credentials: Credentials,
         policy: PeerPolicy,
     },
-    /// Start or stop draining (refuse new allocations).
-    Draining(bool),
+    /// Start or stop draining (refuse new allocations); `epoch` is echoed in reports.
+    Draining { on: bool, epoch: u64 },
     /// Send a copy of the counters back.
     Stats(Sender<WorkerStats>),
     /// Free every allocation, close every socket and end the thread.
@@ -73,6 +74,7 @@ pub(crate) struct Setup {
     pub(crate) server: ServerConfig,
     pub(crate) shared: Arc<Shared>,
     pub(crate) control: Receiver<Control>,
+    pub(crate) reporter: Reporter,
     pub(crate) seed: [u8; 32],
 }
 
@@ -143,6 +145,10 @@ struct Worker<P: PacketIo> {
     loop_turn_ns: Histogram<u64>,
     stalls: u64,
     last_stall_log: Option<Instant>,
+    reporter: Reporter,
+    drain_epoch: u64,
+    /// When the batch being handled was read: the start of Allocate latency.
+    batch_at: Instant,
 }
 
 impl<P: PacketIo> Worker<P> {
@@ -186,6 +192,9 @@ impl<P: PacketIo> Worker<P> {
             loop_turn_ns,
             stalls: 0,
             last_stall_log: None,
+            reporter: setup.reporter,
+            drain_epoch: 0,
+            batch_at: now,
         })
     }
 
@@ -200,22 +209,39 @@ impl<P: PacketIo> Worker<P> {
                 Err(TryRecvError::Empty) => {}
             }
             let now = Instant::now();
-            let timeout = self
-                .server
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(now));
+            // Wake for the next report even when idle, so the side thread sees
+            // every worker alive.
+            let deadline = match self.server.poll_timeout() {
+                Some(t) => t.min(self.reporter.deadline()),
+                None => self.reporter.deadline(),
+            };
+            let timeout = Some(deadline.saturating_duration_since(now));
             if let Err(e) = self.io.wait(timeout) {
                 tracing::error!(worker = self.index, error = %e, "waiting for I/O failed; worker stops");
                 break;
             }
             let start = Instant::now();
             self.turn();
-            let took = start.elapsed();
-            self.loop_turn_ns
-                .saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+            let end = Instant::now();
+            let took = end.duration_since(start);
+            let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            self.loop_turn_ns.saturating_record(ns);
+            self.reporter.record_turn(ns);
             if took > STALL {
                 self.stall(took);
             }
+            self.reporter.maybe_report(
+                end,
+                Counters {
+                    drain_epoch: self.drain_epoch,
+                    draining: self.server.is_draining(),
+                    turn: self.server.stats(),
+                    io: self.io.stats(),
+                    allocations: self.server.allocation_count(),
+                    unroutable: self.sockets.unroutable,
+                    stalls: self.stalls,
+                },
+            );
         }
         self.stop();
     }
@@ -227,6 +253,7 @@ impl<P: PacketIo> Worker<P> {
                 break;
             }
             let now = Instant::now();
+            self.batch_at = now;
             self.handle_batch(now);
             self.drain_outputs();
         }
@@ -283,6 +310,11 @@ impl<P: PacketIo> Worker<P> {
             send_via(&mut self.io, &mut self.sockets, t.via, t.to, &t.payload);
         }
         while let Some(event) = self.server.poll_event() {
+            if let Event::AllocationCreated { .. } = event {
+                let ns = self.batch_at.elapsed().as_nanos();
+                self.reporter
+                    .record_allocation(u64::try_from(ns).unwrap_or(u64::MAX));
+            }
             log_event(self.index, &event);
         }
     }
@@ -296,7 +328,13 @@ impl<P: PacketIo> Worker<P> {
                 self.server.reload(credentials, policy);
                 tracing::debug!(worker = self.index, "credentials and peer policy reloaded");
             }
-            Control::Draining(on) => self.server.set_draining(on),
+            Control::Draining { on, epoch } => {
+                self.server.set_draining(on);
+                self.drain_epoch = epoch;
+                // Tell the side thread at once: it decides when the drain is over.
+                self.reporter.soon();
+                tracing::debug!(worker = self.index, draining = on, "drain switched");
+            }
             Control::Stats(reply) => {
                 let _caller_may_have_timed_out = reply.send(WorkerStats {
                     turn: self.server.stats().clone(),

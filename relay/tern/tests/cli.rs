@@ -127,6 +127,9 @@ fn help_documents_every_flag() {
         "--max-lifetime",
         "--nonce-lifetime",
         "--alternate-server",
+        "--admin",
+        "--admin-token",
+        "--drain-timeout",
         "check-config",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");

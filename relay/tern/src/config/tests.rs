@@ -441,3 +441,45 @@ fn io_backend_names_round_trip() {
         Some(tern_io::BackendKind::Mmsg)
     );
 }
+
+#[test]
+fn admin_keys() {
+    let c = Config::from_toml_str("").unwrap();
+    assert_eq!(c.admin, Some(DEFAULT_ADMIN));
+    assert_eq!(c.admin_token, None);
+    assert_eq!(c.drain_timeout, 3600);
+
+    let c = Config::from_toml_str(
+        "admin = \"off\"\nadmin-token = \"0123456789abcdef\"\ndrain-timeout = 30\n",
+    )
+    .unwrap();
+    assert_eq!(c.admin, None);
+    assert_eq!(c.admin_token.as_deref(), Some("0123456789abcdef"));
+    assert_eq!(c.drain_timeout, 30);
+    let c = Config::from_toml_str("admin = \"[::1]:9000\"\n").unwrap();
+    assert_eq!(c.admin, Some("[::1]:9000".parse().unwrap()));
+
+    let bad = [
+        ("admin = \"localhost\"\n", "admin", "expected IP:PORT"),
+        ("admin = 9641\n", "admin", "expected a string"),
+        ("admin-token = \"short\"\n", "admin-token", "at least 16"),
+        (
+            "admin-token = \"has a space in it ok\"\n",
+            "admin-token",
+            "visible ASCII",
+        ),
+        ("drain-timeout = -1\n", "drain-timeout", "out of range"),
+    ];
+    for (text, key, fragment) in bad {
+        let err = Config::from_toml_str(text).unwrap_err();
+        assert_eq!(err.key(), Some(key), "{text}: {err}");
+        let msg = err.to_string();
+        assert!(msg.contains(fragment), "{text}: {msg}");
+        assert!(!msg.contains("short\""), "tokens are never echoed: {msg}");
+    }
+    let zero = Config {
+        drain_timeout: 0,
+        ..base()
+    };
+    assert_eq!(zero.validate().unwrap_err().key(), Some("drain-timeout"));
+}

@@ -1,0 +1,706 @@
+//! What the workers hand to the side thread, and what the side thread makes of it.
+//!
+//! Workers push; the side thread never asks. Each worker owns a
+//! [`Reporter`]: it records loop-turn durations and Allocate latencies into
+//! its own histograms and, once per [`REPORT_EVERY`], moves a copy of its
+//! counters and its histograms (the deltas since the last report) into a
+//! [`Report`] it took from its recycle channel and `try_send`s it. Exactly one
+//! report per worker circulates, so the report channel never fills; when the
+//! side thread has not yet handed the report back, the worker skips this
+//! interval and keeps accumulating. Nothing here blocks, locks or allocates
+//! on the worker (the histograms have fixed bounds, the report is reused).
+//!
+//! On the side thread, [`Collected`] keeps every worker's latest counters and
+//! cumulative histograms, which [`Collected::render_prometheus`] turns into
+//! the Prometheus text exposition format.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender, TrySendError};
+use hdrhistogram::Histogram;
+use tern_io::{BackendKind, IoStats};
+use tern_turn::{AuthFailure, DropReason, Stats};
+
+/// How often a worker reports (and so the longest an idle worker sleeps).
+pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Bucket upper bounds of the latency histograms, in seconds.
+const BUCKETS: [f64; 22] = [
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.002_5,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+];
+
+/// A latency histogram in nanoseconds: 1 ns .. 60 s at 2 significant digits,
+/// a fixed array of counters, so recording never allocates.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    // INVARIANT: constant bounds that hdrhistogram accepts (low >= 1, high >= 2 * low, 2 digits).
+    Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid histogram bounds")
+}
+
+/// One worker's counters and histogram deltas, passed worker → side thread → worker.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) worker: usize,
+    /// Loop turns since the worker started.
+    pub(crate) turns: u64,
+    /// The drain epoch the worker last applied, and whether it drains.
+    pub(crate) drain_epoch: u64,
+    pub(crate) draining: bool,
+    pub(crate) turn: Stats,
+    pub(crate) io: IoStats,
+    pub(crate) allocations: usize,
+    pub(crate) unroutable: u64,
+    pub(crate) stalls: u64,
+    /// Loop-turn durations (ns) since the previous delivered report, and their sum.
+    pub(crate) loop_ns: Histogram<u64>,
+    pub(crate) loop_ns_sum: u64,
+    /// Allocate latencies (ns) since the previous delivered report, and their sum.
+    pub(crate) alloc_ns: Histogram<u64>,
+    pub(crate) alloc_ns_sum: u64,
+}
+
+impl Report {
+    pub(crate) fn new(worker: usize) -> Box<Report> {
+        Box::new(Report {
+            worker,
+            turns: 0,
+            drain_epoch: 0,
+            draining: false,
+            turn: Stats::default(),
+            io: IoStats::default(),
+            allocations: 0,
+            unroutable: 0,
+            stalls: 0,
+            loop_ns: latency_histogram(),
+            loop_ns_sum: 0,
+            alloc_ns: latency_histogram(),
+            alloc_ns_sum: 0,
+        })
+    }
+}
+
+/// The counters a worker copies into each report.
+pub(crate) struct Counters<'a> {
+    pub(crate) drain_epoch: u64,
+    pub(crate) draining: bool,
+    pub(crate) turn: &'a Stats,
+    pub(crate) io: &'a IoStats,
+    pub(crate) allocations: usize,
+    pub(crate) unroutable: u64,
+    pub(crate) stalls: u64,
+}
+
+/// The worker's end: its histograms and the two channels.
+pub(crate) struct Reporter {
+    tx: Sender<Box<Report>>,
+    recycle: Receiver<Box<Report>>,
+    turns: u64,
+    loop_ns: Histogram<u64>,
+    loop_ns_sum: u64,
+    alloc_ns: Histogram<u64>,
+    alloc_ns_sum: u64,
+    next: Instant,
+    /// Intervals skipped because the side thread still held the report.
+    skipped: u64,
+}
+
+impl Reporter {
+    /// `recycle` must hold (or later receive) the worker's one [`Report`].
+    pub(crate) fn new(tx: Sender<Box<Report>>, recycle: Receiver<Box<Report>>) -> Reporter {
+        Reporter {
+            tx,
+            recycle,
+            turns: 0,
+            loop_ns: latency_histogram(),
+            loop_ns_sum: 0,
+            alloc_ns: latency_histogram(),
+            alloc_ns_sum: 0,
+            next: Instant::now(),
+            skipped: 0,
+        }
+    }
+
+    pub(crate) fn record_turn(&mut self, ns: u64) {
+        self.turns += 1;
+        self.loop_ns.saturating_record(ns);
+        self.loop_ns_sum = self.loop_ns_sum.saturating_add(ns);
+    }
+
+    pub(crate) fn record_allocation(&mut self, ns: u64) {
+        self.alloc_ns.saturating_record(ns);
+        self.alloc_ns_sum = self.alloc_ns_sum.saturating_add(ns);
+    }
+
+    /// When the next report is due.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.next
+    }
+
+    /// Report at the next opportunity (after a state change).
+    pub(crate) fn soon(&mut self) {
+        self.next = Instant::now();
+    }
+
+    /// Send a report if one is due and the side thread has handed the last one back.
+    pub(crate) fn maybe_report(&mut self, now: Instant, counters: Counters<'_>) {
+        if now < self.next {
+            return;
+        }
+        self.next = now + REPORT_EVERY;
+        let Ok(mut r) = self.recycle.try_recv() else {
+            self.skipped += 1;
+            return;
+        };
+        r.turns = self.turns;
+        r.drain_epoch = counters.drain_epoch;
+        r.draining = counters.draining;
+        r.turn.clone_from(counters.turn);
+        r.io = *counters.io;
+        r.allocations = counters.allocations;
+        r.unroutable = counters.unroutable;
+        r.stalls = counters.stalls;
+        // The side thread hands reports back with empty histograms: swap, so the
+        // worker goes on recording into empty ones.
+        std::mem::swap(&mut r.loop_ns, &mut self.loop_ns);
+        r.loop_ns_sum = std::mem::take(&mut self.loop_ns_sum);
+        std::mem::swap(&mut r.alloc_ns, &mut self.alloc_ns);
+        r.alloc_ns_sum = std::mem::take(&mut self.alloc_ns_sum);
+        match self.tx.try_send(r) {
+            Ok(()) => {}
+            // Cannot be full (one report per worker); disconnected means the side
+            // thread is gone: the relay is stopping, and the deltas go with it.
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.skipped += 1,
+        }
+    }
+}
+
+/// What the side thread knows of one worker.
+#[derive(Debug)]
+pub(crate) struct WorkerView {
+    /// When its last report arrived.
+    pub(crate) reported: Option<Instant>,
+    /// When its loop-turn counter was last seen to advance.
+    pub(crate) progressed: Option<Instant>,
+    pub(crate) turns: u64,
+    pub(crate) drain_epoch: u64,
+    pub(crate) draining: bool,
+    pub(crate) turn: Stats,
+    pub(crate) io: IoStats,
+    pub(crate) allocations: usize,
+    pub(crate) unroutable: u64,
+    pub(crate) stalls: u64,
+    loop_ns: Histogram<u64>,
+    loop_ns_sum: u64,
+    alloc_ns: Histogram<u64>,
+    alloc_ns_sum: u64,
+}
+
+/// Every worker's latest counters and cumulative histograms.
+#[derive(Debug)]
+pub(crate) struct Collected {
+    pub(crate) workers: Vec<WorkerView>,
+}
+
+/// Counters summed over the workers.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub(crate) turn: Stats,
+    pub(crate) io: IoStats,
+    pub(crate) allocations: usize,
+    pub(crate) unroutable: u64,
+}
+
+impl Totals {
+    pub(crate) fn packets_relayed(&self) -> u64 {
+        self.turn.packets_to_peer + self.turn.packets_to_client
+    }
+
+    pub(crate) fn bytes_relayed(&self) -> u64 {
+        self.turn.bytes_to_peer + self.turn.bytes_to_client
+    }
+}
+
+/// Process-wide facts for the exposition.
+#[derive(Debug)]
+pub(crate) struct Exposition<'a> {
+    pub(crate) backend: BackendKind,
+    /// Label of the current lifecycle state, one of `states`.
+    pub(crate) state: &'a str,
+    pub(crate) states: &'a [&'a str],
+    /// Live allocations relay-wide.
+    pub(crate) allocations: usize,
+    pub(crate) cpu_seconds: Option<f64>,
+    pub(crate) resident_bytes: Option<u64>,
+    pub(crate) start_time_seconds: f64,
+}
+
+impl Collected {
+    pub(crate) fn new(workers: usize) -> Collected {
+        Collected {
+            workers: (0..workers)
+                .map(|_| WorkerView {
+                    reported: None,
+                    progressed: None,
+                    turns: 0,
+                    drain_epoch: 0,
+                    draining: false,
+                    turn: Stats::default(),
+                    io: IoStats::default(),
+                    allocations: 0,
+                    unroutable: 0,
+                    stalls: 0,
+                    loop_ns: latency_histogram(),
+                    loop_ns_sum: 0,
+                    alloc_ns: latency_histogram(),
+                    alloc_ns_sum: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// Take in `r` and empty its histograms for reuse.
+    pub(crate) fn absorb(&mut self, r: &mut Report, now: Instant) {
+        let Some(w) = self.workers.get_mut(r.worker) else {
+            return;
+        };
+        w.reported = Some(now);
+        if r.turns > w.turns {
+            w.progressed = Some(now);
+        }
+        w.turns = r.turns;
+        w.drain_epoch = r.drain_epoch;
+        w.draining = r.draining;
+        w.turn.clone_from(&r.turn);
+        w.io = r.io;
+        w.allocations = r.allocations;
+        w.unroutable = r.unroutable;
+        w.stalls = r.stalls;
+        // Same bounds everywhere, so adding cannot fail.
+        let _ = w.loop_ns.add(&r.loop_ns);
+        w.loop_ns_sum = w.loop_ns_sum.saturating_add(r.loop_ns_sum);
+        let _ = w.alloc_ns.add(&r.alloc_ns);
+        w.alloc_ns_sum = w.alloc_ns_sum.saturating_add(r.alloc_ns_sum);
+        r.loop_ns.reset();
+        r.loop_ns_sum = 0;
+        r.alloc_ns.reset();
+        r.alloc_ns_sum = 0;
+    }
+
+    pub(crate) fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for w in &self.workers {
+            t.turn.merge(&w.turn);
+            t.io.merge(&w.io);
+            t.allocations += w.allocations;
+            t.unroutable += w.unroutable;
+        }
+        t
+    }
+
+    /// Workers whose last report is younger than `fresh`.
+    pub(crate) fn reporting(&self, now: Instant, fresh: Duration) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.reported.is_some_and(|t| now.duration_since(t) < fresh))
+            .count()
+    }
+
+    /// Everything, in the Prometheus text exposition format (version 0.0.4).
+    pub(crate) fn render_prometheus(&self, x: &Exposition<'_>) -> String {
+        let t = self.totals();
+        let mut out = String::with_capacity(16 * 1024);
+        let backend = x.backend.to_string();
+        let o = &mut out;
+
+        header(
+            o,
+            "tern_build_info",
+            "gauge",
+            "Version and packet I/O back end of the running relay.",
+        );
+        sample(
+            o,
+            "tern_build_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("backend", &backend),
+            ],
+            1,
+        );
+        header(
+            o,
+            "tern_state",
+            "gauge",
+            "Lifecycle state: 1 for the current one, 0 for the others.",
+        );
+        for s in x.states {
+            sample(o, "tern_state", &[("state", s)], u64::from(*s == x.state));
+        }
+        header(o, "tern_workers", "gauge", "Worker threads running.");
+        sample(o, "tern_workers", &[], self.workers.len() as u64);
+
+        header(
+            o,
+            "tern_allocations_active",
+            "gauge",
+            "Live TURN allocations.",
+        );
+        sample(o, "tern_allocations_active", &[], x.allocations as u64);
+        let counters: [(&str, &str, u64); 7] = [
+            (
+                "tern_allocations_created_total",
+                "TURN allocations made.",
+                t.turn.allocations_created,
+            ),
+            (
+                "tern_allocations_expired_total",
+                "TURN allocations ended by expiry.",
+                t.turn.allocations_expired,
+            ),
+            (
+                "tern_allocations_deleted_total",
+                "TURN allocations ended by Refresh with LIFETIME 0.",
+                t.turn.allocations_deleted,
+            ),
+            (
+                "tern_permissions_created_total",
+                "Permissions installed (not refreshes).",
+                t.turn.permissions_created,
+            ),
+            (
+                "tern_channels_bound_total",
+                "Channels bound (not refreshes).",
+                t.turn.channels_bound,
+            ),
+            (
+                "tern_quota_rejections_total",
+                "Allocates refused by a quota (486) or the capacity limit (508).",
+                t.turn.quota_rejections,
+            ),
+            (
+                "tern_peer_denied_total",
+                "Peers refused by the peer policy (403).",
+                t.turn.peer_denied,
+            ),
+        ];
+        for (name, help, value) in counters {
+            header(o, name, "counter", help);
+            sample(o, name, &[], value);
+        }
+        header(
+            o,
+            "tern_stun_requests_total",
+            "counter",
+            "STUN requests handled.",
+        );
+        sample(o, "tern_stun_requests_total", &[], t.turn.requests);
+
+        header(
+            o,
+            "tern_packets_relayed_total",
+            "counter",
+            "Datagrams relayed, by direction.",
+        );
+        sample(
+            o,
+            "tern_packets_relayed_total",
+            &[("direction", "to_peer"), ("backend", &backend)],
+            t.turn.packets_to_peer,
+        );
+        sample(
+            o,
+            "tern_packets_relayed_total",
+            &[("direction", "to_client"), ("backend", &backend)],
+            t.turn.packets_to_client,
+        );
+        header(
+            o,
+            "tern_bytes_relayed_total",
+            "counter",
+            "Payload bytes relayed, by direction.",
+        );
+        sample(
+            o,
+            "tern_bytes_relayed_total",
+            &[("direction", "to_peer"), ("backend", &backend)],
+            t.turn.bytes_to_peer,
+        );
+        sample(
+            o,
+            "tern_bytes_relayed_total",
+            &[("direction", "to_client"), ("backend", &backend)],
+            t.turn.bytes_to_client,
+        );
+
+        header(
+            o,
+            "tern_drops_total",
+            "counter",
+            "Datagrams dropped, by reason (TURN core reasons, then packet I/O ones).",
+        );
+        for reason in DropReason::ALL {
+            sample(
+                o,
+                "tern_drops_total",
+                &[("reason", reason.as_str())],
+                t.turn.drops(reason),
+            );
+        }
+        let io_drops = [
+            ("io_rx_truncated", t.io.rx_truncated),
+            ("io_tx_would_block", t.io.tx_would_block),
+            ("io_tx_error", t.io.tx_errors),
+            ("io_tx_oversize", t.io.tx_oversize),
+            ("io_unroutable", t.unroutable),
+        ];
+        for (reason, value) in io_drops {
+            sample(o, "tern_drops_total", &[("reason", reason)], value);
+        }
+        header(
+            o,
+            "tern_auth_failures_total",
+            "counter",
+            "Requests that failed authentication, by reason.",
+        );
+        for reason in AuthFailure::ALL {
+            sample(
+                o,
+                "tern_auth_failures_total",
+                &[("reason", reason.as_str())],
+                t.turn.auth_failures(reason),
+            );
+        }
+
+        header(
+            o,
+            "tern_worker_stalls_total",
+            "counter",
+            "Worker loop turns longer than 50 ms.",
+        );
+        for (i, w) in self.workers.iter().enumerate() {
+            sample(
+                o,
+                "tern_worker_stalls_total",
+                &[("worker", &i.to_string())],
+                w.stalls,
+            );
+        }
+        header(
+            o,
+            "tern_worker_loop_seconds",
+            "histogram",
+            "Duration of worker loop turns (bucket edges within 1%).",
+        );
+        for (i, w) in self.workers.iter().enumerate() {
+            histogram(
+                o,
+                "tern_worker_loop_seconds",
+                Some(("worker", &i.to_string())),
+                &w.loop_ns,
+                w.loop_ns_sum,
+            );
+        }
+        let mut alloc = latency_histogram();
+        let mut alloc_sum = 0u64;
+        for w in &self.workers {
+            let _ = alloc.add(&w.alloc_ns);
+            alloc_sum = alloc_sum.saturating_add(w.alloc_ns_sum);
+        }
+        header(
+            o,
+            "tern_allocation_latency_seconds",
+            "histogram",
+            "Successful Allocates: from reading the request's batch to queueing the success response.",
+        );
+        histogram(
+            o,
+            "tern_allocation_latency_seconds",
+            None,
+            &alloc,
+            alloc_sum,
+        );
+
+        if let Some(cpu) = x.cpu_seconds {
+            header(
+                o,
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+            );
+            let _ = writeln!(o, "process_cpu_seconds_total {cpu}");
+        }
+        if let Some(rss) = x.resident_bytes {
+            header(
+                o,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+            );
+            sample(o, "process_resident_memory_bytes", &[], rss);
+        }
+        header(
+            o,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+        );
+        let _ = writeln!(o, "process_start_time_seconds {}", x.start_time_seconds);
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One sample; label values here are fixed identifiers, never user input,
+/// so they need no escaping.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    out.push_str(name);
+    write_labels(out, labels);
+    let _ = writeln!(out, " {value}");
+}
+
+fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
+    if labels.is_empty() {
+        return;
+    }
+    out.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{k}=\"{v}\"");
+    }
+    out.push('}');
+}
+
+/// A nanosecond HdrHistogram as cumulative `_bucket`s in seconds, `_sum` and `_count`.
+fn histogram(
+    out: &mut String,
+    name: &str,
+    label: Option<(&str, &str)>,
+    h: &Histogram<u64>,
+    sum_ns: u64,
+) {
+    let base: Vec<(&str, &str)> = label.into_iter().collect();
+    let bucket = format!("{name}_bucket");
+    for le in BUCKETS {
+        let le_ns = (le * 1e9).round() as u64;
+        let count = if h.is_empty() {
+            0
+        } else {
+            h.count_between(0, le_ns)
+        };
+        let le_text = le.to_string();
+        let mut labels = base.clone();
+        labels.push(("le", &le_text));
+        sample(out, &bucket, &labels, count);
+    }
+    let mut labels = base.clone();
+    labels.push(("le", "+Inf"));
+    sample(out, &bucket, &labels, h.len());
+    out.push_str(name);
+    out.push_str("_sum");
+    write_labels(out, &base);
+    let _ = writeln!(out, " {}", sum_ns as f64 / 1e9);
+    out.push_str(name);
+    out.push_str("_count");
+    write_labels(out, &base);
+    let _ = writeln!(out, " {}", h.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam::channel;
+
+    #[test]
+    fn reports_circulate_without_loss() {
+        let (tx, rx) = channel::bounded(4);
+        let (back_tx, back_rx) = channel::bounded(1);
+        back_tx.send(Report::new(0)).unwrap();
+        let mut reporter = Reporter::new(tx, back_rx);
+        let stats = Stats::default();
+        let io = IoStats::default();
+        let counters = || Counters {
+            drain_epoch: 0,
+            draining: false,
+            turn: &stats,
+            io: &io,
+            allocations: 3,
+            unroutable: 0,
+            stalls: 0,
+        };
+        let mut collected = Collected::new(1);
+        let t0 = Instant::now();
+        reporter.record_turn(1_000);
+        reporter.record_turn(2_000);
+        reporter.maybe_report(t0, counters());
+        let mut r = rx.try_recv().unwrap();
+        collected.absorb(&mut r, t0);
+        assert!(r.loop_ns.is_empty());
+        // Not handed back yet: the next interval is skipped, nothing is lost.
+        reporter.record_turn(3_000);
+        reporter.maybe_report(t0 + REPORT_EVERY, counters());
+        assert!(rx.try_recv().is_err());
+        assert_eq!(reporter.skipped, 1);
+        back_tx.send(r).unwrap();
+        reporter.maybe_report(t0 + 2 * REPORT_EVERY, counters());
+        let mut r = rx.try_recv().unwrap();
+        collected.absorb(&mut r, t0);
+        let w = &collected.workers[0];
+        assert_eq!((w.turns, w.loop_ns.len(), w.loop_ns_sum), (3, 3, 6_000));
+        assert_eq!(collected.totals().allocations, 3);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut h = latency_histogram();
+        h.record(500).unwrap(); // 0.5 µs
+        h.record(3_000_000).unwrap(); // 3 ms
+        h.record(20_000_000_000).unwrap(); // 20 s
+        let mut out = String::new();
+        histogram(&mut out, "x", Some(("worker", "0")), &h, 20_003_000_500);
+        assert!(
+            out.contains("x_bucket{worker=\"0\",le=\"0.000001\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{worker=\"0\",le=\"0.005\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{worker=\"0\",le=\"10\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{worker=\"0\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_count{worker=\"0\"} 3\n"), "{out}");
+        assert!(out.contains("x_sum{worker=\"0\"} 20.0030005\n"), "{out}");
+    }
+}

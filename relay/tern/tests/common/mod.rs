@@ -1,0 +1,334 @@
+//! Helpers shared by the admin and drain tests: a minimal TURN client
+//! (tern-stun), a raw HTTP/1.1 client, and a Prometheus text-format checker.
+#![allow(dead_code, unreachable_pub)] // each test file uses its own subset
+#![allow(clippy::disallowed_methods)] // clients time out on the clock
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use tern_stun::{attr, Class, Message, MessageWriter, Method, TransactionId};
+
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "wonderland";
+pub const REALM: &str = "tern.test";
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A TURN client on its own loopback socket.
+pub struct Turn {
+    pub socket: UdpSocket,
+    pub server: SocketAddr,
+    pub nonce: Vec<u8>,
+    next_tid: u8,
+}
+
+/// What a request got back.
+#[derive(Debug)]
+pub struct Answer {
+    pub class: Class,
+    pub error: Option<u16>,
+    pub relayed: Option<SocketAddr>,
+    pub alternate: Option<SocketAddr>,
+    pub nonce: Option<Vec<u8>>,
+}
+
+impl Turn {
+    pub fn new(server: SocketAddr) -> Turn {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        Turn {
+            socket,
+            server,
+            nonce: Vec::new(),
+            next_tid: 1,
+        }
+    }
+
+    fn request(
+        &mut self,
+        method: Method,
+        signed: bool,
+        build: impl FnOnce(&mut MessageWriter<'_>),
+    ) -> Answer {
+        let tid = TransactionId([self.next_tid; 12]);
+        self.next_tid = self.next_tid.wrapping_add(1);
+        let mut out = [0u8; 512];
+        let mut w = MessageWriter::new(&mut out, method, Class::Request, tid).unwrap();
+        build(&mut w);
+        if signed {
+            let key = tern_stun::long_term_key_md5(USER, REALM, PASSWORD);
+            w.add_raw(attr::USERNAME, USER.as_bytes()).unwrap();
+            w.add_raw(attr::REALM, REALM.as_bytes()).unwrap();
+            w.add_raw(attr::NONCE, &self.nonce).unwrap();
+            w.add_message_integrity(&key).unwrap();
+            w.add_fingerprint().unwrap();
+        }
+        let len = w.finish();
+        self.socket.send_to(&out[..len], self.server).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = self.socket.recv_from(&mut buf).expect("a STUN response");
+        let msg = Message::parse(&buf[..n]).expect("a well-formed response");
+        let error = msg
+            .get(attr::ERROR_CODE)
+            .and_then(|a| tern_stun::decode_error_code(a.value).ok())
+            .map(|(c, _)| c);
+        let relayed = msg
+            .get(attr::XOR_RELAYED_ADDRESS)
+            .and_then(|a| tern_stun::decode_xor_address(a.value, &msg.transaction_id()).ok());
+        let alternate = msg
+            .get(attr::ALTERNATE_SERVER)
+            .and_then(|a| tern_stun::decode_address(a.value).ok());
+        let nonce = msg.get(attr::NONCE).map(|a| a.value.to_vec());
+        Answer {
+            class: msg.class(),
+            error,
+            relayed,
+            alternate,
+            nonce,
+        }
+    }
+
+    /// Allocate (challenge, then signed): the final answer.
+    pub fn allocate(&mut self) -> Answer {
+        let challenge = self.request(Method::ALLOCATE, false, |w| {
+            w.add_requested_transport(tern_stun::PROTOCOL_UDP).unwrap();
+        });
+        assert_eq!(challenge.error, Some(401), "{challenge:?}");
+        self.nonce = challenge.nonce.expect("NONCE in the 401");
+        self.request(Method::ALLOCATE, true, |w| {
+            w.add_requested_transport(tern_stun::PROTOCOL_UDP).unwrap();
+        })
+    }
+
+    pub fn refresh(&mut self, lifetime: u32) -> Answer {
+        self.request(Method::REFRESH, true, |w| {
+            w.add_u32(attr::LIFETIME, lifetime).unwrap();
+        })
+    }
+
+    pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Answer {
+        self.request(Method::CHANNEL_BIND, true, |w| {
+            w.add_channel_number(channel).unwrap();
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+        })
+    }
+
+    /// Relay `payload` to the peer over `channel` and read it there.
+    pub fn relay_via_channel(&self, channel: u16, peer: &UdpSocket, payload: &[u8]) {
+        let mut frame = Vec::with_capacity(4 + payload.len());
+        frame.extend_from_slice(&channel.to_be_bytes());
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        frame.extend_from_slice(payload);
+        self.socket.send_to(&frame, self.server).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = peer.recv_from(&mut buf).expect("the peer gets the payload");
+        assert_eq!(&buf[..n], payload);
+    }
+}
+
+/// A raw HTTP exchange: the status (0 when the connection closed without an
+/// answer), headers and body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Send `raw` and read until the server closes.
+pub fn http_raw(addr: SocketAddr, raw: &[u8]) -> HttpAnswer {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer (and close) before taking everything we send.
+    let _ = s.write_all(raw);
+    read_answer(&mut s)
+}
+
+pub fn read_answer(s: &mut TcpStream) -> HttpAnswer {
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    HttpAnswer {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> HttpAnswer {
+    http_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: tern\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn post(addr: SocketAddr, path: &str, token: Option<&str>) -> HttpAnswer {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    http_raw(
+        addr,
+        format!("POST {path} HTTP/1.1\r\nHost: tern\r\n{auth}Content-Length: 0\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Poll `check` every 50 ms for up to `within`.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Samples of a Prometheus text exposition: `name{labels}` → value.
+pub type Samples = HashMap<String, f64>;
+
+/// Check the exposition format and return its samples:
+/// every sample's family has a `# TYPE` line (before it), `# HELP` and
+/// `# TYPE` appear once per family, values parse, histograms have
+/// `_bucket` series with monotone counts, a `+Inf` bucket equal to `_count`,
+/// and a `_sum`.
+pub fn parse_prometheus(text: &str) -> Samples {
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut helps: HashSet<String> = HashSet::new();
+    let mut samples = Samples::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(helps.insert(name.to_owned()), "HELP twice for {name}");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "TYPE twice for {name}"
+            );
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').expect("series and value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad metric name {name:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                for pair in labels[1..labels.len() - 1].split(',') {
+                    let (k, v) = pair.split_once('=').expect("label=value");
+                    assert!(
+                        !k.is_empty() && v.starts_with('"') && v.ends_with('"'),
+                        "{line}"
+                    );
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let base = name.strip_suffix(suffix)?;
+                (types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+            })
+            .unwrap_or(name);
+        let kind = types
+            .get(family)
+            .unwrap_or_else(|| panic!("no TYPE before {line:?}"));
+        assert!(helps.contains(family), "no HELP for {family}");
+        if kind == "counter" {
+            assert!(value >= 0.0, "negative counter {line}");
+        }
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "series twice: {series}"
+        );
+    }
+    // Histograms: group buckets by their labels other than le.
+    for (family, kind) in &types {
+        if kind != "histogram" {
+            continue;
+        }
+        let mut groups: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
+        for (series, value) in &samples {
+            let Some(labels) = series.strip_prefix(&format!("{family}_bucket")) else {
+                continue;
+            };
+            let inner = labels.trim_start_matches('{').trim_end_matches('}');
+            let mut rest = Vec::new();
+            let mut le = None;
+            for pair in inner.split(',') {
+                match pair.strip_prefix("le=") {
+                    Some(v) => {
+                        let v = v.trim_matches('"');
+                        le = Some(if v == "+Inf" {
+                            f64::INFINITY
+                        } else {
+                            v.parse::<f64>().expect("le is a number")
+                        });
+                    }
+                    None => rest.push(pair),
+                }
+            }
+            groups
+                .entry(rest.join(","))
+                .or_default()
+                .push((le.expect("a bucket has le"), *value));
+        }
+        assert!(!groups.is_empty(), "histogram {family} has no buckets");
+        for (labels, mut buckets) in groups {
+            buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+            for pair in buckets.windows(2) {
+                assert!(
+                    pair[0].1 <= pair[1].1,
+                    "{family}{{{labels}}} buckets not monotone"
+                );
+            }
+            let inf = buckets.last().unwrap();
+            assert!(inf.0.is_infinite(), "{family}{{{labels}}} lacks +Inf");
+            let braces = |s: &str| {
+                if labels.is_empty() {
+                    format!("{family}_{s}")
+                } else {
+                    format!("{family}_{s}{{{labels}}}")
+                }
+            };
+            let count = samples
+                .get(&braces("count"))
+                .unwrap_or_else(|| panic!("no {}", braces("count")));
+            assert_eq!(inf.1, *count, "{family}{{{labels}}}: +Inf != _count");
+            assert!(samples.contains_key(&braces("sum")), "no {}", braces("sum"));
+        }
+    }
+    samples
+}

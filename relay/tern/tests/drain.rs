@@ -1,0 +1,268 @@
+//! The `tern` binary under a service manager: SIGTERM drains (a live
+//! allocation keeps it running, its end lets it exit 0, a second SIGTERM
+//! stops at once), and `Type=notify` datagrams (READY=1, WATCHDOG=1,
+//! STATUS=, STOPPING=1) reach the socket named by NOTIFY_SOCKET.
+#![allow(clippy::disallowed_methods)] // timeouts on a child process need the clock
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tern_stun::Class;
+
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Daemon {
+    fn start(ports: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--relay-ip",
+            "127.0.0.1",
+            "--realm",
+            REALM,
+            "--user",
+            &format!("{USER}:{PASSWORD}"),
+            "--relay-ports",
+            ports,
+            "--workers",
+            "2",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("TERN_ADMIN_TOKEN")
+        .env("TERN_ADMIN_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Daemon {
+            child,
+            lines,
+            seen: Vec::new(),
+            listen: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+        };
+        let started = d.expect("relay started");
+        d.listen = field(&started, "listen=[")
+            .parse()
+            .unwrap_or_else(|_| panic!("listen in {started}"));
+        d.admin = field(&started, "admin=")
+            .parse()
+            .unwrap_or_else(|_| panic!("admin in {started}"));
+        d
+    }
+
+    fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no log line with {needle:?}; saw:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    fn exited_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value after `key` in a log line, up to the next space, ']' or ','.
+fn field(line: &str, key: &str) -> String {
+    let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+    line[start..]
+        .split([' ', ']', ','])
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn sigterm_drains_until_the_last_allocation_ends() {
+    let mut d = Daemon::start("46000-46099", &[], &[]);
+    assert!(eventually(Duration::from_secs(5), || get(
+        d.admin, "/readyz"
+    )
+    .status
+        == 200));
+    let mut client = Turn::new(d.listen);
+    assert_eq!(client.allocate().class, Class::Success);
+
+    d.signal(Signal::SIGTERM);
+    d.expect("draining before stopping");
+    assert_eq!(get(d.admin, "/readyz").status, 503, "not ready at once");
+    let refused = Turn::new(d.listen).allocate();
+    assert_eq!(refused.error, Some(403), "{refused:?}");
+    assert_eq!(
+        client.refresh(600).class,
+        Class::Success,
+        "live allocation refreshes"
+    );
+    assert!(
+        d.exited_within(Duration::from_secs(2)).is_none(),
+        "one allocation is live: keeps running"
+    );
+
+    assert_eq!(client.refresh(0).class, Class::Success);
+    d.expect("drain complete");
+    let status = d
+        .exited_within(Duration::from_secs(10))
+        .expect("exits once drained");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn second_sigterm_stops_at_once() {
+    let mut d = Daemon::start("46100-46199", &[], &[]);
+    let mut client = Turn::new(d.listen);
+    assert_eq!(client.allocate().class, Class::Success);
+    d.signal(Signal::SIGTERM);
+    d.expect("draining before stopping");
+    assert!(d.exited_within(Duration::from_millis(500)).is_none());
+    d.signal(Signal::SIGTERM);
+    d.expect("second stop signal");
+    let status = d.exited_within(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn admin_drain_with_drain_timeout_exits() {
+    let mut d = Daemon::start("46200-46299", &["--drain-timeout", "1"], &[]);
+    let mut client = Turn::new(d.listen);
+    assert_eq!(client.allocate().class, Class::Success);
+    assert_eq!(
+        post(d.admin, "/admin/drain", Some("wrong-token-wrong-token")).status,
+        401
+    );
+    assert_eq!(post(d.admin, "/admin/drain", Some(TOKEN)).status, 200);
+    d.expect("drain timeout passed");
+    let status = d.exited_within(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
+fn notify_socket(name: &str) -> (UnixDatagram, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tern-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    (sock, path)
+}
+
+/// Datagrams received until `until` holds for one of them, within `within`.
+fn wait_for(sock: &UnixDatagram, got: &mut Vec<String>, within: Duration, until: &str) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let hit = msg.lines().any(|l| l == until || l.starts_with(until));
+            got.push(msg);
+            if hit {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn notify_socket_gets_ready_watchdog_status_and_stopping() {
+    let (sock, path) = notify_socket("notify.sock");
+    let mut d = Daemon::start(
+        "46300-46399",
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let mut got = Vec::new();
+    assert!(
+        wait_for(&sock, &mut got, Duration::from_secs(5), "READY=1"),
+        "{got:?}"
+    );
+    assert!(
+        wait_for(&sock, &mut got, Duration::from_secs(5), "WATCHDOG=1"),
+        "{got:?}"
+    );
+    // Keep-alives keep coming (every half of the 1 s watchdog).
+    assert!(
+        wait_for(&sock, &mut got, Duration::from_secs(3), "WATCHDOG=1"),
+        "{got:?}"
+    );
+    assert!(got.iter().any(|m| m.contains("STATUS=")), "{got:?}");
+    d.signal(Signal::SIGTERM);
+    assert!(
+        wait_for(&sock, &mut got, Duration::from_secs(5), "STOPPING=1"),
+        "{got:?}"
+    );
+    let status = d.exited_within(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_file(&path);
+}
