@@ -10,6 +10,30 @@ if [[ -n "${CI:-}" && "${CI}" != "false" ]]; then
     export TERN_REQUIRE_INTEROP=1
 fi
 
+# The interop tools (coturn, redis-server, aioice, shellcheck): installed here when
+# missing and we are root; otherwise those tests say "skipped" (or fail under
+# TERN_REQUIRE_INTEROP=1). TERN_NO_INSTALL=1 never installs.
+if [[ $EUID -eq 0 && -z "${TERN_NO_INSTALL:-}" ]]; then
+    if ! command -v turnutils_uclient >/dev/null || ! command -v redis-server >/dev/null \
+        || ! command -v shellcheck >/dev/null || ! python3 -c 'import aioice' 2>/dev/null; then
+        tests/install-deps.sh
+    fi
+fi
+
+# The tuning suite needs root (it makes network namespaces); it never touches the
+# host's own settings.
+tuning_suite() {
+    if [[ $EUID -ne 0 ]]; then
+        if [[ -n "${TERN_REQUIRE_INTEROP:-}" ]]; then
+            echo "tuning/tests/run.sh needs root" >&2
+            return 1
+        fi
+        echo "skipped: tuning/tests/run.sh needs root (network namespaces)"
+        return 0
+    fi
+    tuning/tests/run.sh
+}
+
 declare -a timings=()
 phase() {
     local name=$1
@@ -33,6 +57,7 @@ phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets -- -D warnings
 phase build-tests cargo test --workspace --no-run
 phase test cargo test --workspace --no-fail-fast
+phase tuning tuning_suite
 printf '=== phase times (TERN_REQUIRE_INTEROP=%s)\n' "${TERN_REQUIRE_INTEROP:-0}"
 printf '  %s\n' "${timings[@]}"
 echo "=== all phases passed in $((SECONDS - total_start)) s"

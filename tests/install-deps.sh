@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the real clients and servers tern's interop tests drive, when missing
+# (Debian 12; needs root). Called by .ci/run, and by tests/run-all.sh when it runs
+# as root and a tool is missing.
+#   coturn        turnutils_uclient, turnutils_peer, turnserver (interop, bench compare)
+#   redis-server  the load-registry test (relay/tern/tests/registry.rs)
+#   ShellCheck    the tuning suite lints its scripts with it
+#   python3 aioice  tests/interop/aioice_relay.py
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+need=()
+command -v turnutils_uclient >/dev/null && command -v turnutils_peer >/dev/null || need+=(coturn)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v ethtool >/dev/null || need+=(ethtool)
+command -v ip >/dev/null || need+=(iproute2)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+if ((${#need[@]})); then
+    echo "installing: ${need[*]}"
+    apt-get update -q
+    # Neither coturn's nor redis's packaged service is used by the tests; they start
+    # their own servers on probed loopback ports.
+    apt-get install -y -q --no-install-recommends "${need[@]}" </dev/null
+fi
+
+if ! python3 -c 'import aioice' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aioice \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages aioice
+fi
+
+command -v turnutils_uclient turnutils_peer redis-server shellcheck
+python3 -c 'import aioice; print("aioice", getattr(aioice, "__version__", "?"))'
