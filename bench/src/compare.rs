@@ -103,6 +103,11 @@ pub fn compare(
     for rep in 0..reps {
         for k in 0..targets.len() {
             let t = targets[(rep + k) % targets.len()];
+            crate::progress::set_stage(&format!(
+                "run {}/{}",
+                rep * targets.len() + k + 1,
+                reps * targets.len()
+            ));
             let outcome =
                 Bench::start(t, sc).map(|mut b| b.window(&sc.load, sc.idle_pct, sc.idle_wait));
             match outcome {

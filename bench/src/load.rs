@@ -599,11 +599,17 @@ fn unwrap_relayed(pkt: &[u8]) -> Option<&[u8]> {
 
 /// Peer-side sockets: bound on loopback with large buffers.
 pub fn peer_sockets(n: usize, ipv6: bool) -> std::io::Result<Vec<UdpSocket>> {
+    let ip: std::net::IpAddr = if ipv6 { "::1" } else { "127.0.0.1" }
+        .parse()
+        .expect("literal");
+    peer_sockets_on(ip, n)
+}
+
+/// `n` (at least one) peer-side sockets on `ip`, with large buffers.
+pub fn peer_sockets_on(ip: std::net::IpAddr, n: usize) -> std::io::Result<Vec<UdpSocket>> {
     (0..n.max(1))
         .map(|_| {
-            let addr: std::net::SocketAddr = if ipv6 { "[::1]:0" } else { "127.0.0.1:0" }
-                .parse()
-                .expect("literal");
+            let addr = std::net::SocketAddr::new(ip, 0);
             let s = socket2::Socket::new(
                 socket2::Domain::for_address(addr),
                 socket2::Type::DGRAM,

@@ -8,14 +8,15 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tern_bench::compare::{compare, table};
 use tern_bench::forwarder::{self, ForwarderConfig, ForwarderCounters};
 use tern_bench::load::Load;
-use tern_bench::scenario::{Bench, RunReport, Scenario, TargetKind};
+use tern_bench::netns::{self, Direction, LossFilter};
+use tern_bench::scenario::{Bench, RunReport, Scenario, TargetKind, TopologyKind};
 use tern_bench::sweep::{csv, svg, sweep, SweepConfig};
 use tern_bench::turn_client::DataPath;
 
@@ -81,6 +82,26 @@ enum Cmd {
         svg: PathBuf,
         #[command(flatten)]
         sc: ScenarioArgs,
+    },
+    /// Drop a random share of UDP/IPv4 packets on an interface with a tc
+    /// classic-BPF filter (clsact qdisc); removed when the time is up or on
+    /// Ctrl-C / SIGTERM.
+    Impair {
+        /// Interface to filter on.
+        #[arg(long)]
+        iface: String,
+        /// Share of UDP packets to drop, percent (0-100).
+        #[arg(long)]
+        loss: f64,
+        /// Network namespace (`ip netns` name) the interface is in.
+        #[arg(long)]
+        netns: Option<String>,
+        /// Which packets: those arriving (ingress) or leaving (egress).
+        #[arg(long, value_enum, default_value = "ingress")]
+        direction: Direction,
+        /// Remove the filter after this many seconds (at most 3600).
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
     },
     /// The null relay: forward every datagram from --listen to --to (recvmmsg/sendmmsg), no TURN.
     NullRelay {
@@ -194,6 +215,13 @@ struct ScenarioArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON report to this file (the text still goes to stdout).
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    /// loopback: everything on the host's loopback; netns: client, relay
+    /// and peer in three network namespaces joined by veth pairs (root).
+    #[arg(long, value_enum, default_value = "loopback")]
+    topology: TopologyKind,
 }
 
 impl ScenarioArgs {
@@ -237,6 +265,7 @@ impl ScenarioArgs {
             relay_pid: self.relay_pid,
             idle_pct: self.idle_pct,
             idle_wait: Duration::from_secs(self.idle_wait),
+            topology: self.topology,
         }
     }
 }
@@ -255,8 +284,39 @@ fn resolve_beside_exe(p: &std::path::Path) -> PathBuf {
     }
 }
 
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::Relaxed);
+}
+
+/// On SIGINT/SIGTERM/SIGHUP: remove every namespace, qdisc and filter this
+/// process created, then exit (children die with us: PR_SET_PDEATHSIG).
+fn install_signal_cleanup() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    let _watcher = std::thread::Builder::new()
+        .name("tb-signals".into())
+        .spawn(|| loop {
+            if SIGNALLED.load(Ordering::Relaxed) {
+                let mut e = std::io::stderr().lock();
+                let _ = writeln!(
+                    e,
+                    "\ntern-bench: interrupted; removing namespaces and filters"
+                );
+                drop(e);
+                netns::cleanup_registered();
+                std::process::exit(130);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_signal_cleanup();
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -276,12 +336,21 @@ fn json<T: serde::Serialize>(v: &T) -> tern_bench::Result<()> {
     Ok(())
 }
 
+fn json_file<T: serde::Serialize>(path: Option<&std::path::Path>, v: &T) -> tern_bench::Result<()> {
+    if let Some(p) = path {
+        let s = serde_json::to_string_pretty(v).map_err(|e| tern_bench::Error(e.to_string()))?;
+        std::fs::write(p, s + "\n")?;
+    }
+    Ok(())
+}
+
 fn real_main(cli: Cli) -> tern_bench::Result<()> {
     match cli.cmd {
         Cmd::Run { target, sc } => {
             let s = sc.scenario();
             let mut b = Bench::start(target, &s)?;
             let r = b.window(&s.load, s.idle_pct, s.idle_wait);
+            json_file(sc.json_out.as_deref(), &r)?;
             if sc.json {
                 json(&r)?;
             } else {
@@ -301,6 +370,7 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
                 targets.iter().map(|t| t.name()).collect::<Vec<_>>()
             );
             let rep = compare(&s, &targets, reps.max(1), |line| eprintln!("{line}"));
+            json_file(sc.json_out.as_deref(), &rep)?;
             if sc.json {
                 json(&rep)?;
             } else {
@@ -348,6 +418,7 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
                 s.load.duration.as_secs_f64()
             );
             std::fs::write(&svg_path, svg(&rep.points, &title))?;
+            json_file(sc.json_out.as_deref(), &rep)?;
             if sc.json {
                 json(&rep)?;
             } else {
@@ -372,6 +443,27 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
                 });
             }
         }
+        Cmd::Impair {
+            iface,
+            loss,
+            netns,
+            direction,
+            duration,
+        } => {
+            let f = LossFilter::add(netns.as_deref(), &iface, direction, loss)?;
+            let secs = duration.min(3600);
+            eprintln!(
+                "dropping {loss} % of UDP/IPv4 packets, {direction:?} on {iface}{} (tc bpf bytecode '{}'), for {secs} s; Ctrl-C removes it",
+                netns.as_deref().map_or(String::new(), |n| format!(" in netns {n}")),
+                netns::loss_bytecode(loss)
+            );
+            let end = std::time::Instant::now() + Duration::from_secs(secs);
+            while std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drop(f);
+            eprintln!("filter removed");
+        }
         Cmd::NullRelay { f } => forward(&f, 0.0, 0.0)?,
         Cmd::Proxy { f, drop, delay_ms } => forward(&f, drop, delay_ms)?,
     }
@@ -379,9 +471,17 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
 }
 
 fn forward(f: &ForwardArgs, drop: f64, delay_ms: f64) -> tern_bench::Result<()> {
+    // Loopback only; or, inside a namespace of the netns topology (never
+    // the host's), its own private addresses.
+    let topo_net = |a: &SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(v) => v.octets()[..2] == [10, 201] && netns::in_harness_netns(),
+        std::net::IpAddr::V6(_) => false,
+    };
     for a in [f.listen, f.to] {
-        if !a.ip().is_loopback() {
-            return Err(tern_bench::Error(format!("{a} is not a loopback address")));
+        if !a.ip().is_loopback() && !topo_net(&a) {
+            return Err(tern_bench::Error(format!(
+                "{a} is not a loopback address (nor a netns-topology address inside its namespace)"
+            )));
         }
     }
     let sock = forwarder::bind(f.listen)?;

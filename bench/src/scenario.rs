@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cpu;
-use crate::load::{measure, peer_sockets, Flow, Load, Measurement};
+use crate::load::{measure, peer_sockets, peer_sockets_on, Flow, Load, Measurement};
+use crate::netns::{in_netns, Topology};
 use crate::servers::{spawn_coturn, spawn_null, spawn_tern, RelayConfig, Spawned};
 use crate::turn_client::{allocate_all, Credentials, DataPath, Setup};
 use crate::{bail, Result};
@@ -38,6 +39,18 @@ impl TargetKind {
             TargetKind::External => "external",
         }
     }
+}
+
+/// Where the client, the relay and the peers live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopologyKind {
+    /// Everything on the host's loopback.
+    #[default]
+    Loopback,
+    /// Client, relay and peer in three network namespaces joined by veth
+    /// pairs (see [`crate::netns::Topology`]); needs root.
+    Netns,
 }
 
 /// Everything that defines a scenario, shared by `run`, `compare` and `sweep`.
@@ -73,6 +86,8 @@ pub struct Scenario {
     pub idle_pct: f64,
     /// How long to wait for that.
     pub idle_wait: Duration,
+    /// Loopback, or three namespaces.
+    pub topology: TopologyKind,
 }
 
 /// A target set up and ready for measurement windows.
@@ -92,6 +107,8 @@ pub struct Bench {
     releases: Vec<Vec<u8>>,
     run: u32,
     _server: Option<Spawned>,
+    // After `_server`: the relay is killed before its namespace goes.
+    _topo: Option<Topology>,
 }
 
 /// One window's report.
@@ -119,14 +136,41 @@ pub struct RunReport {
 impl Bench {
     /// Start (or reach) `kind` and set up `sc.flows` flows.
     pub fn start(kind: TargetKind, sc: &Scenario) -> Result<Bench> {
-        let ip: IpAddr = "127.0.0.1".parse().expect("literal");
-        let peers = peer_sockets(sc.receivers, false)?;
+        let topo = match sc.topology {
+            TopologyKind::Loopback => None,
+            TopologyKind::Netns => {
+                if kind == TargetKind::External {
+                    bail!("--topology netns starts its own relay; it cannot use --target external");
+                }
+                Some(Topology::create(sc.flows)?)
+            }
+        };
+        let mut b = Bench::start_in(kind, sc, topo.as_ref())?;
+        b._topo = topo;
+        Ok(b)
+    }
+
+    fn start_in(kind: TargetKind, sc: &Scenario, topo: Option<&Topology>) -> Result<Bench> {
+        let ip: IpAddr = match topo {
+            Some(_) => IpAddr::V4(Topology::RELAY_CLIENT_SIDE),
+            None => "127.0.0.1".parse().expect("literal"),
+        };
+        let peers = match topo {
+            Some(t) => in_netns(&t.peer, || {
+                peer_sockets_on(IpAddr::V4(Topology::PEER), sc.receivers)
+            })??,
+            None => peer_sockets(sc.receivers, false)?,
+        };
+        let netns_path = topo.map(|t| t.relay.path());
         let relay = RelayConfig {
             ip,
             realm: sc.realm.clone(),
             secret: sc.secret.clone(),
             workers: sc.workers,
             ports: (sc.flows as u16).saturating_add(64),
+            relay_ip: topo.map(|_| IpAddr::V4(Topology::RELAY_PEER_SIDE)),
+            allow_peer: topo.map(|_| Topology::PEER_NET.to_owned()),
+            netns: netns_path.clone(),
         };
         let (server, addr, pid) = match kind {
             TargetKind::Null => {
@@ -136,8 +180,14 @@ impl Bench {
                 let exe = std::env::current_exe()?;
                 let to = peers[0].local_addr()?;
                 let limit = sc.load.duration * 50 + Duration::from_secs(600);
-                let s = spawn_null(&exe, ip, to, limit)?;
-                let mut b = Bench::plain(s.listen, peers, sc.flows, Some(s.pid))?;
+                let s = spawn_null(&exe, ip, to, limit, netns_path.as_deref())?;
+                let listen = s.listen;
+                let mut b = match topo {
+                    Some(t) => in_netns(&t.client, || {
+                        Bench::plain(listen, peers, sc.flows, Some(s.pid))
+                    })??,
+                    None => Bench::plain(listen, peers, sc.flows, Some(s.pid))?,
+                };
                 b._server = Some(s);
                 return Ok(b);
             }
@@ -183,7 +233,10 @@ impl Bench {
             .map(|i| peer_addrs[i % peer_addrs.len()])
             .collect();
         let t0 = Instant::now();
-        let allocs = allocate_all(&setup, &per_flow)?;
+        let allocs = match topo {
+            Some(t) => in_netns(&t.client, || allocate_all(&setup, &per_flow))??,
+            None => allocate_all(&setup, &per_flow)?,
+        };
         let setup_s = t0.elapsed().as_secs_f64();
         let payload = sc.load.payload_len;
         let mut releases = Vec::with_capacity(allocs.len());
@@ -208,6 +261,7 @@ impl Bench {
             releases,
             run: 0,
             _server: server,
+            _topo: None,
         })
     }
 
@@ -238,6 +292,7 @@ impl Bench {
             releases: Vec::new(),
             run: 0,
             _server: None,
+            _topo: None,
         })
     }
 
@@ -252,7 +307,10 @@ impl Bench {
         };
         self.run += 1;
         let run = (std::process::id() << 8) ^ self.run;
-        let m = measure(&self.flows, &self.peers, load, run, self.pid);
+        let m = {
+            let _bar = crate::progress::Bar::start(self.kind.name(), load.duration);
+            measure(&self.flows, &self.peers, load, run, self.pid)
+        };
         RunReport {
             target: self.kind,
             path: self.path,

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,7 +40,27 @@ impl Drop for Spawned {
 impl Spawned {
     /// Start `cmd` with output to `log`, dying with us; check it stays up and
     /// (when `stun` is set) answers a STUN Binding request within 10 s.
-    pub fn start(name: &str, mut cmd: Command, listen: SocketAddr, stun: bool) -> Result<Spawned> {
+    pub fn start(name: &str, cmd: Command, listen: SocketAddr, stun: bool) -> Result<Spawned> {
+        Spawned::start_in(name, cmd, listen, stun, None)
+    }
+
+    /// [`Spawned::start`] inside the network namespace bind-mounted at
+    /// `netns` (joined with `setns(2)` between fork and exec, so /sys and
+    /// mounts stay as they are); the readiness check runs there too.
+    pub fn start_in(
+        name: &str,
+        mut cmd: Command,
+        listen: SocketAddr,
+        stun: bool,
+        netns: Option<&Path>,
+    ) -> Result<Spawned> {
+        let ns_fd = match netns {
+            Some(p) => Some(File::open(p).map_err(|e| {
+                crate::Error(format!("cannot open namespace {}: {e}", p.display()))
+            })?),
+            None => None,
+        };
+        let ns_raw = ns_fd.as_ref().map(|f| f.as_raw_fd());
         let log = std::env::temp_dir().join(format!(
             "tern-bench-{}-{name}-{}.log",
             std::process::id(),
@@ -49,11 +70,17 @@ impl Spawned {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+        // SAFETY: the closure only calls prctl(2) and setns(2), which are
+        // async-signal-safe; the namespace fd stays open until spawn returns.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = ns_raw {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -76,10 +103,16 @@ impl Spawned {
             if let Ok(Some(status)) = s.child.try_wait() {
                 bail!("{name} exited at start ({status}); see {}", s.log.display());
             }
-            let ready = if stun {
-                stun_ping(listen, Duration::from_millis(200))
-            } else {
-                port_in_use(listen)
+            let check = || {
+                if stun {
+                    stun_ping(listen, Duration::from_millis(200))
+                } else {
+                    port_in_use(listen)
+                }
+            };
+            let ready = match netns {
+                Some(p) => crate::netns::in_netns_at(p, check)?,
+                None => check(),
             };
             if ready {
                 return Ok(s);
@@ -137,6 +170,31 @@ pub struct RelayConfig {
     pub workers: usize,
     /// How many relay ports to reserve (>= allocations).
     pub ports: u16,
+    /// Address relay sockets bind to (`None`: `ip`).
+    pub relay_ip: Option<IpAddr>,
+    /// Peer network to allow (`None`: loopback).
+    pub allow_peer: Option<String>,
+    /// Network namespace to start the relay in (bind-mount path).
+    pub netns: Option<PathBuf>,
+}
+
+impl RelayConfig {
+    fn relay_ip(&self) -> IpAddr {
+        self.relay_ip.unwrap_or(self.ip)
+    }
+
+    /// Free ports for the relay, probed where it will run: (listen, lo, hi).
+    fn ports(&self) -> Result<(u16, u16, u16)> {
+        let probe = || -> Result<(u16, u16, u16)> {
+            let port = free_udp_port(self.ip)?;
+            let (lo, hi) = free_port_range(self.relay_ip(), self.ports)?;
+            Ok((port, lo, hi))
+        };
+        match &self.netns {
+            Some(p) => crate::netns::in_netns_at(p, probe)?,
+            None => probe(),
+        }
+    }
 }
 
 /// Start tern from `bin` on fresh ports.
@@ -147,13 +205,12 @@ pub fn spawn_tern(bin: &Path, c: &RelayConfig) -> Result<Spawned> {
             bin.display()
         );
     }
-    let port = free_udp_port(c.ip)?;
-    let (lo, hi) = free_port_range(c.ip, c.ports)?;
+    let (port, lo, hi) = c.ports()?;
     let listen = SocketAddr::new(c.ip, port);
-    let peers = if c.ip.is_ipv4() {
-        "127.0.0.0/8"
-    } else {
-        "::1/128"
+    let peers = match &c.allow_peer {
+        Some(p) => p.as_str(),
+        None if c.ip.is_ipv4() => "127.0.0.0/8",
+        None => "::1/128",
     };
     let mut cmd = Command::new(bin);
     cmd.arg("--listen")
@@ -161,7 +218,7 @@ pub fn spawn_tern(bin: &Path, c: &RelayConfig) -> Result<Spawned> {
         .arg("--relay-ports")
         .arg(format!("{lo}-{hi}"))
         .arg("--relay-ip")
-        .arg(c.ip.to_string())
+        .arg(c.relay_ip().to_string())
         .arg("--realm")
         .arg(&c.realm)
         .arg("--auth-secret")
@@ -172,13 +229,12 @@ pub fn spawn_tern(bin: &Path, c: &RelayConfig) -> Result<Spawned> {
         .arg(c.workers.to_string())
         .arg("--log-level")
         .arg("warn");
-    Spawned::start("tern", cmd, listen, true)
+    Spawned::start_in("tern", cmd, listen, true, c.netns.as_deref())
 }
 
 /// Start coturn's `turnserver` from `bin` with the same settings as tern.
 pub fn spawn_coturn(bin: &Path, c: &RelayConfig) -> Result<Spawned> {
-    let port = free_udp_port(c.ip)?;
-    let (lo, hi) = free_port_range(c.ip, c.ports)?;
+    let (port, lo, hi) = c.ports()?;
     let listen = SocketAddr::new(c.ip, port);
     let pidfile = std::env::temp_dir().join(format!(
         "tern-bench-{}-coturn-{port}.pid",
@@ -195,7 +251,7 @@ pub fn spawn_coturn(bin: &Path, c: &RelayConfig) -> Result<Spawned> {
     ])
     .args(["--listening-ip", &c.ip.to_string()])
     .args(["--listening-port", &port.to_string()])
-    .args(["--relay-ip", &c.ip.to_string()])
+    .args(["--relay-ip", &c.relay_ip().to_string()])
     .args(["--min-port", &lo.to_string(), "--max-port", &hi.to_string()])
     .args([
         "--realm",
@@ -212,12 +268,21 @@ pub fn spawn_coturn(bin: &Path, c: &RelayConfig) -> Result<Spawned> {
     .args(["--no-stdout-log", "--log-file", "stdout", "--simple-log"])
     .arg("--pidfile")
     .arg(pidfile);
-    Spawned::start("coturn", cmd, listen, true)
+    Spawned::start_in("coturn", cmd, listen, true, c.netns.as_deref())
 }
 
 /// Start the null relay (`<this exe> null-relay`) forwarding to `to`.
-pub fn spawn_null(exe: &Path, ip: IpAddr, to: SocketAddr, time_limit: Duration) -> Result<Spawned> {
-    let port = free_udp_port(ip)?;
+pub fn spawn_null(
+    exe: &Path,
+    ip: IpAddr,
+    to: SocketAddr,
+    time_limit: Duration,
+    netns: Option<&Path>,
+) -> Result<Spawned> {
+    let port = match netns {
+        Some(p) => crate::netns::in_netns_at(p, || free_udp_port(ip))??,
+        None => free_udp_port(ip)?,
+    };
     let listen = SocketAddr::new(ip, port);
     let mut cmd = Command::new(exe);
     cmd.arg("null-relay")
@@ -227,7 +292,7 @@ pub fn spawn_null(exe: &Path, ip: IpAddr, to: SocketAddr, time_limit: Duration) 
         .arg(to.to_string())
         .arg("--time-limit")
         .arg(time_limit.as_secs().max(1).to_string());
-    Spawned::start("null-relay", cmd, listen, false)
+    Spawned::start_in("null-relay", cmd, listen, false, netns)
 }
 
 #[cfg(test)]

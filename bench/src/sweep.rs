@@ -87,6 +87,11 @@ pub fn sweep(
         let mut l = load.clone();
         l.rate_pps = rate;
         l.count = (rate * l.duration.as_secs_f64()).ceil() as u64;
+        crate::progress::set_stage(&format!(
+            "window {}/{} at {rate:.0} pps",
+            points.len() + 1,
+            cfg.max_windows
+        ));
         let r = bench.window(&l, idle_pct, idle_wait);
         let pass = r.m.loss_pct <= cfg.max_loss_pct && !r.m.generator_limited && r.m.sent > 0;
         let p = SweepPoint {

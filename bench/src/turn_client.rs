@@ -5,7 +5,7 @@
 //! each probe. Responses' integrity is not checked: this is a load
 //! generator, not a conformance tester.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -297,6 +297,10 @@ pub fn allocate_all(setup: &Setup, peers: &[SocketAddr]) -> Result<Vec<Allocatio
 /// limits (tern allows 10 challenges per second per IP) and IP-bound nonces
 /// see what they would in production. On IPv6, `[::1]:0`.
 pub fn client_addr(server: SocketAddr, i: usize) -> SocketAddr {
+    if server.ip() == crate::netns::Topology::RELAY_CLIENT_SIDE {
+        // The three-namespace topology: clients have 10.202.x.y addresses.
+        return SocketAddr::new(crate::netns::Topology::client_ip(i), 0);
+    }
     match server {
         SocketAddr::V4(_) => {
             let base = u32::from(std::net::Ipv4Addr::new(127, 64, 0, 0));
@@ -309,10 +313,11 @@ pub fn client_addr(server: SocketAddr, i: usize) -> SocketAddr {
 
 /// Whether a STUN server answers a Binding request at `server` within `timeout`.
 pub fn stun_ping(server: SocketAddr, timeout: Duration) -> bool {
-    let bind_ip = if server.is_ipv4() {
-        "127.0.0.1:0"
-    } else {
-        "[::1]:0"
+    let bind_ip = match server.ip() {
+        IpAddr::V4(a) if a.is_loopback() => "127.0.0.1:0",
+        IpAddr::V4(_) => "0.0.0.0:0",
+        IpAddr::V6(a) if a.is_loopback() => "[::1]:0",
+        IpAddr::V6(_) => "[::]:0",
     };
     let Ok(sock) = UdpSocket::bind(bind_ip) else {
         return false;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tern_bench::forwarder::{ForwarderConfig, ForwarderThread};
 use tern_bench::load::{measure, peer_sockets, Load};
-use tern_bench::scenario::{Bench, Scenario, TargetKind};
+use tern_bench::scenario::{Bench, Scenario, TargetKind, TopologyKind};
 use tern_bench::turn_client::DataPath;
 
 fn load(rate: f64, count: u64) -> Load {
@@ -133,6 +133,7 @@ fn real_turn_sessions_through_coturn_when_installed() {
             relay_pid: None,
             idle_pct: 100.0,
             idle_wait: Duration::ZERO,
+            topology: TopologyKind::Loopback,
         };
         let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
         assert_eq!(b.flows.len(), 20);
