@@ -57,6 +57,9 @@ phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets -- -D warnings
 phase build-tests cargo test --workspace --no-run
 phase test cargo test --workspace --no-fail-fast
+# The default run uses the back end `auto` picks (io_uring where the kernel offers
+# it); the daemon's and the end-to-end/interop tests run again on the portable one.
+phase test-mmsg env TERN_TEST_IO_BACKEND=mmsg cargo test -p tern -p tern-tests --no-fail-fast
 phase tuning tuning_suite
 printf '=== phase times (TERN_REQUIRE_INTEROP=%s)\n' "${TERN_REQUIRE_INTEROP:-0}"
 printf '  %s\n' "${timings[@]}"

@@ -38,7 +38,19 @@ pub fn test_config() -> Config {
     ];
     c.deny_peer = Vec::new();
     c.workers = 2;
+    c.io_backend = io_backend_under_test();
     c
+}
+
+/// The packet I/O back end the tests run on: `TERN_TEST_IO_BACKEND` (`auto`,
+/// `mmsg`, `uring`) when set, so CI runs the whole suite once per back end.
+pub fn io_backend_under_test() -> tern::config::IoBackend {
+    match std::env::var("TERN_TEST_IO_BACKEND") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("TERN_TEST_IO_BACKEND={name}: {e}")),
+        Err(_) => tern::config::IoBackend::Auto,
+    }
 }
 
 /// A running in-process relay, shut down on drop.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tern_tests::ports::{free_port_window, free_udp_port, V4};
 use tern_tests::process::{run_with_timeout, scratch_dir, ChildGuard};
-use tern_tests::relay::{tern_binary, PASSWORD, REALM, USER};
+use tern_tests::relay::{io_backend_under_test, tern_binary, PASSWORD, REALM, USER};
 use tern_tests::stun_client::{code, StunClient};
 
 /// Flags whose names are stable (operators' scripts and unit files use them).
@@ -142,7 +142,8 @@ fn relay_from_flags_answers_binding_and_allocate_and_exits_0_on_sigterm() {
                 "2",
                 "--log-level",
                 "info",
-            ]);
+            ])
+            .args(["--io-backend", &io_backend_under_test().to_string()]);
         let mut tern =
             ChildGuard::spawn(&mut cmd, &format!("tern-{attempt}"), &dir).expect("spawn tern");
 

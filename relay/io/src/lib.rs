@@ -8,9 +8,9 @@
 //! glues it to the protocol core.
 //!
 //! Every back end implements the one small trait [`PacketIo`]. The contract is
-//! shaped so that both a readiness back end (this crate's [`MmsgIo`]:
-//! epoll + `recvmmsg`/`sendmmsg`) and a completion back end (io_uring with
-//! multishot receives into provided buffers, a later addition) fit it:
+//! shaped so that both a readiness back end ([`MmsgIo`]: epoll +
+//! `recvmmsg`/`sendmmsg`) and a completion back end ([`UringIo`]: io_uring
+//! with multishot receives into provided buffers) fit it:
 //!
 //! * [`PacketIo::wait`] blocks until something may be received, a timer is
 //!   due, or a [`Wake`] handle is poked;
@@ -32,6 +32,10 @@ mod gso;
 mod mmsg;
 mod sockaddr;
 pub mod socket;
+mod uring;
+
+#[cfg(test)]
+mod backend_tests;
 
 use std::fmt;
 use std::io;
@@ -42,9 +46,13 @@ use std::time::Duration;
 pub use batch::{RecvBatch, RecvMeta};
 pub use gso::gso_supported;
 pub use mmsg::{MmsgConfig, MmsgIo};
+pub use uring::{UringConfig, UringIo};
 
 /// Most datagrams one receive or send syscall handles.
 pub const MAX_BATCH: usize = 64;
+
+/// The largest UDP payload there is (IPv4; IPv6 without jumbograms allows 8 bytes more).
+pub(crate) const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// Identifies a socket registered with a [`PacketIo`] back end.
 ///
@@ -124,17 +132,27 @@ pub struct IoStats {
     pub rx_datagrams: u64,
     /// Bytes of payload received and handed to the caller.
     pub rx_bytes: u64,
-    /// Receive syscalls that returned at least one datagram.
+    /// Receive syscalls (mmsg) or [`PacketIo::recv`] calls (io_uring) that
+    /// returned at least one datagram.
     pub rx_batches: u64,
     /// Datagrams dropped because they did not fit a receive buffer (MSG_TRUNC).
     pub rx_truncated: u64,
-    /// Receive syscalls that failed with something other than "would block".
+    /// Receives that failed with something other than "would block" (for
+    /// io_uring: receives the kernel ended with an error; they are re-armed).
     pub rx_errors: u64,
+    /// io_uring: times the provided buffers ran out and the kernel ended a
+    /// socket's receive (ENOBUFS); it is re-armed, datagrams wait in the socket.
+    pub rx_no_buffers: u64,
+    /// io_uring: multishot receives re-armed after the kernel ended them.
+    pub rx_rearms: u64,
+    /// io_uring: datagrams the ring had already taken from a socket when the
+    /// socket was removed (they cannot go back to it), dropped.
+    pub rx_discarded: u64,
     /// Datagrams handed to the kernel.
     pub tx_datagrams: u64,
     /// Bytes of payload handed to the kernel.
     pub tx_bytes: u64,
-    /// Send syscalls made.
+    /// Send syscalls made (for io_uring: submits that carried sends).
     pub tx_syscalls: u64,
     /// Messages sent as one UDP GSO super-datagram (each carries several datagrams).
     pub tx_gso_messages: u64,
@@ -156,6 +174,9 @@ impl IoStats {
         self.rx_batches += other.rx_batches;
         self.rx_truncated += other.rx_truncated;
         self.rx_errors += other.rx_errors;
+        self.rx_no_buffers += other.rx_no_buffers;
+        self.rx_rearms += other.rx_rearms;
+        self.rx_discarded += other.rx_discarded;
         self.tx_datagrams += other.tx_datagrams;
         self.tx_bytes += other.tx_bytes;
         self.tx_syscalls += other.tx_syscalls;
@@ -168,7 +189,11 @@ impl IoStats {
 
     /// Every datagram dropped by the I/O layer, whatever the reason.
     pub fn drops(&self) -> u64 {
-        self.rx_truncated + self.tx_would_block + self.tx_errors + self.tx_oversize
+        self.rx_truncated
+            + self.rx_discarded
+            + self.tx_would_block
+            + self.tx_errors
+            + self.tx_oversize
     }
 }
 
@@ -178,6 +203,9 @@ impl IoStats {
 pub enum BackendKind {
     /// Portable: epoll readiness, `recvmmsg`/`sendmmsg`, UDP GSO where the kernel has it.
     Mmsg,
+    /// io_uring (Linux 6.0+): multishot `recvmsg` into a provided-buffer ring,
+    /// `sendmsg` SQEs submitted once per loop turn.
+    Uring,
 }
 
 impl BackendKind {
@@ -185,17 +213,23 @@ impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Mmsg => "mmsg",
+            BackendKind::Uring => "uring",
         }
     }
 
     /// Every back end, fastest first: the order [`select_backend`] tries them in.
-    pub const ALL: &'static [BackendKind] = &[BackendKind::Mmsg];
+    pub const ALL: &'static [BackendKind] = &[BackendKind::Uring, BackendKind::Mmsg];
 
     /// Whether this kernel offers what the back end needs, and if not, why.
     pub fn probe(self) -> Result<(), BackendUnavailable> {
         match self {
             // recvmmsg/sendmmsg exist since Linux 3.0; nothing to probe.
             BackendKind::Mmsg => Ok(()),
+            // Kernel >= 6.0, io_uring not disabled, the opcodes, the
+            // provided-buffer ring and RLIMIT_MEMLOCK; probed once per process.
+            BackendKind::Uring => {
+                uring::probe().map_err(|reason| BackendUnavailable { kind: self, reason })
+            }
         }
     }
 }
@@ -263,10 +297,34 @@ mod tests {
     #[test]
     fn auto_selects_a_backend_and_says_why() {
         let s = select_backend(None).unwrap();
-        assert_eq!(s.kind, BackendKind::Mmsg);
-        assert!(s.reason.contains("mmsg"));
+        match BackendKind::Uring.probe() {
+            Ok(()) => {
+                assert_eq!(s.kind, BackendKind::Uring);
+                assert!(s.reason.contains("uring"), "{}", s.reason);
+            }
+            Err(e) => {
+                assert_eq!(s.kind, BackendKind::Mmsg);
+                assert!(s.reason.contains("skipped"), "{}", s.reason);
+                assert!(s.reason.contains(&e.reason), "{}", s.reason);
+            }
+        }
         let s = select_backend(Some(BackendKind::Mmsg)).unwrap();
+        assert_eq!(s.kind, BackendKind::Mmsg);
         assert!(s.reason.contains("requested"));
+    }
+
+    #[test]
+    fn forcing_uring_fails_with_the_reason_or_succeeds() {
+        match select_backend(Some(BackendKind::Uring)) {
+            Ok(s) => assert_eq!(s.kind, BackendKind::Uring),
+            Err(e) => {
+                assert_eq!(e.kind, BackendKind::Uring);
+                assert!(!e.reason.is_empty());
+                assert!(e.to_string().starts_with("uring back end unavailable: "));
+            }
+        }
+        assert_eq!(BackendKind::Uring.name(), "uring");
+        assert_eq!(BackendKind::ALL[0], BackendKind::Uring, "fastest first");
     }
 
     #[test]
@@ -277,6 +335,9 @@ mod tests {
             rx_batches: 3,
             rx_truncated: 4,
             rx_errors: 5,
+            rx_no_buffers: 14,
+            rx_rearms: 15,
+            rx_discarded: 16,
             tx_datagrams: 6,
             tx_bytes: 7,
             tx_syscalls: 8,
@@ -290,6 +351,8 @@ mod tests {
         sum.merge(&one);
         assert_eq!(sum.rx_datagrams, 2);
         assert_eq!(sum.gso_fallbacks, 26);
-        assert_eq!(sum.drops(), 2 * (4 + 10 + 11 + 12));
+        assert_eq!(sum.rx_no_buffers, 28);
+        assert_eq!(sum.rx_rearms, 30);
+        assert_eq!(sum.drops(), 2 * (4 + 16 + 10 + 11 + 12));
     }
 }

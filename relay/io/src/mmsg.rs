@@ -25,11 +25,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::batch::{RecvBatch, RecvMeta};
 use crate::gso::{self, CmsgBuf};
 use crate::sockaddr;
-use crate::{BackendKind, IoStats, PacketIo, SocketId, Wake, MAX_BATCH};
+use crate::{BackendKind, IoStats, PacketIo, SocketId, Wake, MAX_BATCH, MAX_UDP_PAYLOAD};
 
 const WAKE_TOKEN: Token = Token(usize::MAX);
-/// The largest UDP payload there is (IPv4; IPv6 without jumbograms allows 8 bytes more).
-const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// Tuning of an [`MmsgIo`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -530,6 +528,3 @@ fn empty_iovec() -> libc::iovec {
         iov_len: 0,
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use tern_turn::policy::Cidr;
 
 use crate::config::{
-    self, AdminListen, Config, ConfigError, ExternalIp, IoBackend, DEV_REALM, DEV_USER,
+    self, AdminListen, Config, ConfigError, ExternalIp, IoBackend, RegistryUrl, DEV_REALM, DEV_USER,
 };
 
 /// tern: a thread-per-core TURN relay (RFC 8656).
@@ -98,7 +98,7 @@ pub struct Flags {
     /// SOFTWARE attribute in responses; empty sends none [default: tern VERSION].
     #[arg(long, value_name = "TEXT")]
     pub software: Option<String>,
-    /// Packet I/O back end: auto (probe, fastest available) or mmsg [default: auto].
+    /// Packet I/O back end: auto (probe, fastest available), uring or mmsg [default: auto].
     #[arg(long, value_name = "BACKEND", value_parser = config::parse_io_backend)]
     pub io_backend: Option<IoBackend>,
     /// Allocation lifetime in seconds when the client asks for none [default: 600].
@@ -123,6 +123,26 @@ pub struct Flags {
     /// Seconds a drain (SIGTERM, /admin/drain) waits for allocations to end [default: 3600].
     #[arg(long, value_name = "SECONDS")]
     pub drain_timeout: Option<u64>,
+    /// Redis load registry, off unless set: publishes the /load JSON to
+    /// turn:node:{region}:{node} with SET EX every registry-interval, "draining"
+    /// at once on drain, DEL on a clean stop. redis://[[USER]:PASSWORD@]HOST[:PORT][/DB],
+    /// e.g. redis://127.0.0.1:6379/0 or redis://:PASSWORD@cache:6379/2 (no TLS).
+    #[arg(long, value_name = "URL", env = "TERN_REGISTRY_URL", hide_env_values = true,
+          value_parser = config::parse_registry_url)]
+    pub registry_url: Option<RegistryUrl>,
+    /// Region in the registry key (letters, digits, . _ -); required with --registry-url.
+    #[arg(long, value_name = "NAME", value_parser = config::parse_key_part)]
+    pub region: Option<String>,
+    /// Node in the registry key (letters, digits, . _ -) [default: the host name].
+    #[arg(long, value_name = "NAME", value_parser = config::parse_key_part)]
+    pub node: Option<String>,
+    /// Seconds between registry updates [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    pub registry_interval: Option<u64>,
+    /// Seconds a registry entry outlives its last update, so a dead node
+    /// disappears; must exceed --registry-interval [default: 3 x registry-interval].
+    #[arg(long, value_name = "SECONDS")]
+    pub registry_ttl: Option<u64>,
 }
 
 /// Where the configuration in force came from.
@@ -199,6 +219,17 @@ impl Flags {
             c.admin_token.clone_from(&self.admin_token);
         }
         set(&mut c.drain_timeout, &self.drain_timeout);
+        if self.registry_url.is_some() {
+            c.registry_url.clone_from(&self.registry_url);
+        }
+        set(&mut c.region, &self.region);
+        if self.node.is_some() {
+            c.node.clone_from(&self.node);
+        }
+        set(&mut c.registry_interval, &self.registry_interval);
+        if self.registry_ttl.is_some() {
+            c.registry_ttl = self.registry_ttl;
+        }
     }
 }
 
@@ -349,6 +380,16 @@ relay-ports = "50000-50100""#
             "0123456789abcdefXYZ",
             "--drain-timeout",
             "60",
+            "--registry-url",
+            "redis://:pw@127.0.0.1:6380/2",
+            "--region",
+            "eu-west",
+            "--node",
+            "n1",
+            "--registry-interval",
+            "7",
+            "--registry-ttl",
+            "30",
         ]);
         let mut c = Config::default();
         cli.flags.apply(&mut c);
@@ -375,6 +416,27 @@ relay-ports = "50000-50100""#
         assert_eq!(c.admin, None);
         assert_eq!(c.admin_token.as_deref(), Some("0123456789abcdefXYZ"));
         assert_eq!(c.drain_timeout, 60);
+        let url = c.registry_url.as_ref().unwrap();
+        assert_eq!((url.host(), url.port(), url.db()), ("127.0.0.1", 6380, 2));
+        assert!(url.has_password());
+        assert_eq!(c.region, "eu-west");
+        assert_eq!(c.node.as_deref(), Some("n1"));
+        assert_eq!((c.registry_interval, c.registry_ttl), (7, Some(30)));
+    }
+
+    #[test]
+    fn bad_registry_flags_name_the_flag() {
+        for (flag, value, fragment) in [
+            ("--registry-url", "redis://h:0/0", "not a port"),
+            ("--registry-url", "http://h", "not supported"),
+            ("--region", "eu west", "only letters"),
+            ("--node", "a:b", "only letters"),
+        ] {
+            let err = Cli::try_parse_from(["tern", flag, value]).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(flag), "{text}");
+            assert!(text.contains(fragment), "{text}");
+        }
     }
 
     #[test]

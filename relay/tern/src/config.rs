@@ -12,11 +12,15 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use rand::RngCore;
 use serde::Deserialize;
 use tern_turn::policy::Cidr;
 use tern_turn::{RelayAddress, RelayAddresses};
+
+use crate::registry::Registry;
+pub use crate::registry::RegistryUrl;
 
 /// Everything the relay is configured with. Field names are the TOML keys
 /// (kebab-case there, snake_case here); see `tern --help` for each one.
@@ -71,10 +75,25 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Seconds a drain waits for live allocations to end before stopping anyway.
     pub drain_timeout: u64,
+    /// The Redis load registry; `None` (the default) publishes nothing.
+    pub registry_url: Option<RegistryUrl>,
+    /// The region part of the registry key `turn:node:{region}:{node}`;
+    /// required with `registry-url`.
+    pub region: String,
+    /// The node part of the registry key; `None` means the host name.
+    pub node: Option<String>,
+    /// Seconds between two registry publications.
+    pub registry_interval: u64,
+    /// Seconds each registry entry lives unless refreshed; `None` means
+    /// three times `registry-interval`.
+    pub registry_ttl: Option<u64>,
 }
 
 /// Where the admin endpoint listens unless `admin` says otherwise.
 pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9641);
+
+/// `registry-interval` unless set, in seconds.
+pub const DEFAULT_REGISTRY_INTERVAL: u64 = 5;
 
 /// A public address to advertise, optionally with the private address it maps
 /// to (1:1 NAT, e.g. an EC2 Elastic IP): `PUBLIC[/PRIVATE]`.
@@ -88,7 +107,7 @@ pub struct ExternalIp {
 
 /// Which packet I/O back end runs.
 ///
-/// Adding a back end (io_uring next) is one variant here and its name in
+/// Adding a back end is one variant here and its name in
 /// [`IoBackend::NAMES`]; the probing lives in [`tern_io::select_backend`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -98,6 +117,8 @@ pub enum IoBackend {
     Auto,
     /// The portable `recvmmsg`/`sendmmsg` back end.
     Mmsg,
+    /// io_uring (Linux 6.0+); the relay refuses to start when it is unavailable.
+    Uring,
 }
 
 /// A configuration that cannot be used, naming the key at fault.
@@ -187,6 +208,11 @@ impl Default for Config {
             admin: Some(DEFAULT_ADMIN),
             admin_token: None,
             drain_timeout: 3600,
+            registry_url: None,
+            region: String::new(),
+            node: None,
+            registry_interval: DEFAULT_REGISTRY_INTERVAL,
+            registry_ttl: None,
         }
     }
 }
@@ -288,7 +314,76 @@ impl Config {
             ));
         }
         let relay = self.relay_addresses()?;
-        Ok(Validated { relay })
+        let registry = self.registry()?;
+        Ok(Validated { relay, registry })
+    }
+
+    /// The registry settings, or `None` when `registry-url` is unset: the
+    /// key `turn:node:{region}:{node}` (node defaulting to the host name),
+    /// the interval and the TTL (defaulting to three intervals).
+    pub fn registry(&self) -> Result<Option<Registry>, ConfigError> {
+        if let Some(node) = &self.node {
+            check_key_part(node).map_err(|p| ConfigError::invalid("node", node.clone(), p))?;
+        }
+        if !self.region.is_empty() {
+            check_key_part(&self.region)
+                .map_err(|p| ConfigError::invalid("region", self.region.clone(), p))?;
+        }
+        if self.registry_interval == 0 {
+            return Err(ConfigError::problem(
+                "registry-interval",
+                "must be at least 1 second",
+            ));
+        }
+        let ttl = match self.registry_ttl {
+            Some(ttl) if ttl <= self.registry_interval => {
+                return Err(ConfigError::invalid(
+                    "registry-ttl",
+                    ttl.to_string(),
+                    format!(
+                        "must exceed registry-interval ({} s), or the entry lapses between updates",
+                        self.registry_interval
+                    ),
+                ))
+            }
+            Some(ttl) => ttl,
+            None => self.registry_interval.saturating_mul(3),
+        };
+        let Some(url) = &self.registry_url else {
+            return Ok(None);
+        };
+        if self.region.is_empty() {
+            return Err(ConfigError::problem(
+                "region",
+                "required with registry-url (the key is turn:node:{region}:{node})",
+            ));
+        }
+        let node = match &self.node {
+            Some(n) => n.clone(),
+            None => {
+                let host = nix::unistd::gethostname().map_err(|e| {
+                    ConfigError::problem(
+                        "node",
+                        format!("cannot read the host name ({e}); set node"),
+                    )
+                })?;
+                let host = host.to_string_lossy().into_owned();
+                check_key_part(&host).map_err(|p| {
+                    ConfigError::invalid(
+                        "node",
+                        host.clone(),
+                        format!("the host name: {p}; set node"),
+                    )
+                })?;
+                host
+            }
+        };
+        Ok(Some(Registry {
+            url: url.clone(),
+            key: format!("turn:node:{}:{node}", self.region),
+            interval: Duration::from_secs(self.registry_interval),
+            ttl: Duration::from_secs(ttl),
+        }))
     }
 
     /// Check what [`crate::RelayHandle::reload`] applies: secrets and users.
@@ -388,9 +483,19 @@ impl Config {
             Some(a) => a.to_string(),
             None => "off".to_owned(),
         };
+        let registry = match &validated.registry {
+            Some(r) => format!(
+                "{} as {} every {} s, ttl {} s",
+                r.url,
+                r.key,
+                r.interval.as_secs(),
+                r.ttl.as_secs()
+            ),
+            None => "off".to_owned(),
+        };
         format!(
             "listen {}; relay {} ports {}; realm {:?}; {} user(s), {} secret(s); \
-             {} allow-peer, {} deny-peer; workers {}; io-backend {}; admin {}",
+             {} allow-peer, {} deny-peer; workers {}; io-backend {}; admin {}; registry {}",
             listen.join(", "),
             relay.join(", "),
             fmt_ports(self.relay_ports),
@@ -402,26 +507,30 @@ impl Config {
             workers,
             self.io_backend,
             admin,
+            registry,
         )
     }
 }
 
 /// What [`Config::validate`] worked out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Validated {
     /// Relay addresses per family (bind and advertised).
     pub relay: RelayAddresses,
+    /// The load registry, when `registry-url` is set.
+    pub registry: Option<Registry>,
 }
 
 impl IoBackend {
     /// Every back end name accepted by `io-backend`, in variant order.
-    pub const NAMES: &'static [&'static str] = &["auto", "mmsg"];
+    pub const NAMES: &'static [&'static str] = &["auto", "mmsg", "uring"];
 
     /// The back end to insist on, or `None` to let [`tern_io::select_backend`] probe.
     pub fn requested(self) -> Option<tern_io::BackendKind> {
         match self {
             IoBackend::Auto => None,
             IoBackend::Mmsg => Some(tern_io::BackendKind::Mmsg),
+            IoBackend::Uring => Some(tern_io::BackendKind::Uring),
         }
     }
 
@@ -430,6 +539,7 @@ impl IoBackend {
         match self {
             IoBackend::Auto => "auto",
             IoBackend::Mmsg => "mmsg",
+            IoBackend::Uring => "uring",
         }
     }
 }
@@ -447,6 +557,7 @@ impl FromStr for IoBackend {
         match s {
             "auto" => Ok(IoBackend::Auto),
             "mmsg" => Ok(IoBackend::Mmsg),
+            "uring" => Ok(IoBackend::Uring),
             _ => Err(format!(
                 "unknown back end; expected one of {}",
                 IoBackend::NAMES.join(", ")
@@ -570,6 +681,17 @@ pub fn parse_admin_token(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// `--registry-url` / `registry-url`: `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`.
+pub fn parse_registry_url(s: &str) -> Result<RegistryUrl, String> {
+    RegistryUrl::parse(s)
+}
+
+/// `--region`, `--node`: a part of the registry key (letters, digits, `.`, `_`, `-`).
+pub fn parse_key_part(s: &str) -> Result<String, String> {
+    check_key_part(s)?;
+    Ok(s.to_owned())
+}
+
 /// `--alternate-server`: an `IP:PORT`.
 pub fn parse_alternate_server(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| "expected IP:PORT".to_owned())
@@ -600,6 +722,24 @@ fn check_user(name: &str, password: &str) -> Result<(), String> {
     }
     if password.is_empty() {
         return Err(format!("user {name:?} has an empty password"));
+    }
+    Ok(())
+}
+
+fn check_key_part(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if s.len() > 253 {
+        return Err("longer than 253 characters".to_owned());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(
+            "only letters, digits, '.', '_' and '-' (it is part of a Redis key)".to_owned(),
+        );
     }
     Ok(())
 }
@@ -717,6 +857,11 @@ struct RawConfig {
     admin: Option<toml::Value>,
     admin_token: Option<toml::Value>,
     drain_timeout: Option<toml::Value>,
+    registry_url: Option<toml::Value>,
+    region: Option<toml::Value>,
+    node: Option<toml::Value>,
+    registry_interval: Option<toml::Value>,
+    registry_ttl: Option<toml::Value>,
 }
 
 impl RawConfig {
@@ -794,6 +939,25 @@ impl RawConfig {
         }
         if let Some(v) = self.drain_timeout {
             c.drain_timeout = integer("drain-timeout", v)?;
+        }
+        if let Some(v) = self.registry_url {
+            // Not echoed: the URL may carry a password.
+            let url = string("registry-url", v)?;
+            c.registry_url = Some(
+                parse_registry_url(&url).map_err(|p| ConfigError::problem("registry-url", p))?,
+            );
+        }
+        if let Some(v) = self.region {
+            c.region = one("region", v, parse_key_part)?;
+        }
+        if let Some(v) = self.node {
+            c.node = Some(one("node", v, parse_key_part)?);
+        }
+        if let Some(v) = self.registry_interval {
+            c.registry_interval = integer("registry-interval", v)?;
+        }
+        if let Some(v) = self.registry_ttl {
+            c.registry_ttl = Some(integer("registry-ttl", v)?);
         }
         Ok(())
     }

@@ -7,8 +7,9 @@
 //! EVEN-PORT reservations, control of the workers (reload, drain, stats,
 //! shutdown) over channels, and the side thread: metrics collected from the
 //! workers without locks, the lifecycle and drain, the admin HTTP endpoint
-//! (`/metrics`, `/healthz`, `/readyz`, `/load`, `/admin/*`) and systemd
-//! notifications. Must not touch: protocol logic (tern-turn, tern-stun) or
+//! (`/metrics`, `/healthz`, `/readyz`, `/load`, `/admin/*`), systemd
+//! notifications, and the optional Redis load registry ([`registry`]).
+//! Must not touch: protocol logic (tern-turn, tern-stun) or
 //! socket syscalls (tern-io).
 //!
 //! ```no_run
@@ -28,6 +29,7 @@ pub mod config;
 mod http;
 mod metrics;
 pub mod notify;
+pub mod registry;
 mod shared;
 mod side;
 mod worker;
@@ -115,6 +117,16 @@ impl Relay {
         notifier: Option<Notifier>,
     ) -> Result<RelayHandle, StartError> {
         let validated = config.validate()?;
+        if validated.registry.is_none()
+            && (!config.region.is_empty()
+                || config.node.is_some()
+                || config.registry_ttl.is_some()
+                || config.registry_interval != config::DEFAULT_REGISTRY_INTERVAL)
+        {
+            tracing::warn!(
+                "region, node or registry-* set without registry-url: the registry is off"
+            );
+        }
         if config.user.is_empty() && config.auth_secret.is_empty() {
             tracing::warn!("no user and no auth-secret: every Allocate will be refused");
         }
@@ -221,6 +233,8 @@ impl Relay {
             .filter_map(|i| cores.get(i % cores.len().max(1)).map(|c| c.id))
             .collect();
         drop(report_tx);
+        let (registry_wake, registry_woken) = channel::bounded::<()>(1);
+        let registry = validated.registry;
         let side = Arc::new(Side::new(
             links,
             selection.kind,
@@ -229,6 +243,7 @@ impl Relay {
                 drain_timeout: Duration::from_secs(config.drain_timeout),
                 alternate_server: config.alternate_server,
                 admin_token: config.admin_token.clone(),
+                registry_wake: registry.is_some().then_some(registry_wake),
             },
             notifier,
         ));
@@ -246,6 +261,22 @@ impl Relay {
         };
         let (stop_tx, stop_rx) = channel::bounded::<()>(0);
         relay.side_stop = Some(stop_tx);
+        if let Some(registry) = registry {
+            let side = side.clone();
+            let stop = stop_rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tern-registry".to_owned())
+                .spawn(move || registry::run(side, registry, registry_woken, stop));
+            match spawned {
+                Ok(t) => relay.side_threads.push(t),
+                Err(source) => {
+                    return Err(StartError::Worker {
+                        index: workers,
+                        source,
+                    })
+                }
+            }
+        }
         let collector = {
             let side = side.clone();
             std::thread::Builder::new()
@@ -676,5 +707,13 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     );
     check(running.admin != new.admin, "admin");
     check(running.drain_timeout != new.drain_timeout, "drain-timeout");
+    check(running.registry_url != new.registry_url, "registry-url");
+    check(running.region != new.region, "region");
+    check(running.node != new.node, "node");
+    check(
+        running.registry_interval != new.registry_interval,
+        "registry-interval",
+    );
+    check(running.registry_ttl != new.registry_ttl, "registry-ttl");
     keys
 }

@@ -253,6 +253,8 @@ pub(crate) struct Exposition<'a> {
     pub(crate) cpu_seconds: Option<f64>,
     pub(crate) resident_bytes: Option<u64>,
     pub(crate) start_time_seconds: f64,
+    /// Registry publications (ok, error), when `registry-url` is set.
+    pub(crate) registry_publish: Option<(u64, u64)>,
 }
 
 impl Collected {
@@ -566,6 +568,21 @@ impl Collected {
             "Start time of the process since unix epoch in seconds.",
         );
         let _ = writeln!(o, "process_start_time_seconds {}", x.start_time_seconds);
+        if let Some((ok, error)) = x.registry_publish {
+            header(
+                o,
+                "tern_registry_publish_total",
+                "counter",
+                "Publications of /load to the Redis registry, by result.",
+            );
+            sample(o, "tern_registry_publish_total", &[("result", "ok")], ok);
+            sample(
+                o,
+                "tern_registry_publish_total",
+                &[("result", "error")],
+                error,
+            );
+        }
         out
     }
 }

@@ -9,6 +9,7 @@
 //! the HTTP threads read; no worker ever takes it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -116,6 +117,11 @@ pub(crate) struct Side {
     cpus: usize,
     started_unix: f64,
     state: Mutex<SideState>,
+    /// Tells the registry thread the lifecycle changed; `None` without a registry.
+    registry_wake: Option<Sender<()>>,
+    /// Registry publications that succeeded and failed.
+    pub(crate) registry_ok: AtomicU64,
+    pub(crate) registry_errors: AtomicU64,
 }
 
 struct SideState {
@@ -176,6 +182,8 @@ pub(crate) struct SideConfig {
     pub(crate) drain_timeout: Duration,
     pub(crate) alternate_server: Option<SocketAddr>,
     pub(crate) admin_token: Option<String>,
+    /// The registry thread's wake-up channel, when `registry-url` is set.
+    pub(crate) registry_wake: Option<Sender<()>>,
 }
 
 impl Side {
@@ -207,6 +215,17 @@ impl Side {
                 rates: Rates::default(),
                 stopping_sent: false,
             }),
+            registry_wake: config.registry_wake,
+            registry_ok: AtomicU64::new(0),
+            registry_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// The lifecycle changed: have the registry publish now. Never blocks.
+    fn changed(&self) {
+        if let Some(wake) = &self.registry_wake {
+            // Full means a wake-up is already pending.
+            let _ = wake.try_send(());
         }
     }
 
@@ -238,6 +257,7 @@ impl Side {
         s.epoch += 1;
         let epoch = s.epoch;
         s.lifecycle = Lifecycle::Draining;
+        self.changed();
         s.drain = Some(Drain {
             started: Instant::now(),
             cause,
@@ -277,6 +297,7 @@ impl Side {
                 } else {
                     Lifecycle::Starting
                 };
+                self.changed();
                 for l in &self.links {
                     l.send(Control::Draining { on: false, epoch });
                 }
@@ -354,6 +375,12 @@ impl Side {
             cpu_seconds,
             resident_bytes,
             start_time_seconds: self.started_unix,
+            registry_publish: self.registry_wake.is_some().then(|| {
+                (
+                    self.registry_ok.load(Ordering::Relaxed),
+                    self.registry_errors.load(Ordering::Relaxed),
+                )
+            }),
         })
     }
 
@@ -447,6 +474,7 @@ impl Side {
             && s.collected.workers.iter().all(|w| w.reported.is_some())
         {
             s.lifecycle = Lifecycle::Active;
+            self.changed();
             tracing::info!(
                 workers = s.collected.workers.len(),
                 "all workers reporting: active"
@@ -461,12 +489,14 @@ impl Side {
                 .all(|w| w.drain_epoch == epoch && w.draining && w.allocations == 0);
             if empty {
                 s.lifecycle = Lifecycle::Drained;
+                self.changed();
                 tracing::info!(
                     took_s = now.duration_since(d.started).as_secs(),
                     "drain complete: no allocation left"
                 );
             } else if now.duration_since(d.started) >= self.drain_timeout {
                 s.lifecycle = Lifecycle::Drained;
+                self.changed();
                 tracing::warn!(
                     allocations = s.collected.totals().allocations,
                     drain_timeout_s = self.drain_timeout.as_secs(),
@@ -599,6 +629,7 @@ mod tests {
                 drain_timeout: Duration::from_secs(60),
                 alternate_server: None,
                 admin_token: None,
+                registry_wake: None,
             },
             Some(notifier),
         );

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use hdrhistogram::Histogram;
 use tern_io::socket::{bind_udp, SocketOptions};
-use tern_io::{BackendKind, IoStats, MmsgConfig, MmsgIo, PacketIo, RecvBatch, SocketId, Wake};
+use tern_io::{
+    BackendKind, IoStats, MmsgConfig, MmsgIo, PacketIo, RecvBatch, SocketId, UringConfig, UringIo,
+    Wake,
+};
 use tern_turn::policy::PeerPolicy;
 use tern_turn::{
     BindError, Credentials, Event, Forward, Host, QuotaError, Server, ServerConfig, Stats, Via,
@@ -92,6 +95,16 @@ pub(crate) fn run(setup: Setup, ready: Sender<io::Result<Arc<dyn Wake>>>) {
     }
     match setup.backend {
         BackendKind::Mmsg => match MmsgIo::new(MmsgConfig::default()) {
+            Ok(io) => start(io, setup, ready),
+            Err(e) => {
+                let _receiver_may_be_gone = ready.send(Err(e));
+            }
+        },
+        // Built on the worker's own thread: the ring is single-issuer.
+        BackendKind::Uring => match UringIo::new(UringConfig {
+            max_payload: MAX_DATAGRAM,
+            ..UringConfig::default()
+        }) {
             Ok(io) => start(io, setup, ready),
             Err(e) => {
                 let _receiver_may_be_gone = ready.send(Err(e));

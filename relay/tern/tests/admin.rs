@@ -22,6 +22,7 @@ fn config(ports: (u16, u16)) -> Config {
     c.workers = 2;
     c.admin = Some("127.0.0.1:0".parse().unwrap());
     c.admin_token = Some(TOKEN.to_owned());
+    c.io_backend = test_io_backend();
     c
 }
 
@@ -59,8 +60,9 @@ fn metrics_parse_and_move_with_traffic() {
     assert_eq!(before["tern_state{state=\"active\"}"], 1.0);
     assert_eq!(before["tern_state{state=\"draining\"}"], 0.0);
     let version = env!("CARGO_PKG_VERSION");
+    let backend = relay.backend().name();
     assert_eq!(
-        before[&format!("tern_build_info{{version=\"{version}\",backend=\"mmsg\"}}")],
+        before[&format!("tern_build_info{{version=\"{version}\",backend=\"{backend}\"}}")],
         1.0
     );
     for reason in tern_turn::DropReason::ALL {
@@ -103,14 +105,16 @@ fn metrics_parse_and_move_with_traffic() {
     client.socket.recv_from(&mut buf).unwrap();
 
     // Workers report once a second: the counters show up within a few.
-    let to_peer = "tern_packets_relayed_total{direction=\"to_peer\",backend=\"mmsg\"}";
+    let to_peer =
+        format!("tern_packets_relayed_total{{direction=\"to_peer\",backend=\"{backend}\"}}");
+    let to_client =
+        format!("tern_packets_relayed_total{{direction=\"to_client\",backend=\"{backend}\"}}");
     let mut after = Samples::new();
     assert!(
         eventually(Duration::from_secs(5), || {
             after = metrics(admin);
-            after[to_peer] >= 5.0
-                && after["tern_packets_relayed_total{direction=\"to_client\",backend=\"mmsg\"}"]
-                    >= 1.0
+            after[&to_peer] >= 5.0
+                && after[&to_client] >= 1.0
                 && after["tern_allocation_latency_seconds_count"] >= 1.0
         }),
         "counters did not move: {after:?}"
@@ -119,7 +123,10 @@ fn metrics_parse_and_move_with_traffic() {
     assert!(after["tern_allocations_created_total"] >= 1.0);
     assert!(after["tern_channels_bound_total"] >= 1.0);
     assert!(after["tern_permissions_created_total"] >= 1.0);
-    assert!(after["tern_bytes_relayed_total{direction=\"to_peer\",backend=\"mmsg\"}"] >= 500.0);
+    assert!(
+        after[&format!("tern_bytes_relayed_total{{direction=\"to_peer\",backend=\"{backend}\"}}")]
+            >= 500.0
+    );
     assert!(after["tern_auth_failures_total{reason=\"challenge\"}"] >= 1.0);
     let loops: f64 = ["0", "1"]
         .iter()
@@ -151,7 +158,7 @@ fn health_readiness_and_load() {
     assert_eq!(j["capacity"], 100);
     assert_eq!(j["workers"], 2);
     assert_eq!(j["workers_reporting"], 2);
-    assert_eq!(j["backend"], "mmsg");
+    assert_eq!(j["backend"], relay.backend().name());
     for key in [
         "packets_per_second",
         "bits_per_second",

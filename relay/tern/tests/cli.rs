@@ -130,6 +130,11 @@ fn help_documents_every_flag() {
         "--admin",
         "--admin-token",
         "--drain-timeout",
+        "--registry-url",
+        "--region",
+        "--node",
+        "--registry-interval",
+        "--registry-ttl",
         "check-config",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");

@@ -1,24 +1,40 @@
-//! The in-process runtime: start, listen addresses, stats, reload, start errors.
+//! The in-process runtime: start, listen addresses, stats, reload, start
+//! errors. Every test runs once per packet I/O back end (modules `mmsg` and
+//! `uring` at the bottom); one the kernel cannot run is skipped with a note.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use tern::config::IoBackend;
 use tern::{Config, Relay, StartError};
 
-fn config() -> Config {
+fn config(io_backend: IoBackend) -> Config {
     Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         realm: "tern.test".to_owned(),
         user: vec![("a".to_owned(), "b".to_owned())],
         relay_ports: (44_000, 44_199),
         workers: 2,
+        io_backend,
         ..Config::default()
     }
 }
 
-#[test]
-fn starts_reports_and_stops() {
+/// Whether the kernel can run `backend`; says so on stderr when not.
+fn available(backend: IoBackend) -> bool {
+    match backend.requested().map(|k| k.probe()) {
+        Some(Err(e)) => {
+            eprintln!("skipping: {e}");
+            false
+        }
+        _ => true,
+    }
+}
+
+fn starts_reports_and_stops(backend: IoBackend) {
+    let config = || config(backend);
     let relay = Relay::start(config()).unwrap();
+    assert_eq!(relay.backend().name(), backend.name());
     let listen = relay.listen_addrs();
     assert_eq!(listen.len(), 1);
     assert_ne!(listen[0].port(), 0, "port 0 is resolved");
@@ -65,8 +81,8 @@ fn starts_reports_and_stops() {
     UdpSocket::bind(listen[0]).unwrap();
 }
 
-#[test]
-fn listen_address_taken_is_a_bind_error() {
+fn listen_address_taken_is_a_bind_error(backend: IoBackend) {
+    let config = || config(backend);
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr: SocketAddr = taken.local_addr().unwrap();
     let err = Relay::start(Config {
@@ -80,8 +96,8 @@ fn listen_address_taken_is_a_bind_error() {
     );
 }
 
-#[test]
-fn invalid_config_is_refused_before_binding() {
+fn invalid_config_is_refused_before_binding(backend: IoBackend) {
+    let config = || config(backend);
     let err = Relay::start(Config {
         realm: String::new(),
         ..config()
@@ -93,8 +109,8 @@ fn invalid_config_is_refused_before_binding() {
     );
 }
 
-#[test]
-fn more_workers_than_ports_runs_fewer_workers() {
+fn more_workers_than_ports_runs_fewer_workers(backend: IoBackend) {
+    let config = || config(backend);
     let relay = Relay::start(Config {
         relay_ports: (44_300, 44_301),
         workers: 4,
@@ -103,3 +119,42 @@ fn more_workers_than_ports_runs_fewer_workers() {
     .unwrap();
     assert_eq!(relay.workers(), 2);
 }
+
+#[test]
+fn forcing_an_unavailable_backend_names_what_is_missing() {
+    if let Err(e) = tern_io::BackendKind::Uring.probe() {
+        let err = Relay::start(config(IoBackend::Uring)).unwrap_err();
+        assert!(matches!(err, StartError::Backend(_)), "{err}");
+        assert!(err.to_string().contains(&e.reason), "{err}");
+    } else {
+        let relay = Relay::start(config(IoBackend::Uring)).unwrap();
+        assert_eq!(relay.backend(), tern_io::BackendKind::Uring);
+        relay.shutdown();
+    }
+}
+
+/// Instantiate every test above once per back end.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod mmsg {
+            $( #[test] fn $name() { super::$name(super::IoBackend::Mmsg) } )*
+        }
+        mod uring {
+            $(
+                #[test]
+                fn $name() {
+                    if super::available(super::IoBackend::Uring) {
+                        super::$name(super::IoBackend::Uring)
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    starts_reports_and_stops,
+    listen_address_taken_is_a_bind_error,
+    invalid_config_is_refused_before_binding,
+    more_workers_than_ports_runs_fewer_workers,
+);

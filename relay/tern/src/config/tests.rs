@@ -483,3 +483,124 @@ fn admin_keys() {
     };
     assert_eq!(zero.validate().unwrap_err().key(), Some("drain-timeout"));
 }
+
+#[test]
+fn registry_keys() {
+    let c = Config::from_toml_str("").unwrap();
+    assert_eq!(c.registry_url, None);
+    assert_eq!((c.registry_interval, c.registry_ttl), (5, None));
+    assert_eq!(base().validate().unwrap().registry, None);
+
+    let c = Config::from_toml_str(
+        "registry-url = \"redis://:s3cret@10.0.0.9:6380/4\"\nregion = \"eu-west-1\"\n\
+         node = \"turn-7\"\nregistry-interval = 2\n",
+    )
+    .unwrap();
+    let url = c.registry_url.as_ref().unwrap();
+    assert_eq!((url.host(), url.port(), url.db()), ("10.0.0.9", 6380, 4));
+    let r = c.registry().unwrap().unwrap();
+    assert_eq!(r.key, "turn:node:eu-west-1:turn-7");
+    assert_eq!(r.interval, Duration::from_secs(2));
+    assert_eq!(r.ttl, Duration::from_secs(6), "three intervals by default");
+    let with_base = Config {
+        registry_url: c.registry_url.clone(),
+        region: c.region.clone(),
+        ..base()
+    };
+    let validated = with_base.validate().unwrap();
+    let summary = with_base.summary(&validated);
+    assert!(!summary.contains("s3cret"), "{summary}");
+    assert!(summary.contains("registry redis://:***@10.0.0.9:6380/4 as turn:node:eu-west-1:"));
+    // The node defaults to the host name.
+    let host = nix::unistd::gethostname().unwrap();
+    assert_eq!(
+        validated.registry.unwrap().key,
+        format!("turn:node:eu-west-1:{}", host.to_string_lossy())
+    );
+
+    let bad = [
+        (
+            "registry-url = \"redis://h:99999\"\n",
+            "registry-url",
+            "not a port",
+        ),
+        (
+            "registry-url = \"redis://:hunter2@h:0\"\n",
+            "registry-url",
+            "not a port",
+        ),
+        ("registry-url = 6379\n", "registry-url", "expected a string"),
+        (
+            "registry-url = \"tcp://h\"\n",
+            "registry-url",
+            "not supported",
+        ),
+        ("region = \"eu west\"\n", "region", "only letters"),
+        ("node = \"\"\n", "node", "must not be empty"),
+        (
+            "registry-interval = -1\n",
+            "registry-interval",
+            "out of range",
+        ),
+        (
+            "registry-ttl = \"15\"\n",
+            "registry-ttl",
+            "expected an integer",
+        ),
+    ];
+    for (text, key, fragment) in bad {
+        let err = Config::from_toml_str(text).unwrap_err();
+        assert_eq!(err.key(), Some(key), "{text}: {err}");
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("{key}: ")), "{text}: {msg}");
+        assert!(msg.contains(fragment), "{text}: {msg}");
+        assert!(
+            !msg.contains("hunter2"),
+            "passwords are never echoed: {msg}"
+        );
+    }
+
+    let url = Some(RegistryUrl::parse("redis://127.0.0.1").unwrap());
+    let cases = [
+        (
+            Config {
+                registry_url: url.clone(),
+                ..base()
+            },
+            "region",
+            "required with registry-url",
+        ),
+        (
+            Config {
+                registry_interval: 0,
+                ..base()
+            },
+            "registry-interval",
+            "at least 1 second",
+        ),
+        (
+            Config {
+                registry_interval: 5,
+                registry_ttl: Some(5),
+                ..base()
+            },
+            "registry-ttl",
+            "must exceed registry-interval (5 s)",
+        ),
+    ];
+    for (config, key, fragment) in cases {
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), Some(key), "{err}");
+        assert!(err.to_string().contains(fragment), "{err}");
+    }
+    let ok = Config {
+        registry_url: url,
+        region: "test".to_owned(),
+        node: Some("n1".to_owned()),
+        registry_interval: 1,
+        registry_ttl: Some(2),
+        ..base()
+    };
+    let r = ok.validate().unwrap().registry.unwrap();
+    assert_eq!((r.key.as_str(), r.ttl.as_secs()), ("turn:node:test:n1", 2));
+}

@@ -1,14 +1,32 @@
-//! Helpers shared by the admin and drain tests: a minimal TURN client
-//! (tern-stun), a raw HTTP/1.1 client, and a Prometheus text-format checker.
+//! Helpers shared by the admin, drain, registry and reload tests: a minimal
+//! TURN client (tern-stun), the `tern` binary as a child process, a raw
+//! HTTP/1.1 client, and a Prometheus text-format checker.
 #![allow(dead_code, unreachable_pub)] // each test file uses its own subset
 #![allow(clippy::disallowed_methods)] // clients time out on the clock
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use tern_stun::{attr, Class, Message, MessageWriter, Method, TransactionId};
+
+/// The packet I/O back end in-process relays of the tests run on:
+/// `TERN_TEST_IO_BACKEND` (`auto`, `mmsg`, `uring`), else `auto`. CI runs the
+/// suite once per back end with it.
+pub fn test_io_backend() -> tern::config::IoBackend {
+    match std::env::var("TERN_TEST_IO_BACKEND") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("TERN_TEST_IO_BACKEND={name}: {e}")),
+        Err(_) => tern::config::IoBackend::Auto,
+    }
+}
 
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "wonderland";
@@ -20,6 +38,8 @@ pub struct Turn {
     pub socket: UdpSocket,
     pub server: SocketAddr,
     pub nonce: Vec<u8>,
+    user: String,
+    password: String,
     next_tid: u8,
 }
 
@@ -34,7 +54,13 @@ pub struct Answer {
 }
 
 impl Turn {
+    /// A client of the long-term user [`USER`].
     pub fn new(server: SocketAddr) -> Turn {
+        Turn::with_credentials(server, USER, PASSWORD)
+    }
+
+    /// A client signing with `user` and `password` in [`REALM`].
+    pub fn with_credentials(server: SocketAddr, user: &str, password: &str) -> Turn {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(3)))
@@ -43,8 +69,23 @@ impl Turn {
             socket,
             server,
             nonce: Vec::new(),
+            user: user.to_owned(),
+            password: password.to_owned(),
             next_tid: 1,
         }
+    }
+
+    /// A client with a TURN REST credential (coturn's use-auth-secret):
+    /// user `EXPIRY:NAME`, password base64(HMAC-SHA1(`secret`, user)), valid an hour.
+    pub fn with_rest_secret(server: SocketAddr, secret: &str, name: &str) -> Turn {
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let user = format!("{expiry}:{name}");
+        let password = tern_turn::auth::rest_password(secret.as_bytes(), &user);
+        Turn::with_credentials(server, &user, &password)
     }
 
     fn request(
@@ -59,8 +100,8 @@ impl Turn {
         let mut w = MessageWriter::new(&mut out, method, Class::Request, tid).unwrap();
         build(&mut w);
         if signed {
-            let key = tern_stun::long_term_key_md5(USER, REALM, PASSWORD);
-            w.add_raw(attr::USERNAME, USER.as_bytes()).unwrap();
+            let key = tern_stun::long_term_key_md5(&self.user, REALM, &self.password);
+            w.add_raw(attr::USERNAME, self.user.as_bytes()).unwrap();
             w.add_raw(attr::REALM, REALM.as_bytes()).unwrap();
             w.add_raw(attr::NONCE, &self.nonce).unwrap();
             w.add_message_integrity(&key).unwrap();
@@ -127,6 +168,161 @@ impl Turn {
         let (n, _) = peer.recv_from(&mut buf).expect("the peer gets the payload");
         assert_eq!(&buf[..n], payload);
     }
+
+    /// Send `payload` as ChannelData on `channel`, not waiting for anything.
+    pub fn send_channel_data(&self, channel: u16, payload: &[u8]) {
+        let mut frame = Vec::with_capacity(4 + payload.len());
+        frame.extend_from_slice(&channel.to_be_bytes());
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        frame.extend_from_slice(payload);
+        self.socket.send_to(&frame, self.server).unwrap();
+    }
+
+    /// The next ChannelData from the server: its channel and payload.
+    pub fn recv_channel_data(&self) -> (u16, Vec<u8>) {
+        let mut buf = [0u8; 1500];
+        let (n, _) = self
+            .socket
+            .recv_from(&mut buf)
+            .expect("ChannelData from the relay");
+        assert!(n >= 4, "ChannelData is at least 4 bytes: {:?}", &buf[..n]);
+        let channel = u16::from_be_bytes([buf[0], buf[1]]);
+        assert!(
+            (0x4000..=0x7FFF).contains(&channel),
+            "not ChannelData: {:?}",
+            &buf[..n]
+        );
+        let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+        assert!(4 + len <= n, "truncated ChannelData");
+        (channel, buf[4..4 + len].to_vec())
+    }
+}
+
+/// The `tern` binary as a child process, its stderr (the log) read line by line.
+pub struct Daemon {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Daemon {
+    /// Start `tern` on a free loopback port with two workers, realm
+    /// [`REALM`], user [`USER`], relay ports `ports`, an admin endpoint on a
+    /// free port and [`TOKEN`], plus `extra` flags and `env`; return once it
+    /// logged "relay started".
+    pub fn start(ports: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--relay-ip",
+            "127.0.0.1",
+            "--realm",
+            REALM,
+            "--user",
+            &format!("{USER}:{PASSWORD}"),
+            "--relay-ports",
+            ports,
+            "--workers",
+            "2",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("TERN_REGISTRY_URL")
+        .env("TERN_ADMIN_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Daemon {
+            child,
+            lines,
+            seen: Vec::new(),
+            listen: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+        };
+        let started = d.expect("relay started");
+        d.listen = field(&started, "listen=[")
+            .parse()
+            .unwrap_or_else(|_| panic!("listen in {started}"));
+        d.admin = field(&started, "admin=")
+            .parse()
+            .unwrap_or_else(|_| panic!("admin in {started}"));
+        d
+    }
+
+    /// The next log line containing `needle`, within 10 s (panics with the log otherwise).
+    pub fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no log line with {needle:?}; saw:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    pub fn exited_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value after `key` in a log line, up to the next space, ']' or ','.
+pub fn field(line: &str, key: &str) -> String {
+    let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+    line[start..]
+        .split([' ', ']', ','])
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 /// A raw HTTP exchange: the status (0 when the connection closed without an

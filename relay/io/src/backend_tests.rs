@@ -1,39 +1,92 @@
-//! Loopback tests of the mmsg back end.
+//! Loopback tests every back end passes: each test is a generic function
+//! instantiated once per back end by `on_every_backend!` at the bottom
+//! (modules `mmsg` and `uring`). A back end the kernel cannot run is skipped
+//! with a note on stderr.
 
 use std::collections::HashSet;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::*;
+use crate::gso;
 use crate::socket::{bind_udp, SocketOptions};
+use crate::{
+    BackendKind, MmsgConfig, MmsgIo, PacketIo, RecvBatch, RecvMeta, SocketId, UringConfig, UringIo,
+    MAX_UDP_PAYLOAD,
+};
 
 /// Linux's SO_NO_CHECK (not exported by libc for every arch); with it set the
 /// kernel refuses UDP GSO with EINVAL, which is how the fallback is exercised.
 const SO_NO_CHECK: libc::c_int = 11;
 
-fn backend(gso: bool) -> MmsgIo {
-    MmsgIo::new(MmsgConfig {
-        gso,
-        ..MmsgConfig::default()
-    })
-    .unwrap()
+/// How the generic tests build a back end.
+pub(crate) trait Harness: PacketIo + Sized {
+    const KIND: BackendKind;
+    fn build(gso: bool, send_queue: usize) -> Self;
+    fn gso_enabled(&self) -> bool;
 }
 
-fn registered(io: &mut MmsgIo) -> (SocketId, SocketAddr) {
+impl Harness for MmsgIo {
+    const KIND: BackendKind = BackendKind::Mmsg;
+    fn build(gso: bool, send_queue: usize) -> Self {
+        MmsgIo::new(MmsgConfig {
+            gso,
+            send_queue,
+            ..MmsgConfig::default()
+        })
+        .unwrap()
+    }
+    fn gso_enabled(&self) -> bool {
+        MmsgIo::gso_enabled(self)
+    }
+}
+
+impl Harness for UringIo {
+    const KIND: BackendKind = BackendKind::Uring;
+    fn build(gso: bool, send_queue: usize) -> Self {
+        UringIo::new(UringConfig {
+            gso,
+            send_queue,
+            ..UringConfig::default()
+        })
+        .unwrap()
+    }
+    fn gso_enabled(&self) -> bool {
+        UringIo::gso_enabled(self)
+    }
+}
+
+/// The back end with default tuning, or `None` (test skipped) when the kernel cannot run it.
+fn try_backend<B: Harness>(gso: bool) -> Option<B> {
+    try_backend_queue(gso, MmsgConfig::default().send_queue)
+}
+
+fn try_backend_queue<B: Harness>(gso: bool, send_queue: usize) -> Option<B> {
+    if let Err(e) = B::KIND.probe() {
+        eprintln!("skipping: {e}");
+        return None;
+    }
+    Some(B::build(gso, send_queue))
+}
+
+pub(crate) fn registered<B: PacketIo>(io: &mut B) -> (SocketId, SocketAddr) {
     let s = bind_udp("127.0.0.1:0".parse().unwrap(), &SocketOptions::RELAY).unwrap();
     let addr = s.local_addr().unwrap();
     (io.add_socket(s).unwrap(), addr)
 }
 
-fn plain_socket() -> UdpSocket {
+pub(crate) fn plain_socket() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     s
 }
 
 /// Receive until `want` datagrams arrived or 2 s passed.
-fn recv_all(io: &mut MmsgIo, batch: &mut RecvBatch, want: usize) -> Vec<(RecvMeta, Vec<u8>)> {
+pub(crate) fn recv_all<B: PacketIo>(
+    io: &mut B,
+    batch: &mut RecvBatch,
+    want: usize,
+) -> Vec<(RecvMeta, Vec<u8>)> {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut out = Vec::new();
     while out.len() < want && Instant::now() < deadline {
@@ -46,7 +99,7 @@ fn recv_all(io: &mut MmsgIo, batch: &mut RecvBatch, want: usize) -> Vec<(RecvMet
     out
 }
 
-fn recv_plain(s: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
+pub(crate) fn recv_plain(s: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
     let mut buf = [0u8; 70_000];
     let mut out = Vec::new();
     while out.len() < want {
@@ -58,9 +111,10 @@ fn recv_plain(s: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
     out
 }
 
-#[test]
-fn batch_receive_in_order_with_source() {
-    let mut io = backend(true);
+fn batch_receive_in_order_with_source<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let (id, addr) = registered(&mut io);
     let client = plain_socket();
     for i in 0..100u8 {
@@ -79,9 +133,10 @@ fn batch_receive_in_order_with_source() {
     assert_eq!(io.stats().rx_datagrams, 100);
 }
 
-#[test]
-fn budget_leaves_socket_pending() {
-    let mut io = backend(true);
+fn budget_leaves_socket_pending<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let (_, addr) = registered(&mut io);
     let client = plain_socket();
     for i in 0..20u8 {
@@ -97,9 +152,10 @@ fn budget_leaves_socket_pending() {
     assert_eq!(batch.payload(3), &[19]);
 }
 
-#[test]
-fn payload_lands_after_headroom() {
-    let mut io = backend(true);
+fn payload_lands_after_headroom<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let (_, addr) = registered(&mut io);
     plain_socket().send_to(b"hello", addr).unwrap();
     let mut batch = RecvBatch::new(4, 100, 48, 4);
@@ -119,9 +175,10 @@ fn payload_lands_after_headroom() {
     assert_eq!(slot.len(), 48 + 100 + 4);
 }
 
-#[test]
-fn would_block_is_not_an_error() {
-    let mut io = backend(true);
+fn would_block_is_not_an_error<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let (_, addr) = registered(&mut io);
     let mut batch = RecvBatch::new(8, 100, 0, 0);
     // Freshly added sockets are queued once; receiving finds EAGAIN.
@@ -138,9 +195,10 @@ fn would_block_is_not_an_error() {
     assert_eq!(io.stats().rx_errors, 0);
 }
 
-#[test]
-fn truncated_datagram_is_dropped_and_counted() {
-    let mut io = backend(true);
+fn truncated_datagram_is_dropped_and_counted<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let (_, addr) = registered(&mut io);
     let client = plain_socket();
     client.send_to(&[1; 50], addr).unwrap();
@@ -155,9 +213,10 @@ fn truncated_datagram_is_dropped_and_counted() {
     assert_eq!(io.stats().drops(), 1);
 }
 
-#[test]
-fn batch_send_uses_few_syscalls() {
-    let mut io = backend(false);
+fn batch_send_uses_few_syscalls<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(false) else {
+        return;
+    };
     let (id, _) = registered(&mut io);
     let sink = plain_socket();
     let to = sink.local_addr().unwrap();
@@ -178,9 +237,10 @@ fn batch_send_uses_few_syscalls() {
     assert_eq!(st.tx_gso_messages, 0);
 }
 
-#[test]
-fn sends_from_several_sockets_keep_their_source() {
-    let mut io = backend(true);
+fn sends_from_several_sockets_keep_their_source<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let (a, addr_a) = registered(&mut io);
     let (b, addr_b) = registered(&mut io);
     let sink = plain_socket();
@@ -201,13 +261,14 @@ fn sends_from_several_sockets_keep_their_source() {
     assert_eq!(seen.len(), 10);
 }
 
-#[test]
-fn gso_sends_a_run_as_one_message() {
+fn gso_sends_a_run_as_one_message<B: Harness>() {
     if !gso::gso_supported() {
         eprintln!("kernel without UDP GSO; skipping");
         return;
     }
-    let mut io = backend(true);
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     assert!(io.gso_enabled());
     let (id, _) = registered(&mut io);
     let sink = plain_socket();
@@ -229,13 +290,14 @@ fn gso_sends_a_run_as_one_message() {
     assert_eq!(st.tx_datagrams, 11);
 }
 
-#[test]
-fn gso_refused_falls_back_to_single_datagrams() {
+fn gso_refused_falls_back_to_single_datagrams<B: Harness>() {
     if !gso::gso_supported() {
         eprintln!("kernel without UDP GSO; skipping");
         return;
     }
-    let mut io = backend(true);
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let s = bind_udp("127.0.0.1:0".parse().unwrap(), &SocketOptions::RELAY).unwrap();
     let one: libc::c_int = 1;
     // SAFETY: valid fd; the option value is a live c_int of the given length.
@@ -268,9 +330,10 @@ fn gso_refused_falls_back_to_single_datagrams() {
     assert!(!io.gso_enabled());
 }
 
-#[test]
-fn unsendable_datagrams_are_counted() {
-    let mut io = backend(true);
+fn unsendable_datagrams_are_counted<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let (id, _) = registered(&mut io);
     // An IPv6 destination from an IPv4 socket: the kernel refuses it.
     io.send(id, "[::1]:9".parse().unwrap(), b"x");
@@ -285,14 +348,10 @@ fn unsendable_datagrams_are_counted() {
     assert_eq!(st.tx_oversize, 1);
 }
 
-#[test]
-fn full_queue_flushes_by_itself() {
-    let mut io = MmsgIo::new(MmsgConfig {
-        send_queue: 4,
-        gso: false,
-        ..MmsgConfig::default()
-    })
-    .unwrap();
+fn full_queue_flushes_by_itself<B: Harness>() {
+    let Some(mut io) = try_backend_queue::<B>(false, 4) else {
+        return;
+    };
     let (id, _) = registered(&mut io);
     let sink = plain_socket();
     let to = sink.local_addr().unwrap();
@@ -304,9 +363,10 @@ fn full_queue_flushes_by_itself() {
     assert_eq!(recv_plain(&sink, 10).len(), 10);
 }
 
-#[test]
-fn removed_socket_comes_back_bound_and_id_is_reused() {
-    let mut io = backend(true);
+fn removed_socket_comes_back_bound_and_id_is_reused<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let (id, addr) = registered(&mut io);
     let s = io.remove_socket(id).unwrap();
     assert_eq!(s.local_addr().unwrap(), addr);
@@ -321,9 +381,10 @@ fn removed_socket_comes_back_bound_and_id_is_reused() {
     assert_eq!(got[0].1, b"kept");
 }
 
-#[test]
-fn waker_interrupts_wait() {
-    let mut io = backend(true);
+fn waker_interrupts_wait<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let waker = io.waker();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
@@ -335,12 +396,13 @@ fn waker_interrupts_wait() {
     t.join().unwrap();
 }
 
-#[test]
-fn ipv6_loopback_round_trip() {
+fn ipv6_loopback_round_trip<B: Harness>() {
     let Ok(s) = bind_udp("[::1]:0".parse().unwrap(), &SocketOptions::LISTENER) else {
         return; // no IPv6 loopback here
     };
-    let mut io = backend(true);
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
     let addr = s.local_addr().unwrap();
     let id = io.add_socket(s).unwrap();
     let peer = UdpSocket::bind("[::1]:0").unwrap();
@@ -353,3 +415,32 @@ fn ipv6_loopback_round_trip() {
     io.flush();
     assert_eq!(recv_plain(&peer, 1), vec![b"back".to_vec()]);
 }
+
+/// Instantiate every generic test above once per back end.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod mmsg {
+            $( #[test] fn $name() { super::$name::<crate::MmsgIo>() } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { super::$name::<crate::UringIo>() } )*
+        }
+    };
+}
+
+on_every_backend!(
+    batch_receive_in_order_with_source,
+    budget_leaves_socket_pending,
+    payload_lands_after_headroom,
+    would_block_is_not_an_error,
+    truncated_datagram_is_dropped_and_counted,
+    batch_send_uses_few_syscalls,
+    sends_from_several_sockets_keep_their_source,
+    gso_sends_a_run_as_one_message,
+    gso_refused_falls_back_to_single_datagrams,
+    unsendable_datagrams_are_counted,
+    full_queue_flushes_by_itself,
+    removed_socket_comes_back_bound_and_id_is_reused,
+    waker_interrupts_wait,
+    ipv6_loopback_round_trip,
+);

@@ -1,0 +1,121 @@
+//! REST secret rotation on the `tern` binary: rewrite `--config`, send
+//! SIGHUP, and the new secret signs while the old one is refused, yet a
+//! session made with the old one keeps relaying (both ways, no loss) and
+//! refreshing.
+#![allow(clippy::disallowed_methods)] // timeouts on a child process need the clock
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use tern_stun::Class;
+
+const CHANNEL: u16 = 0x4000;
+const PACKETS: usize = 100;
+
+fn config_file(secret: &str) -> String {
+    format!("auth-secret = [\"{secret}\"]\nallow-peer = [\"127.0.0.0/8\"]\n")
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tern-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("tern.toml")
+}
+
+/// `PACKETS` datagrams client → peer over the channel, then peer → client;
+/// every one must arrive, intact.
+fn relay_both_ways(client: &Turn, peer: &UdpSocket, relayed: std::net::SocketAddr, round: &str) {
+    let sent: BTreeSet<Vec<u8>> = (0..PACKETS)
+        .map(|i| format!("{round} to peer {i:03}").into_bytes())
+        .collect();
+    for p in &sent {
+        client.send_channel_data(CHANNEL, p);
+    }
+    let mut got = BTreeSet::new();
+    let mut buf = [0u8; 1500];
+    for _ in 0..PACKETS {
+        let (n, from) = peer
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{round}: peer got {} of {PACKETS}: {e}", got.len()));
+        assert_eq!(from, relayed, "{round}: from the relayed address");
+        got.insert(buf[..n].to_vec());
+    }
+    assert_eq!(got, sent, "{round}: client → peer");
+
+    let sent: BTreeSet<Vec<u8>> = (0..PACKETS)
+        .map(|i| format!("{round} to client {i:03}").into_bytes())
+        .collect();
+    for p in &sent {
+        peer.send_to(p, relayed).unwrap();
+    }
+    let mut got = BTreeSet::new();
+    for _ in 0..PACKETS {
+        let (channel, payload) = client.recv_channel_data();
+        assert_eq!(channel, CHANNEL, "{round}");
+        got.insert(payload);
+    }
+    assert_eq!(got, sent, "{round}: peer → client");
+}
+
+#[test]
+fn sighup_rotates_the_rest_secret_without_touching_live_sessions() {
+    let path = scratch();
+    std::fs::write(&path, config_file("old")).unwrap();
+    let mut d = Daemon::start("47400-47499", &["--config", path.to_str().unwrap()], &[]);
+
+    let mut first = Turn::with_rest_secret(d.listen, "old", "first");
+    let allocated = first.allocate();
+    assert_eq!(allocated.class, Class::Success, "{allocated:?}");
+    let relayed = allocated.relayed.expect("XOR-RELAYED-ADDRESS");
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let bound = first.channel_bind(CHANNEL, peer.local_addr().unwrap());
+    assert_eq!(bound.class, Class::Success, "{bound:?}");
+    relay_both_ways(&first, &peer, relayed, "before");
+
+    std::fs::write(&path, config_file("new")).unwrap();
+    d.signal(Signal::SIGHUP);
+    d.expect("reloaded credentials and peer policy");
+    let mut attempts = 0;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            attempts += 1;
+            Turn::with_rest_secret(d.listen, "new", &format!("second-{attempts}"))
+                .allocate()
+                .class
+                == Class::Success
+        }),
+        "a credential signed with the new secret is never accepted"
+    );
+
+    let refused = Turn::with_rest_secret(d.listen, "old", "third").allocate();
+    assert_eq!(
+        refused.error,
+        Some(401),
+        "old secret after rotation: {refused:?}"
+    );
+
+    relay_both_ways(&first, &peer, relayed, "after");
+    let refreshed = first.refresh(600);
+    assert_eq!(refreshed.class, Class::Success, "{refreshed:?}");
+    let rebound = first.channel_bind(CHANNEL, peer.local_addr().unwrap());
+    assert_eq!(
+        rebound.class,
+        Class::Success,
+        "channel refresh: {rebound:?}"
+    );
+    relay_both_ways(&first, &peer, relayed, "refreshed");
+
+    d.signal(Signal::SIGTERM);
+    d.expect("draining before stopping");
+    d.signal(Signal::SIGTERM);
+    let status = d.exited_within(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_file(&path);
+}
