@@ -3,6 +3,8 @@
 #![allow(clippy::disallowed_methods)] // timeouts need the clock
 
 mod common;
+mod ports;
+use ports::free_relay_ports;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -54,7 +56,7 @@ fn json(body: &str) -> serde_json::Value {
 
 #[test]
 fn metrics_parse_and_move_with_traffic() {
-    let (relay, admin) = start(config((45_000, 45_099)));
+    let (relay, admin) = start(config(free_relay_ports(100)));
     let before = metrics(admin);
     assert_eq!(before["tern_allocations_active"], 0.0);
     assert_eq!(before["tern_state{state=\"active\"}"], 1.0);
@@ -138,7 +140,7 @@ fn metrics_parse_and_move_with_traffic() {
 
 #[test]
 fn health_readiness_and_load() {
-    let mut c = config((45_100, 45_199));
+    let mut c = config(free_relay_ports(100));
     c.max_allocations = 100;
     let (relay, admin) = start(c);
     let h = get(admin, "/healthz");
@@ -188,7 +190,7 @@ fn health_readiness_and_load() {
 
 #[test]
 fn load_capacity_is_null_without_a_cap() {
-    let (relay, admin) = start(config((45_200, 45_299)));
+    let (relay, admin) = start(config(free_relay_ports(100)));
     let j = json(&get(admin, "/load").body);
     assert!(j["capacity"].is_null(), "{j}");
     relay.shutdown();
@@ -196,7 +198,7 @@ fn load_capacity_is_null_without_a_cap() {
 
 #[test]
 fn admin_drain_needs_the_token_and_keeps_live_allocations() {
-    let (relay, admin) = start(config((45_300, 45_399)));
+    let (relay, admin) = start(config(free_relay_ports(100)));
     let server = relay.listen_addrs()[0];
     let mut old = Turn::new(server);
     assert_eq!(old.allocate().class, Class::Success);
@@ -257,7 +259,7 @@ fn admin_drain_needs_the_token_and_keeps_live_allocations() {
 
 #[test]
 fn drain_ends_when_the_last_allocation_ends() {
-    let (relay, admin) = start(config((45_400, 45_499)));
+    let (relay, admin) = start(config(free_relay_ports(100)));
     let mut client = Turn::new(relay.listen_addrs()[0]);
     assert_eq!(client.allocate().class, Class::Success);
     relay.drain(DrainCause::Admin);
@@ -278,7 +280,7 @@ fn drain_ends_when_the_last_allocation_ends() {
 
 #[test]
 fn drain_redirects_to_the_alternate_server() {
-    let mut c = config((45_500, 45_599));
+    let mut c = config(free_relay_ports(100));
     let alternate: SocketAddr = "192.0.2.7:3478".parse().unwrap();
     c.alternate_server = Some(alternate);
     let (relay, _admin) = start(c);
@@ -292,7 +294,7 @@ fn drain_redirects_to_the_alternate_server() {
 
 #[test]
 fn drain_times_out() {
-    let mut c = config((45_600, 45_699));
+    let mut c = config(free_relay_ports(100));
     c.drain_timeout = 1;
     let (relay, _admin) = start(c);
     let mut client = Turn::new(relay.listen_addrs()[0]);
@@ -308,7 +310,8 @@ fn drain_times_out() {
 
 #[test]
 fn admin_actions_are_refused_without_a_configured_token() {
-    let mut c = config((45_700, 45_799));
+    let ports = free_relay_ports(100);
+    let mut c = config(ports);
     c.admin_token = None;
     let (relay, admin) = start(c);
     let a = post(admin, "/admin/drain", Some(TOKEN));
@@ -317,7 +320,7 @@ fn admin_actions_are_refused_without_a_configured_token() {
     assert_eq!(relay.lifecycle(), Lifecycle::Active);
 
     // A reload can set the token.
-    let mut reloaded = config((45_700, 45_799));
+    let mut reloaded = config(ports);
     reloaded.admin_token = Some(TOKEN.to_owned());
     relay.reload(&reloaded).unwrap();
     assert_eq!(post(admin, "/admin/drain", Some(TOKEN)).status, 200);
@@ -326,7 +329,7 @@ fn admin_actions_are_refused_without_a_configured_token() {
 
 #[test]
 fn admin_off_serves_nothing() {
-    let mut c = config((45_800, 45_899));
+    let mut c = config(free_relay_ports(100));
     c.admin = None;
     let relay = Relay::start(c).unwrap();
     assert_eq!(relay.admin_addr(), None);
@@ -335,7 +338,7 @@ fn admin_off_serves_nothing() {
 
 #[test]
 fn hostile_requests_are_refused_and_serving_goes_on() {
-    let (relay, admin) = start(config((45_900, 45_999)));
+    let (relay, admin) = start(config(free_relay_ports(100)));
 
     let garbage = http_raw(admin, b"\x00\x01\x02 hello\r\n\r\n");
     assert_eq!(garbage.status, 400, "{garbage:?}");

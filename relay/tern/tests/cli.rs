@@ -1,6 +1,10 @@
 //! The `tern` binary: `check-config`, `--help`, flag errors, and signals.
+
 // Timeouts on a child process need the clock; the ban is for protocol crates.
 #![allow(clippy::disallowed_methods)]
+
+mod ports;
+use ports::free_relay_range;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
@@ -245,7 +249,7 @@ fn sigterm_stops_with_exit_zero() {
         "--user",
         "a:b",
         "--relay-ports",
-        "43000-43099",
+        &free_relay_range(100),
         "--workers",
         "1",
     ]);

@@ -5,6 +5,8 @@
 #![allow(clippy::disallowed_methods)] // timeouts on a child process need the clock
 
 mod common;
+mod ports;
+use ports::free_relay_range;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use tern_stun::Class;
 
 #[test]
 fn sigterm_drains_until_the_last_allocation_ends() {
-    let mut d = Daemon::start("46000-46099", &[], &[]);
+    let mut d = Daemon::start(&free_relay_range(100), &[], &[]);
     assert!(eventually(Duration::from_secs(5), || get(
         d.admin, "/readyz"
     )
@@ -50,7 +52,7 @@ fn sigterm_drains_until_the_last_allocation_ends() {
 
 #[test]
 fn second_sigterm_stops_at_once() {
-    let mut d = Daemon::start("46100-46199", &[], &[]);
+    let mut d = Daemon::start(&free_relay_range(100), &[], &[]);
     let mut client = Turn::new(d.listen);
     assert_eq!(client.allocate().class, Class::Success);
     d.signal(Signal::SIGTERM);
@@ -64,7 +66,7 @@ fn second_sigterm_stops_at_once() {
 
 #[test]
 fn admin_drain_with_drain_timeout_exits() {
-    let mut d = Daemon::start("46200-46299", &["--drain-timeout", "1"], &[]);
+    let mut d = Daemon::start(&free_relay_range(100), &["--drain-timeout", "1"], &[]);
     let mut client = Turn::new(d.listen);
     assert_eq!(client.allocate().class, Class::Success);
     assert_eq!(
@@ -109,7 +111,7 @@ fn wait_for(sock: &UnixDatagram, got: &mut Vec<String>, within: Duration, until:
 fn notify_socket_gets_ready_watchdog_status_and_stopping() {
     let (sock, path) = notify_socket("notify.sock");
     let mut d = Daemon::start(
-        "46300-46399",
+        &free_relay_range(100),
         &[],
         &[
             ("NOTIFY_SOCKET", path.to_str().unwrap()),

@@ -13,6 +13,9 @@
 //! `harness = false`: the process has only this main thread and the relay's
 //! threads, so nothing else can allocate while counting.
 
+mod ports;
+use ports::free_relay_ports;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{SocketAddr, UdpSocket};
@@ -177,7 +180,7 @@ fn run(backend: IoBackend) -> Result<(), String> {
     let mut config = Config::dev_default();
     config.listen = vec!["127.0.0.1:0".parse().unwrap()];
     config.relay_ip = vec!["127.0.0.1".parse().unwrap()];
-    config.relay_ports = (42_000, 42_999);
+    config.relay_ports = free_relay_ports(1000);
     config.realm = REALM.to_owned();
     config.user = vec![(USER.to_owned(), PASSWORD.to_owned())];
     config.workers = 2;

@@ -9,6 +9,8 @@
 #![allow(clippy::disallowed_methods)] // timeouts need the clock
 
 mod common;
+mod ports;
+use ports::{free_relay_ports, free_relay_range};
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -194,7 +196,7 @@ fn entry_follows_the_lifecycle_and_is_deleted_on_stop() {
     };
     let url = url(redis.port, None, 0);
     let key = "turn:node:test:n1";
-    let relay = Relay::start(config((47_000, 47_099), url.clone(), "n1", 1, 2)).unwrap();
+    let relay = Relay::start(config(free_relay_ports(100), url.clone(), "n1", 1, 2)).unwrap();
     let admin = relay.admin_addr().unwrap();
 
     let active = wait_entry(&url, key, Duration::from_secs(5), |e| state_is(e, "active"))
@@ -254,7 +256,7 @@ fn lifecycle_changes_publish_at_once() {
     let url = url(redis.port, None, 0);
     let key = "turn:node:test:n3";
     let relay: RelayHandle =
-        Relay::start(config((47_200, 47_299), url.clone(), "n3", 60, 180)).unwrap();
+        Relay::start(config(free_relay_ports(100), url.clone(), "n3", 60, 180)).unwrap();
     let active = wait_entry(&url, key, Duration::from_secs(5), |e| state_is(e, "active"));
     assert!(active.is_ok(), "never active: {active:?}");
     let mut client = Turn::new(relay.listen_addrs()[0]);
@@ -289,7 +291,7 @@ fn a_killed_relay_expires_by_ttl() {
     let url = url(redis.port, Some("s3cret"), 3);
     let key = "turn:node:test:n2";
     let mut d = Daemon::start(
-        "47100-47199",
+        &free_relay_range(100),
         &[
             "--region",
             "test",
@@ -341,7 +343,7 @@ fn publishing_survives_redis_outages() {
     let port = free_port();
     let url = url(port, None, 0);
     let key = "turn:node:test:n4";
-    let relay = Relay::start(config((47_300, 47_399), url.clone(), "n4", 1, 3)).unwrap();
+    let relay = Relay::start(config(free_relay_ports(100), url.clone(), "n4", 1, 3)).unwrap();
     let admin = relay.admin_addr().unwrap();
     assert!(
         eventually(Duration::from_secs(5), || publications(admin).1 >= 1.0),

@@ -5,6 +5,8 @@
 #![allow(clippy::disallowed_methods)] // timeouts on a child process need the clock
 
 mod common;
+mod ports;
+use ports::free_relay_range;
 
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
@@ -67,7 +69,11 @@ fn relay_both_ways(client: &Turn, peer: &UdpSocket, relayed: std::net::SocketAdd
 fn sighup_rotates_the_rest_secret_without_touching_live_sessions() {
     let path = scratch();
     std::fs::write(&path, config_file("old")).unwrap();
-    let mut d = Daemon::start("47400-47499", &["--config", path.to_str().unwrap()], &[]);
+    let mut d = Daemon::start(
+        &free_relay_range(100),
+        &["--config", path.to_str().unwrap()],
+        &[],
+    );
 
     let mut first = Turn::with_rest_secret(d.listen, "old", "first");
     let allocated = first.allocate();

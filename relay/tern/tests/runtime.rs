@@ -2,6 +2,9 @@
 //! errors. Every test runs once per packet I/O back end (modules `mmsg` and
 //! `uring` at the bottom); one the kernel cannot run is skipped with a note.
 
+mod ports;
+use ports::free_relay_ports;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ fn config(io_backend: IoBackend) -> Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         realm: "tern.test".to_owned(),
         user: vec![("a".to_owned(), "b".to_owned())],
-        relay_ports: (44_000, 44_199),
+        relay_ports: free_relay_ports(200),
         workers: 2,
         io_backend,
         ..Config::default()
@@ -112,7 +115,7 @@ fn invalid_config_is_refused_before_binding(backend: IoBackend) {
 fn more_workers_than_ports_runs_fewer_workers(backend: IoBackend) {
     let config = || config(backend);
     let relay = Relay::start(Config {
-        relay_ports: (44_300, 44_301),
+        relay_ports: free_relay_ports(2),
         workers: 4,
         ..config()
     })
