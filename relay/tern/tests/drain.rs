@@ -8,6 +8,7 @@ mod common;
 mod ports;
 use ports::free_relay_range;
 
+use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,14 +19,26 @@ use tern_stun::Class;
 
 #[test]
 fn sigterm_drains_until_the_last_allocation_ends() {
-    let mut d = Daemon::start(&free_relay_range(100), &[], &[]);
+    let mut d = Daemon::start(
+        &free_relay_range(100),
+        &["--allow-peer", "127.0.0.0/8"],
+        &[],
+    );
     assert!(eventually(Duration::from_secs(5), || get(
         d.admin, "/readyz"
     )
     .status
         == 200));
     let mut client = Turn::new(d.listen);
-    assert_eq!(client.allocate().class, Class::Success);
+    let allocated = client.allocate();
+    assert_eq!(allocated.class, Class::Success, "{allocated:?}");
+    let relayed = allocated.relayed.expect("XOR-RELAYED-ADDRESS");
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let channel = 0x4001;
+    let bound = client.channel_bind(channel, peer.local_addr().unwrap());
+    assert_eq!(bound.class, Class::Success, "{bound:?}");
+    relay_both_ways(&client, channel, &peer, relayed, "before the drain");
 
     d.signal(Signal::SIGTERM);
     d.expect("draining before stopping");
@@ -37,6 +50,7 @@ fn sigterm_drains_until_the_last_allocation_ends() {
         Class::Success,
         "live allocation refreshes"
     );
+    relay_both_ways(&client, channel, &peer, relayed, "during the drain");
     assert!(
         d.exited_within(Duration::from_secs(2)).is_none(),
         "one allocation is live: keeps running"

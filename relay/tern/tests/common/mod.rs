@@ -32,6 +32,8 @@ pub const USER: &str = "alice";
 pub const PASSWORD: &str = "wonderland";
 pub const REALM: &str = "tern.test";
 pub const TOKEN: &str = "test-admin-token-0123456789";
+/// Datagrams each way in [`relay_both_ways`].
+pub const PACKETS: usize = 100;
 
 /// A TURN client on its own loopback socket.
 pub struct Turn {
@@ -527,4 +529,45 @@ pub fn parse_prometheus(text: &str) -> Samples {
         }
     }
     samples
+}
+
+/// [`PACKETS`] datagrams client → peer over the channel, then peer → client;
+/// every one must arrive, intact.
+pub fn relay_both_ways(
+    client: &Turn,
+    channel: u16,
+    peer: &UdpSocket,
+    relayed: SocketAddr,
+    round: &str,
+) {
+    let sent: std::collections::BTreeSet<Vec<u8>> = (0..PACKETS)
+        .map(|i| format!("{round} to peer {i:03}").into_bytes())
+        .collect();
+    for p in &sent {
+        client.send_channel_data(channel, p);
+    }
+    let mut got = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 1500];
+    for _ in 0..PACKETS {
+        let (n, from) = peer
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{round}: peer got {} of {PACKETS}: {e}", got.len()));
+        assert_eq!(from, relayed, "{round}: from the relayed address");
+        got.insert(buf[..n].to_vec());
+    }
+    assert_eq!(got, sent, "{round}: client → peer");
+
+    let sent: std::collections::BTreeSet<Vec<u8>> = (0..PACKETS)
+        .map(|i| format!("{round} to client {i:03}").into_bytes())
+        .collect();
+    for p in &sent {
+        peer.send_to(p, relayed).unwrap();
+    }
+    let mut got = std::collections::BTreeSet::new();
+    for _ in 0..PACKETS {
+        let (got_channel, payload) = client.recv_channel_data();
+        assert_eq!(got_channel, channel, "{round}");
+        got.insert(payload);
+    }
+    assert_eq!(got, sent, "{round}: peer → client");
 }
