@@ -23,6 +23,7 @@ pub mod cpu;
 mod error;
 pub mod forwarder;
 pub mod load;
+pub mod mix;
 pub mod mmsg;
 pub mod netns;
 pub mod pacing;

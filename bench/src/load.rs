@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::cpu::{CpuReport, Snapshot};
+use crate::mix::{PayloadMix, MAX_SIZE};
 use crate::mmsg::{RecvBatch, SendBatch};
 use crate::pacing::TokenBucket;
 use crate::payload::{monotonic_ns, Probe};
@@ -54,6 +55,26 @@ pub struct Load {
     /// Peers echo every probe back through the relay to its client, which
     /// measures round-trip time and return loss (TURN targets only).
     pub echo: bool,
+    /// Draw each packet's payload size from this mix; `None`: every packet
+    /// is `payload_len` bytes.
+    pub mix: Option<PayloadMix>,
+    /// The last `flood_flows` flows are flood flows: each sends
+    /// `flood_rate_pps` on its own, beside the others sharing `rate_pps`.
+    pub flood_flows: usize,
+    /// Rate of each flood flow, packets per second.
+    pub flood_rate_pps: f64,
+    /// Packet count limit over all flood flows.
+    pub flood_count: u64,
+}
+
+impl Load {
+    /// The sizes packets are drawn from (one size without a mix).
+    pub fn sizes(&self) -> PayloadMix {
+        match &self.mix {
+            Some(m) => m.clone(),
+            None => PayloadMix::fixed(self.payload_len),
+        }
+    }
 }
 
 mod secs {
@@ -134,6 +155,57 @@ pub struct Measurement {
     pub cpu: CpuReport,
     /// The echoed direction (peer → relay → client), with `Load::echo`.
     pub echo: Option<EchoReport>,
+    /// Probe payload bytes the kernel took (what the peers see, no TURN framing).
+    pub sent_bytes: u64,
+    /// Payload bytes of the distinct probes received.
+    pub received_bytes: u64,
+    /// `received_bytes / send_s`.
+    pub delivered_bytes_per_s: f64,
+    /// Per payload size: probes sent and distinct probes received.
+    pub sizes: Vec<SizeCount>,
+    /// The low-rate and the flood flows separately (only with flood flows).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<ClassReport>,
+}
+
+/// Probes of one payload size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SizeCount {
+    /// Payload bytes.
+    pub size: usize,
+    /// Sent (taken by the kernel).
+    pub sent: u64,
+    /// Distinct probes of this size received by the peers.
+    pub received: u64,
+}
+
+/// One class of flows (low-rate or flood) in a window.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClassReport {
+    /// `low-rate` or `flood`.
+    pub class: &'static str,
+    /// Flows in the class.
+    pub flows: usize,
+    /// Packets requested.
+    pub requested: u64,
+    /// Packets the kernel took.
+    pub sent: u64,
+    /// Distinct probes received.
+    pub received: u64,
+    /// `sent - received`.
+    pub lost: u64,
+    /// `lost / sent`, percent.
+    pub loss_pct: f64,
+    /// `sent / send_s` of this class's senders.
+    pub offered_pps: f64,
+    /// `received / send_s`.
+    pub delivered_pps: f64,
+    /// Received payload bytes per second.
+    pub delivered_bytes_per_s: f64,
+    /// Probes that arrived after a higher sequence number of their flow.
+    pub reordered: u64,
+    /// One-way latency of this class's probes.
+    pub latency: Latency,
 }
 
 /// What came back to the clients when peers echo.
@@ -160,10 +232,37 @@ pub fn measure(
     run: u32,
     relay_pid: Option<u32>,
 ) -> Measurement {
-    let senders = load.senders.clamp(1, flows.len().max(1));
-    let requested = load
-        .count
-        .min((load.rate_pps * load.duration.as_secs_f64()).round() as u64);
+    let nflood = load.flood_flows.min(flows.len());
+    let nlow = flows.len() - nflood;
+    let secs = load.duration.as_secs_f64();
+    // Per class: (first flow, flows, sender threads, total rate, packets).
+    let classes = [
+        (
+            0,
+            nlow,
+            load.senders.clamp(1, nlow.max(1)),
+            load.rate_pps,
+            load.count.min((load.rate_pps * secs).round() as u64),
+        ),
+        (
+            nlow,
+            nflood,
+            if nflood > 0 {
+                load.senders.clamp(1, nflood)
+            } else {
+                0
+            },
+            load.flood_rate_pps * nflood as f64,
+            if nflood > 0 {
+                load.flood_count
+                    .min((load.flood_rate_pps * nflood as f64 * secs).round() as u64)
+            } else {
+                0
+            },
+        ),
+    ];
+    let senders = classes[0].2 + classes[1].2;
+    let requested = classes[0].4 + classes[1].4;
     let received_total = AtomicU64::new(0);
     let echo_total = AtomicU64::new(0);
     let stop_rx = AtomicBool::new(false);
@@ -188,7 +287,7 @@ pub fn measure(
                     }
                     receive(
                         sock,
-                        flows.len(),
+                        (flows.len(), nlow),
                         run,
                         max_seq,
                         received_total,
@@ -203,34 +302,40 @@ pub fn measure(
             let stop_rx = &stop_rx;
             s.spawn(move || receive_echo(flows, run, max_seq, echo_total, stop_rx))
         });
-        let tx_handles: Vec<_> = (0..senders)
-            .map(|t| {
-                let mine: Vec<&Flow> = flows.iter().skip(t).step_by(senders).collect();
-                let first_flow = t as u32;
-                let share = |total: u64| {
-                    total / senders as u64 + u64::from((t as u64) < total % senders as u64)
-                };
-                let (rate, count) = (load.rate_pps / senders as f64, share(requested));
-                let core = cores.get(t % cores.len().max(1)).copied();
+        let mut tx_handles = Vec::with_capacity(senders);
+        for (class, &(base, nc, sc, rate_total, req)) in classes.iter().enumerate() {
+            for t in 0..sc {
+                let mine: Vec<&Flow> = flows[base..base + nc].iter().skip(t).step_by(sc).collect();
+                let first_flow = (base + t) as u32;
+                // Rate and packets in proportion to the thread's flows.
+                let before = |t: usize| (t * (nc / sc) + t.min(nc % sc)) as u64;
+                let count = (req * before(t + 1)).checked_div(nc as u64).unwrap_or(0)
+                    - (req * before(t)).checked_div(nc as u64).unwrap_or(0);
+                let rate = rate_total * mine.len() as f64 / nc.max(1) as f64;
+                let core = cores
+                    .get((class * classes[0].2 + t) % cores.len().max(1))
+                    .copied();
                 let start = &start;
-                s.spawn(move || {
+                let h = s.spawn(move || {
                     if let Some(c) = core {
                         core_affinity::set_for_current(c);
                     }
                     start.wait();
-                    send(&mine, first_flow, senders as u32, rate, count, load, run)
-                })
-            })
-            .collect();
+                    send(&mine, first_flow, sc as u32, rate, count, load, run)
+                });
+                tx_handles.push((class, h));
+            }
+        }
 
         let before = Snapshot::take(relay_pid);
         start.wait();
+        let mut by_class = [TxStats::default(), TxStats::default()];
+        for (class, h) in tx_handles {
+            by_class[class].merge(&h.join().unwrap_or_default());
+        }
         let mut tx = TxStats::default();
-        for h in tx_handles {
-            let t = h.join().unwrap_or_default();
-            tx.sent += t.sent;
-            tx.errors += t.errors;
-            tx.elapsed_ns = tx.elapsed_ns.max(t.elapsed_ns);
+        for t in &by_class {
+            tx.merge(t);
         }
         // Drain: until everything sent has arrived, nothing arrived for
         // 300 ms, or 3 s passed.
@@ -252,7 +357,7 @@ pub fn measure(
         }
         let after = Snapshot::take(relay_pid);
         stop_rx.store(true, Ordering::Relaxed);
-        let mut rx = RxStats::new(flows.len(), max_seq);
+        let mut rx = RxStats::new((flows.len(), nlow), max_seq);
         for h in rx_handles {
             if let Ok(r) = h.join() {
                 rx.merge(r);
@@ -264,6 +369,15 @@ pub fn measure(
             &rx,
             CpuReport::between(&before, &after, rx.unique(), load.disturb_pct),
         );
+        if nflood > 0 {
+            m.classes = ["low-rate", "flood"]
+                .into_iter()
+                .enumerate()
+                .map(|(c, name)| {
+                    class_report(name, classes[c].1, classes[c].4, &by_class[c], &rx, c)
+                })
+                .collect();
+        }
         if let Some(h) = echo_handle {
             if let Ok(e) = h.join() {
                 let back = e.unique();
@@ -275,7 +389,11 @@ pub fn measure(
                         0.0
                     },
                     foreign: e.foreign,
-                    rtt: Latency::from_hist(&e.hist),
+                    rtt: Latency::from_hist(&{
+                        let mut h = e.hists[0].clone();
+                        let _same_bounds = h.add(&e.hists[1]);
+                        h
+                    }),
                 });
             }
         }
@@ -283,9 +401,67 @@ pub fn measure(
     })
 }
 
+fn per_s(n: u64, s: f64) -> f64 {
+    if s > 0.0 {
+        n as f64 / s
+    } else {
+        0.0
+    }
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole > 0 {
+        100.0 * part as f64 / whole as f64
+    } else {
+        0.0
+    }
+}
+
+fn class_report(
+    class: &'static str,
+    nflows: usize,
+    requested: u64,
+    tx: &TxStats,
+    rx: &RxStats,
+    c: usize,
+) -> ClassReport {
+    let send_s = tx.elapsed_ns as f64 / 1e9;
+    let mine = rx.class_flows(c);
+    let received = mine.iter().map(|f| f.unique).sum();
+    let lost = tx.sent.saturating_sub(received);
+    ClassReport {
+        class,
+        flows: nflows,
+        requested,
+        sent: tx.sent,
+        received,
+        lost,
+        loss_pct: pct(lost, tx.sent),
+        offered_pps: per_s(tx.sent, send_s),
+        delivered_pps: per_s(received, send_s),
+        delivered_bytes_per_s: per_s(rx.bytes[c], send_s),
+        reordered: mine.iter().map(|f| f.reordered).sum(),
+        latency: Latency::from_hist(&rx.hists[c]),
+    }
+}
+
 fn summarize(requested: u64, tx: &TxStats, rx: &RxStats, cpu: CpuReport) -> Measurement {
     let send_s = tx.elapsed_ns as f64 / 1e9;
     let received = rx.unique();
+    let mut hist = rx.hists[0].clone();
+    let _same_bounds = hist.add(&rx.hists[1]);
+    let received_bytes = rx.bytes[0] + rx.bytes[1];
+    let sizes = (0..=MAX_SIZE)
+        .filter_map(|size| {
+            let sent = tx.sizes.get(size).copied().unwrap_or(0);
+            let received = rx.sizes.get(size).copied().unwrap_or(0);
+            (sent > 0 || received > 0).then_some(SizeCount {
+                size,
+                sent,
+                received,
+            })
+        })
+        .collect();
     let lost = tx.sent.saturating_sub(received);
     let shortfall = if requested > 0 {
         100.0 * requested.saturating_sub(tx.sent) as f64 / requested as f64
@@ -319,14 +495,19 @@ fn summarize(requested: u64, tx: &TxStats, rx: &RxStats, cpu: CpuReport) -> Meas
         reordered: rx.flows.iter().map(|f| f.reordered).sum(),
         duplicates: rx.flows.iter().map(|f| f.dups).sum(),
         foreign: rx.foreign,
-        latency: Latency::from_hist(&rx.hist),
+        latency: Latency::from_hist(&hist),
         cpu,
         echo: None,
+        sent_bytes: tx.bytes,
+        received_bytes,
+        delivered_bytes_per_s: per_s(received_bytes, send_s),
+        sizes,
+        classes: Vec::new(),
     }
 }
 
 /// What a sender did.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct TxStats {
     /// Packets the kernel took.
     pub sent: u64,
@@ -334,6 +515,51 @@ pub struct TxStats {
     pub errors: u64,
     /// From the first token to the last send, ns.
     pub elapsed_ns: u64,
+    /// Probe payload bytes the kernel took.
+    pub bytes: u64,
+    /// Packets the kernel took, by payload size (index = bytes).
+    pub sizes: Vec<u64>,
+}
+
+impl TxStats {
+    /// Add another sender's figures (elapsed: the longer one).
+    pub fn merge(&mut self, o: &TxStats) {
+        self.sent += o.sent;
+        self.errors += o.errors;
+        self.elapsed_ns = self.elapsed_ns.max(o.elapsed_ns);
+        self.bytes += o.bytes;
+        if self.sizes.len() < o.sizes.len() {
+            self.sizes.resize(o.sizes.len(), 0);
+        }
+        for (a, b) in self.sizes.iter_mut().zip(&o.sizes) {
+            *a += b;
+        }
+    }
+}
+
+/// The bytes that follow a data-path `prefix` for a payload of `len`
+/// bytes: the payload, plus padding to 4 bytes inside a Send indication.
+fn body_len(prefix: &[u8], len: usize) -> usize {
+    match prefix.first() {
+        Some(0x00..=0x03) => len.next_multiple_of(4),
+        _ => len,
+    }
+}
+
+/// Set the length fields of a data-path prefix (already copied into the
+/// datagram) for a payload of `len` bytes: the ChannelData length, or the
+/// Send indication's message length and DATA attribute length.
+fn frame(prefix: &mut [u8], len: usize) {
+    let n = prefix.len();
+    match prefix.first() {
+        Some(0x40..=0x7F) if n == 4 => prefix[2..4].copy_from_slice(&(len as u16).to_be_bytes()),
+        Some(0x00..=0x03) if n >= 24 => {
+            let msg = (n + len.next_multiple_of(4) - 20) as u16;
+            prefix[2..4].copy_from_slice(&msg.to_be_bytes());
+            prefix[n - 2..].copy_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {}
+    }
 }
 
 /// Send `count` probes at `rate_pps` round-robin over `flows` (whose global
@@ -352,9 +578,22 @@ pub fn send(
     if flows.is_empty() || count == 0 {
         return st;
     }
+    let fixed;
+    let mix = match &load.mix {
+        Some(m) => m,
+        None => {
+            fixed = PayloadMix::fixed(load.payload_len);
+            &fixed
+        }
+    };
+    st.sizes = vec![0; MAX_SIZE + 1];
     let burst = load.burst.max(1);
     let mut batch = SendBatch::new(burst);
+    let mut lens = vec![0usize; burst];
     let mut seqs = vec![0u64; flows.len()];
+    let mut states: Vec<u64> = (0..flows.len())
+        .map(|k| mix.flow_state(first_flow + k as u32 * stride))
+        .collect();
     let t0 = monotonic_ns();
     let end = t0 + load.duration.as_nanos() as u64;
     let depth = (rate_pps * 0.005).max(2.0 * burst as f64);
@@ -378,8 +617,10 @@ pub fn send(
         let k = next;
         next = (next + 1) % flows.len();
         let flow = flows[k];
-        let len = flow.prefix.len() + load.payload_len;
-        for _ in 0..n {
+        let pl = flow.prefix.len();
+        for slot in lens.iter_mut().take(n as usize) {
+            let size = mix.draw(&mut states[k]);
+            *slot = size;
             let probe = Probe {
                 run,
                 flow: first_flow + k as u32 * stride,
@@ -387,12 +628,19 @@ pub fn send(
                 sent_ns: monotonic_ns(),
             };
             seqs[k] += 1;
-            batch.push(len, None, |b| {
-                b[..flow.prefix.len()].copy_from_slice(&flow.prefix);
-                probe.encode(&mut b[flow.prefix.len()..]);
+            batch.push(pl + body_len(&flow.prefix, size), None, |b| {
+                let (head, body) = b.split_at_mut(pl);
+                head.copy_from_slice(&flow.prefix);
+                frame(head, size);
+                probe.encode(body);
+                body[size..].fill(0);
             });
         }
         let (ok, _err) = batch.flush(flow.sock.as_raw_fd());
+        for &size in &lens[..ok] {
+            st.bytes += size as u64;
+            st.sizes[size] += 1;
+        }
         st.sent += ok as u64;
         st.errors += n - ok as u64;
     }
@@ -428,22 +676,43 @@ impl FlowRx {
     }
 }
 
-/// What the receivers saw (merged over receiver threads).
+/// What the receivers saw (merged over receiver threads). Flows from
+/// `flood_from` on are flood flows (class 1), the others class 0.
 struct RxStats {
     flows: Vec<FlowRx>,
-    hist: Histogram<u64>,
+    hists: [Histogram<u64>; 2],
     foreign: u64,
     max_seq: u64,
+    flood_from: usize,
+    bytes: [u64; 2],
+    sizes: Vec<u64>,
+}
+
+fn new_hist() -> Histogram<u64> {
+    // INVARIANT: 1 ns .. 60 s at 3 significant figures are valid bounds.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
 impl RxStats {
-    fn new(nflows: usize, max_seq: u64) -> RxStats {
+    /// `(flows, flood_from)`.
+    fn new((nflows, flood_from): (usize, usize), max_seq: u64) -> RxStats {
         RxStats {
             flows: vec![FlowRx::default(); nflows],
-            // INVARIANT: 1 ns .. 60 s at 3 significant figures are valid bounds.
-            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+            hists: [new_hist(), new_hist()],
             foreign: 0,
             max_seq,
+            flood_from,
+            bytes: [0; 2],
+            sizes: vec![0; MAX_SIZE + 1],
+        }
+    }
+
+    fn class_flows(&self, c: usize) -> &[FlowRx] {
+        let (low, flood) = self.flows.split_at(self.flood_from.min(self.flows.len()));
+        if c == 0 {
+            low
+        } else {
+            flood
         }
     }
 
@@ -452,10 +721,17 @@ impl RxStats {
             Some(p)
                 if p.run == run && (p.flow as usize) < self.flows.len() && p.seq < self.max_seq =>
             {
-                let before = self.flows[p.flow as usize].unique;
-                self.flows[p.flow as usize].on(p.seq);
-                let _saturates = self.hist.record(now_ns.saturating_sub(p.sent_ns).max(1));
-                self.flows[p.flow as usize].unique > before
+                let i = p.flow as usize;
+                let before = self.flows[i].unique;
+                self.flows[i].on(p.seq);
+                let c = usize::from(i >= self.flood_from);
+                let _saturates = self.hists[c].record(now_ns.saturating_sub(p.sent_ns).max(1));
+                let fresh = self.flows[i].unique > before;
+                if fresh {
+                    self.bytes[c] += data.len() as u64;
+                    self.sizes[data.len().min(MAX_SIZE)] += 1;
+                }
+                fresh
             }
             _ => {
                 self.foreign += 1;
@@ -478,14 +754,22 @@ impl RxStats {
                 a.reordered += b.reordered;
             }
         }
-        let _same_bounds = self.hist.add(&o.hist);
+        for (a, b) in self.hists.iter_mut().zip(&o.hists) {
+            let _same_bounds = a.add(b);
+        }
+        for (a, b) in self.bytes.iter_mut().zip(o.bytes) {
+            *a += b;
+        }
+        for (a, b) in self.sizes.iter_mut().zip(&o.sizes) {
+            *a += b;
+        }
         self.foreign += o.foreign;
     }
 }
 
 fn receive(
     sock: &UdpSocket,
-    nflows: usize,
+    nflows: (usize, usize),
     run: u32,
     max_seq: u64,
     received_total: &AtomicU64,
@@ -531,7 +815,7 @@ fn receive_echo(
     received_total: &AtomicU64,
     stop: &AtomicBool,
 ) -> RxStats {
-    let mut st = RxStats::new(flows.len(), max_seq);
+    let mut st = RxStats::new((flows.len(), flows.len()), max_seq);
     // SAFETY: epoll_create1 has no memory-safety preconditions.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
@@ -625,6 +909,34 @@ pub fn peer_sockets_on(ip: std::net::IpAddr, n: usize) -> std::io::Result<Vec<Ud
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing_follows_the_drawn_size() {
+        // ChannelData: the length field is the payload length, no padding.
+        let mut cd = [0x40, 0x00, 0x00, 0xA0];
+        frame(&mut cd, 37);
+        assert_eq!(cd, [0x40, 0x00, 0x00, 37]);
+        assert_eq!(body_len(&cd, 37), 37);
+        // A Send indication: 20-byte header, an 8-byte attribute, then the
+        // DATA attribute header; the payload is padded to 4 bytes.
+        let mut si = vec![0u8; 32];
+        si[..2].copy_from_slice(&[0x00, 0x16]);
+        si[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+        si[20..24].copy_from_slice(&[0x00, 0x20, 0x00, 0x04]); // placeholder attribute
+        si[28..30].copy_from_slice(&0x0013u16.to_be_bytes()); // DATA
+        frame(&mut si, 37);
+        assert_eq!(body_len(&si, 37), 40);
+        let mut pkt = si.clone();
+        pkt.extend(std::iter::repeat(7u8).take(37));
+        pkt.extend([0u8; 3]);
+        assert_eq!(
+            u16::from_be_bytes([pkt[2], pkt[3]]) as usize,
+            pkt.len() - 20
+        );
+        assert_eq!(unwrap_relayed(&pkt).map(<[u8]>::len), Some(37));
+        // Plain UDP: nothing to frame.
+        assert_eq!(body_len(&[], 37), 37);
+    }
 
     #[test]
     fn flow_accounting_counts_dups_and_reorders() {

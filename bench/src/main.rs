@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use tern_bench::compare::{compare, table};
 use tern_bench::forwarder::{self, ForwarderConfig, ForwarderCounters};
 use tern_bench::load::Load;
+use tern_bench::mix::PayloadMix;
 use tern_bench::netns::{self, Direction, LossFilter};
 use tern_bench::scenario::{Bench, RunReport, Scenario, TargetKind, TopologyKind};
 use tern_bench::sweep::{csv, svg, sweep, SweepConfig};
@@ -157,6 +158,19 @@ struct ScenarioArgs {
     /// Probe payload bytes as the peer sees them (rounded up to a multiple of 4, >= 32).
     #[arg(long, default_value_t = 160)]
     payload: usize,
+    /// Draw each packet's payload size from SIZE:WEIGHT[,SIZE:WEIGHT...]
+    /// (e.g. 100:80,1200:20), sizes 32..=1400 bytes, weights > 0; instead of --payload.
+    #[arg(long, conflicts_with = "payload", value_parser = parse_mix)]
+    payload_mix: Option<PayloadMix>,
+    /// Seed of the per-flow size generators of --payload-mix.
+    #[arg(long, default_value_t = 1)]
+    mix_seed: u64,
+    /// Extra sessions (after the --flows ones) that each send --flood-rate pps.
+    #[arg(long, default_value_t = 0)]
+    flood_flows: usize,
+    /// Packets per second of each flood flow (needs --flood-flows).
+    #[arg(long)]
+    flood_rate: Option<f64>,
     /// Sender threads.
     #[arg(long, default_value_t = 1)]
     senders: usize,
@@ -224,8 +238,31 @@ struct ScenarioArgs {
     topology: TopologyKind,
 }
 
+fn parse_mix(s: &str) -> Result<PayloadMix, String> {
+    PayloadMix::parse(s, 1)
+}
+
 impl ScenarioArgs {
-    fn scenario(&self) -> Scenario {
+    fn scenario(&self) -> tern_bench::Result<Scenario> {
+        let flood_rate = match (self.flood_flows, self.flood_rate) {
+            (0, None) => 0.0,
+            (0, Some(_)) => {
+                return Err(tern_bench::Error(
+                    "--flood-rate needs --flood-flows K (K > 0)".into(),
+                ))
+            }
+            (_, Some(r)) if r.is_finite() && r > 0.0 => r,
+            (_, Some(r)) => {
+                return Err(tern_bench::Error(format!(
+                    "--flood-rate {r} must be a number of packets per second > 0"
+                )))
+            }
+            (_, None) => {
+                return Err(tern_bench::Error(
+                    "--flood-flows needs --flood-rate R (pps per flood flow)".into(),
+                ))
+            }
+        };
         let payload = self
             .payload
             .max(tern_bench::payload::HEADER_LEN)
@@ -244,8 +281,16 @@ impl ScenarioArgs {
             pin: self.pin,
             disturb_pct: self.disturb_pct,
             echo: self.echo,
+            mix: self.payload_mix.clone().map(|mut m| {
+                m.seed = self.mix_seed;
+                m
+            }),
+            flood_flows: self.flood_flows,
+            flood_rate_pps: flood_rate,
+            flood_count: (flood_rate * self.flood_flows as f64 * duration.as_secs_f64()).ceil()
+                as u64,
         };
-        Scenario {
+        Ok(Scenario {
             flows: self.flows.max(1),
             path: if self.send_indications {
                 DataPath::SendIndication
@@ -266,7 +311,15 @@ impl ScenarioArgs {
             idle_pct: self.idle_pct,
             idle_wait: Duration::from_secs(self.idle_wait),
             topology: self.topology,
-        }
+        })
+    }
+}
+
+/// `160 B` or `mix 100:80,1200:20 (mean 320 B)`.
+fn payload_desc(l: &Load) -> String {
+    match &l.mix {
+        Some(m) => format!("mix {} (mean {:.0} B)", m.describe(), m.mean_size()),
+        None => format!("{} B", l.payload_len),
     }
 }
 
@@ -347,7 +400,7 @@ fn json_file<T: serde::Serialize>(path: Option<&std::path::Path>, v: &T) -> tern
 fn real_main(cli: Cli) -> tern_bench::Result<()> {
     match cli.cmd {
         Cmd::Run { target, sc } => {
-            let s = sc.scenario();
+            let s = sc.scenario()?;
             let mut b = Bench::start(target, &s)?;
             let r = b.window(&s.load, s.idle_pct, s.idle_wait);
             json_file(sc.json_out.as_deref(), &r)?;
@@ -358,13 +411,15 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
             }
         }
         Cmd::Compare { targets, reps, sc } => {
-            let s = sc.scenario();
+            let s = sc.scenario()?;
             eprintln!(
-                "compare: {} flows, {:.0} pps, {:.1} s windows, payload {} B, {:?}, {} rep(s) of {:?}",
+                "compare: {} flows, {:.0} pps, {} flood flows at {:.0} pps each, {:.1} s windows, payload {}, {:?}, {} rep(s) of {:?}",
                 s.flows,
                 s.load.rate_pps,
+                s.load.flood_flows,
+                s.load.flood_rate_pps,
                 s.load.duration.as_secs_f64(),
-                s.load.payload_len,
+                payload_desc(&s.load),
                 s.path,
                 reps,
                 targets.iter().map(|t| t.name()).collect::<Vec<_>>()
@@ -388,7 +443,7 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
             svg: svg_path,
             sc,
         } => {
-            let s = sc.scenario();
+            let s = sc.scenario()?;
             let mut b = Bench::start(target, &s)?;
             let cfg = SweepConfig {
                 start_pps: start_rate,
@@ -411,10 +466,10 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
             });
             std::fs::write(&csv_path, csv(&rep.points))?;
             let title = format!(
-                "{} — {} flows, {} B payload, {:.1} s windows",
+                "{} — {} flows, payload {}, {:.1} s windows",
                 target.name(),
                 s.flows,
-                s.load.payload_len,
+                payload_desc(&s.load),
                 s.load.duration.as_secs_f64()
             );
             std::fs::write(&svg_path, svg(&rep.points, &title))?;
@@ -503,7 +558,7 @@ fn describe(r: &RunReport) -> String {
     let m = &r.m;
     let c = &m.cpu;
     let mut s = format!(
-        "target {} ({}), {} flows, payload {} B, setup {:.2} s\n",
+        "target {} ({}), {} flows, payload {}, setup {:.2} s\n",
         r.target.name(),
         match r.path {
             Some(DataPath::Channel) => "ChannelData",
@@ -511,11 +566,19 @@ fn describe(r: &RunReport) -> String {
             None => "plain UDP",
         },
         r.flows,
-        r.load.payload_len,
+        payload_desc(&r.load),
         r.setup_s
     );
+    let flood = if r.load.flood_flows > 0 {
+        format!(
+            " + {} flood flows x {:.0} pps",
+            r.load.flood_flows, r.load.flood_rate_pps
+        )
+    } else {
+        String::new()
+    };
     s += &format!(
-        "requested {:.0} pps for {:.1} s ({} packets); offered {} in {:.2} s = {:.0} pps",
+        "requested {:.0} pps{flood} for {:.1} s ({} packets); offered {} in {:.2} s = {:.0} pps",
         r.load.rate_pps,
         r.load.duration.as_secs_f64(),
         m.requested,
@@ -533,6 +596,52 @@ fn describe(r: &RunReport) -> String {
         "\ndelivered {} = {:.0} pps; lost {} ({:.3} %), reordered {}, duplicates {}, foreign {}, send errors {}\n",
         m.received, m.delivered_pps, m.lost, m.loss_pct, m.reordered, m.duplicates, m.foreign, m.send_errors
     );
+    s += &format!(
+        "delivered payload {:.0} bytes/s ({:.2} Mbit/s); sent {} B, received {} B\n",
+        m.delivered_bytes_per_s,
+        m.delivered_bytes_per_s * 8.0 / 1e6,
+        m.sent_bytes,
+        m.received_bytes
+    );
+    if r.load.mix.is_some() {
+        s += "by size (sent/received):";
+        for z in &m.sizes {
+            s += &format!(" {} B {}/{}", z.size, z.sent, z.received);
+        }
+        s += "\n";
+    }
+    if !m.classes.is_empty() {
+        s += &format!(
+            "{:<9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:>11} {:>12} {:>9} {:>9} {:>9} {:>9}\n",
+            "class",
+            "flows",
+            "requested",
+            "sent",
+            "received",
+            "lost",
+            "loss %",
+            "deliv pps",
+            "bytes/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs"
+        );
+        for c in &m.classes {
+            let l = &c.latency;
+            s += &format!(
+                "{:<9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8.3} {:>11.0} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1}\n",
+                c.class, c.flows, c.requested, c.sent, c.received, c.lost, c.loss_pct, c.delivered_pps,
+                c.delivered_bytes_per_s, l.p50_us, l.p99_us, l.p999_us, l.max_us
+            );
+        }
+        let l = &m.latency;
+        s += &format!(
+            "{:<9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8.3} {:>11.0} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1}\n",
+            "total", r.flows, m.requested, m.sent, m.received, m.lost, m.loss_pct, m.delivered_pps,
+            m.delivered_bytes_per_s, l.p50_us, l.p99_us, l.p999_us, l.max_us
+        );
+    }
     let l = &m.latency;
     s += &format!(
         "one-way latency µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}\n",

@@ -56,7 +56,8 @@ pub enum TopologyKind {
 /// Everything that defines a scenario, shared by `run`, `compare` and `sweep`.
 #[derive(Clone, Debug)]
 pub struct Scenario {
-    /// Allocations (flows).
+    /// Low-rate allocations (flows); `load.flood_flows` more are set up
+    /// after them.
     pub flows: usize,
     /// ChannelData or Send indications (TURN targets).
     pub path: DataPath,
@@ -88,6 +89,13 @@ pub struct Scenario {
     pub idle_wait: Duration,
     /// Loopback, or three namespaces.
     pub topology: TopologyKind,
+}
+
+impl Scenario {
+    /// Sessions to set up: the low-rate flows plus the flood flows (last).
+    pub fn total_flows(&self) -> usize {
+        self.flows + self.load.flood_flows
+    }
 }
 
 /// A target set up and ready for measurement windows.
@@ -142,7 +150,7 @@ impl Bench {
                 if kind == TargetKind::External {
                     bail!("--topology netns starts its own relay; it cannot use --target external");
                 }
-                Some(Topology::create(sc.flows)?)
+                Some(Topology::create(sc.total_flows())?)
             }
         };
         let mut b = Bench::start_in(kind, sc, topo.as_ref())?;
@@ -167,7 +175,7 @@ impl Bench {
             realm: sc.realm.clone(),
             secret: sc.secret.clone(),
             workers: sc.workers,
-            ports: (sc.flows as u16).saturating_add(64),
+            ports: (sc.total_flows() as u16).saturating_add(64),
             relay_ip: topo.map(|_| IpAddr::V4(Topology::RELAY_PEER_SIDE)),
             allow_peer: topo.map(|_| Topology::PEER_NET.to_owned()),
             netns: netns_path.clone(),
@@ -184,9 +192,9 @@ impl Bench {
                 let listen = s.listen;
                 let mut b = match topo {
                     Some(t) => in_netns(&t.client, || {
-                        Bench::plain(listen, peers, sc.flows, Some(s.pid))
+                        Bench::plain(listen, peers, sc.total_flows(), Some(s.pid))
                     })??,
-                    None => Bench::plain(listen, peers, sc.flows, Some(s.pid))?,
+                    None => Bench::plain(listen, peers, sc.total_flows(), Some(s.pid))?,
                 };
                 b._server = Some(s);
                 return Ok(b);
@@ -223,13 +231,13 @@ impl Bench {
             credentials,
             path: sc.path,
             window: 64,
-            timeout: Duration::from_secs(30 + sc.flows as u64 / 50),
+            timeout: Duration::from_secs(30 + sc.total_flows() as u64 / 50),
         };
         let peer_addrs: Vec<SocketAddr> = peers
             .iter()
             .map(UdpSocket::local_addr)
             .collect::<std::io::Result<_>>()?;
-        let per_flow: Vec<SocketAddr> = (0..sc.flows)
+        let per_flow: Vec<SocketAddr> = (0..sc.total_flows())
             .map(|i| peer_addrs[i % peer_addrs.len()])
             .collect();
         let t0 = Instant::now();

@@ -23,6 +23,10 @@ fn load(rate: f64, count: u64) -> Load {
         pin: false,
         disturb_pct: 1e9,
         echo: false,
+        mix: None,
+        flood_flows: 0,
+        flood_rate_pps: 0.0,
+        flood_count: 0,
     }
 }
 
@@ -152,5 +156,142 @@ fn real_turn_sessions_through_coturn_when_installed() {
             );
             assert!(e.rtt.p50_us > 0.0 && e.foreign == 0, "{e:?}");
         }
+    }
+}
+
+#[test]
+fn payload_mix_arrives_with_exactly_the_sizes_sent() {
+    use tern_bench::mix::PayloadMix;
+    let peers = peer_sockets(1, false).unwrap();
+    let fwd = proxy(peers[0].local_addr().unwrap(), 0.0, Duration::ZERO);
+    let mut b = Bench::plain(fwd.addr, peers, 8, None).unwrap();
+    let mix = PayloadMix::parse("100:80,1200:15,37:5", 9).unwrap();
+    // One sender, burst 1: flow k sends packets k, k+8, ..., so the counts
+    // per flow (and so per size) are known.
+    let mut l = load(20_000.0, 3_000);
+    l.mix = Some(mix.clone());
+    let r = b.window(&l, 0.0, Duration::ZERO);
+    let m = &r.m;
+    assert_eq!((m.sent, m.received, m.lost), (3_000, 3_000, 0), "{m:?}");
+    let sizes: Vec<usize> = m.sizes.iter().map(|z| z.size).collect();
+    assert_eq!(
+        sizes,
+        vec![37, 100, 1200],
+        "only the mix's sizes: {:?}",
+        m.sizes
+    );
+    for z in &m.sizes {
+        assert_eq!(z.sent, z.received, "size {}: {:?}", z.size, m.sizes);
+    }
+    assert_eq!(m.sizes.iter().map(|z| z.sent).sum::<u64>(), 3_000);
+    assert_eq!(m.sent_bytes, m.received_bytes);
+    assert_eq!(
+        m.sent_bytes,
+        m.sizes.iter().map(|z| z.size as u64 * z.sent).sum::<u64>()
+    );
+    assert!(m.delivered_bytes_per_s > 0.0);
+    // The per-flow generators are what the senders used: replaying them
+    // gives the same counts per size.
+    let mut want = [0u64; 3];
+    for flow in 0..8u32 {
+        let mut st = mix.flow_state(flow);
+        let per_flow = 3_000 / 8; // 375 each
+        for _ in 0..per_flow {
+            let size = mix.draw(&mut st);
+            let i = sizes.iter().position(|&s| s == size).unwrap();
+            want[i] += 1;
+        }
+    }
+    let got: Vec<u64> = m.sizes.iter().map(|z| z.sent).collect();
+    assert_eq!(got, want.to_vec());
+    // Roughly the weights (3,000 draws).
+    assert!((2_250..=2_550).contains(&got[1]), "{got:?}");
+    assert!(m.classes.is_empty(), "no flood flows, no class rows");
+}
+
+#[test]
+fn flood_flows_are_reported_as_their_own_class() {
+    // Flows straight to the peer socket (no forwarder), as above.
+    let peers = peer_sockets(1, false).unwrap();
+    let addr = peers[0].local_addr().unwrap();
+    let b = Bench::plain(addr, peers, 6 + 3, None).unwrap();
+    let mut l = load(10_000.0, 1_200);
+    l.senders = 2;
+    l.flood_flows = 3;
+    l.flood_rate_pps = 5_000.0;
+    l.flood_count = 2_000;
+    let m = measure(&b.flows, &b.peers, &l, 7, None);
+    assert_eq!((m.sent, m.received, m.requested), (3_200, 3_200, 3_200));
+    assert_eq!(m.classes.len(), 2, "{m:?}");
+    let (low, flood) = (&m.classes[0], &m.classes[1]);
+    assert_eq!((low.class, low.flows), ("low-rate", 6));
+    assert_eq!((flood.class, flood.flows), ("flood", 3));
+    assert_eq!(
+        (low.requested, low.sent, low.received, low.lost),
+        (1_200, 1_200, 1_200, 0)
+    );
+    assert_eq!(
+        (flood.requested, flood.sent, flood.received, flood.lost),
+        (2_000, 2_000, 2_000, 0)
+    );
+    assert!(low.latency.p50_us > 0.0 && flood.latency.p50_us > 0.0);
+    assert!(low.delivered_bytes_per_s > 0.0 && flood.delivered_bytes_per_s > 0.0);
+}
+
+#[test]
+fn mix_and_flood_through_real_coturn_sessions_when_installed() {
+    use tern_bench::mix::PayloadMix;
+    let Some(bin) = turnserver() else {
+        eprintln!("skipped: coturn (turnserver) is not installed");
+        return;
+    };
+    // 37 bytes is not a multiple of 4: Send indications pad it, and the
+    // peer must still get exactly 37 bytes.
+    for path in [DataPath::Channel, DataPath::SendIndication] {
+        let mut l = load(5_000.0, 300);
+        l.mix = Some(PayloadMix::parse("37:50,1200:50", 3).unwrap());
+        l.flood_flows = 2;
+        l.flood_rate_pps = 2_000.0;
+        l.flood_count = 400;
+        let sc = Scenario {
+            flows: 10,
+            path,
+            load: l,
+            receivers: 1,
+            workers: 1,
+            tern_bin: PathBuf::from("/nonexistent"),
+            coturn_bin: bin.clone(),
+            realm: "tern.bench".into(),
+            secret: "s3cret".into(),
+            user: "bench".into(),
+            long_term: false,
+            server: None,
+            relay_pid: None,
+            idle_pct: 100.0,
+            idle_wait: Duration::ZERO,
+            topology: TopologyKind::Loopback,
+        };
+        let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
+        assert_eq!(b.flows.len(), 12, "flood flows are sessions too");
+        let m = b.window(&sc.load, 100.0, Duration::ZERO).m;
+        assert_eq!((m.sent, m.received), (700, 700), "{path:?}: {m:?}");
+        let sizes: Vec<(usize, u64, u64)> = m
+            .sizes
+            .iter()
+            .map(|z| (z.size, z.sent, z.received))
+            .collect();
+        assert_eq!(sizes.len(), 2, "{path:?}: {sizes:?}");
+        assert!(sizes.iter().all(|&(_, s, r)| s == r), "{path:?}: {sizes:?}");
+        assert_eq!((sizes[0].0, sizes[1].0), (37, 1200));
+        let c: Vec<(&str, usize, u64, u64)> = m
+            .classes
+            .iter()
+            .map(|c| (c.class, c.flows, c.sent, c.received))
+            .collect();
+        assert_eq!(
+            c,
+            vec![("low-rate", 10, 300, 300), ("flood", 2, 400, 400)],
+            "{path:?}"
+        );
     }
 }

@@ -39,6 +39,10 @@ fn load(rate: f64, count: u64) -> Load {
         pin: false,
         disturb_pct: 1e9,
         echo: false,
+        mix: None,
+        flood_flows: 0,
+        flood_rate_pps: 0.0,
+        flood_count: 0,
     }
 }
 
