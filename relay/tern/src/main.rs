@@ -104,8 +104,9 @@ fn run(flags: &Flags) -> ExitCode {
                     tracing::info!(%signal, "second stop signal: stopping now");
                     break;
                 }
-                tracing::info!(%signal, "draining before stopping; send it again to stop at once");
+                // Drain first: once this line is logged, /readyz already says 503.
                 relay.drain(DrainCause::Stop);
+                tracing::info!(%signal, "draining before stopping; send it again to stop at once");
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "waiting for signals failed; stopping");
