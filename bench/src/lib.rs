@@ -26,6 +26,7 @@ pub mod load;
 pub mod mix;
 pub mod mmsg;
 pub mod netns;
+pub mod null_io;
 pub mod pacing;
 pub mod payload;
 pub mod progress;

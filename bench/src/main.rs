@@ -108,6 +108,9 @@ enum Cmd {
     NullRelay {
         #[command(flatten)]
         f: ForwardArgs,
+        /// I/O path: the harness's own recvmmsg forwarder, or tern-io's mmsg or io_uring back end.
+        #[arg(long, value_enum, default_value = "harness")]
+        io: tern_bench::null_io::NullIo,
     },
     /// The impairment proxy: the null relay plus deterministic drop and fixed delay.
     Proxy {
@@ -236,6 +239,10 @@ struct ScenarioArgs {
     /// and peer in three network namespaces joined by veth pairs (root).
     #[arg(long, value_enum, default_value = "loopback")]
     topology: TopologyKind,
+    /// The null relay's I/O path: harness (its own recvmmsg forwarder), or
+    /// tern-io's mmsg or uring back end, for a floor on the same path as tern.
+    #[arg(long, value_enum, default_value = "harness")]
+    null_io: tern_bench::null_io::NullIo,
 }
 
 fn parse_mix(s: &str) -> Result<PayloadMix, String> {
@@ -311,6 +318,7 @@ impl ScenarioArgs {
             idle_pct: self.idle_pct,
             idle_wait: Duration::from_secs(self.idle_wait),
             topology: self.topology,
+            null_io: self.null_io,
         })
     }
 }
@@ -519,13 +527,44 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
             drop(f);
             eprintln!("filter removed");
         }
-        Cmd::NullRelay { f } => forward(&f, 0.0, 0.0)?,
+        Cmd::NullRelay { f, io } => match io {
+            tern_bench::null_io::NullIo::Harness => forward(&f, 0.0, 0.0)?,
+            io => {
+                check_forward_addrs(&f)?;
+                let sock = forwarder::bind(f.listen)?;
+                let stats = tern_bench::null_io::run(
+                    io,
+                    sock,
+                    f.to,
+                    f.max_packets,
+                    Duration::from_secs(f.time_limit),
+                )?;
+                eprintln!("{stats:?}");
+            }
+        },
         Cmd::Proxy { f, drop, delay_ms } => forward(&f, drop, delay_ms)?,
     }
     Ok(())
 }
 
 fn forward(f: &ForwardArgs, drop: f64, delay_ms: f64) -> tern_bench::Result<()> {
+    check_forward_addrs(f)?;
+    let sock = forwarder::bind(f.listen)?;
+    let cfg = ForwarderConfig {
+        to: f.to,
+        drop_share: drop.clamp(0.0, 1.0),
+        delay: Duration::from_secs_f64(delay_ms.max(0.0) / 1000.0),
+        batch: f.batch,
+        max_packets: f.max_packets,
+        time_limit: Duration::from_secs(f.time_limit),
+    };
+    let counters = ForwarderCounters::default();
+    forwarder::run(&sock, &cfg, &AtomicBool::new(false), &counters);
+    eprintln!("{:?}", counters.snapshot());
+    Ok(())
+}
+
+fn check_forward_addrs(f: &ForwardArgs) -> tern_bench::Result<()> {
     // Loopback only; or, inside a namespace of the netns topology (never
     // the host's), its own private addresses.
     let topo_net = |a: &SocketAddr| match a.ip() {
@@ -539,18 +578,6 @@ fn forward(f: &ForwardArgs, drop: f64, delay_ms: f64) -> tern_bench::Result<()> 
             )));
         }
     }
-    let sock = forwarder::bind(f.listen)?;
-    let cfg = ForwarderConfig {
-        to: f.to,
-        drop_share: drop.clamp(0.0, 1.0),
-        delay: Duration::from_secs_f64(delay_ms.max(0.0) / 1000.0),
-        batch: f.batch,
-        max_packets: f.max_packets,
-        time_limit: Duration::from_secs(f.time_limit),
-    };
-    let counters = ForwarderCounters::default();
-    forwarder::run(&sock, &cfg, &AtomicBool::new(false), &counters);
-    eprintln!("{:?}", counters.snapshot());
     Ok(())
 }
 

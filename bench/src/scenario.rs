@@ -89,6 +89,8 @@ pub struct Scenario {
     pub idle_wait: Duration,
     /// Loopback, or three namespaces.
     pub topology: TopologyKind,
+    /// The null relay's I/O path (`--null-io`).
+    pub null_io: crate::null_io::NullIo,
 }
 
 impl Scenario {
@@ -188,7 +190,7 @@ impl Bench {
                 let exe = std::env::current_exe()?;
                 let to = peers[0].local_addr()?;
                 let limit = sc.load.duration * 50 + Duration::from_secs(600);
-                let s = spawn_null(&exe, ip, to, limit, netns_path.as_deref())?;
+                let s = spawn_null(&exe, ip, to, limit, sc.null_io, netns_path.as_deref())?;
                 let listen = s.listen;
                 let mut b = match topo {
                     Some(t) => in_netns(&t.client, || {

@@ -277,6 +277,7 @@ pub fn spawn_null(
     ip: IpAddr,
     to: SocketAddr,
     time_limit: Duration,
+    io: crate::null_io::NullIo,
     netns: Option<&Path>,
 ) -> Result<Spawned> {
     let port = match netns {
@@ -291,7 +292,9 @@ pub fn spawn_null(
         .arg("--to")
         .arg(to.to_string())
         .arg("--time-limit")
-        .arg(time_limit.as_secs().max(1).to_string());
+        .arg(time_limit.as_secs().max(1).to_string())
+        .arg("--io")
+        .arg(io.name());
     Spawned::start_in("null-relay", cmd, listen, false, netns)
 }
 

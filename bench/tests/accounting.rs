@@ -138,6 +138,7 @@ fn real_turn_sessions_through_coturn_when_installed() {
             idle_pct: 100.0,
             idle_wait: Duration::ZERO,
             topology: TopologyKind::Loopback,
+            null_io: Default::default(),
         };
         let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
         assert_eq!(b.flows.len(), 20);
@@ -270,6 +271,7 @@ fn mix_and_flood_through_real_coturn_sessions_when_installed() {
             idle_pct: 100.0,
             idle_wait: Duration::ZERO,
             topology: TopologyKind::Loopback,
+            null_io: Default::default(),
         };
         let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
         assert_eq!(b.flows.len(), 12, "flood flows are sessions too");

@@ -201,6 +201,7 @@ fn coturn_across_the_netns_topology_when_installed() {
         idle_pct: 100.0,
         idle_wait: Duration::ZERO,
         topology: TopologyKind::Netns,
+        null_io: Default::default(),
     };
     let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
     let r = b.window(&sc.load, 100.0, Duration::ZERO);
