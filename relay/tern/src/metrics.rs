@@ -202,18 +202,9 @@ pub(crate) struct WorkerView {
     pub(crate) reported: Option<Instant>,
     /// When its loop-turn counter was last seen to advance.
     pub(crate) progressed: Option<Instant>,
-    pub(crate) turns: u64,
-    pub(crate) drain_epoch: u64,
-    pub(crate) draining: bool,
-    pub(crate) turn: Stats,
-    pub(crate) io: IoStats,
-    pub(crate) allocations: usize,
-    pub(crate) unroutable: u64,
-    pub(crate) stalls: u64,
-    loop_ns: Histogram<u64>,
-    loop_ns_sum: u64,
-    alloc_ns: Histogram<u64>,
-    alloc_ns_sum: u64,
+    /// Its latest counters; the histograms and their sums accumulate every
+    /// report delivered so far.
+    pub(crate) last: Report,
 }
 
 /// Every worker's latest counters and cumulative histograms.
@@ -261,21 +252,10 @@ impl Collected {
     pub(crate) fn new(workers: usize) -> Collected {
         Collected {
             workers: (0..workers)
-                .map(|_| WorkerView {
+                .map(|worker| WorkerView {
                     reported: None,
                     progressed: None,
-                    turns: 0,
-                    drain_epoch: 0,
-                    draining: false,
-                    turn: Stats::default(),
-                    io: IoStats::default(),
-                    allocations: 0,
-                    unroutable: 0,
-                    stalls: 0,
-                    loop_ns: latency_histogram(),
-                    loop_ns_sum: 0,
-                    alloc_ns: latency_histogram(),
-                    alloc_ns_sum: 0,
+                    last: *Report::new(worker),
                 })
                 .collect(),
         }
@@ -287,22 +267,23 @@ impl Collected {
             return;
         };
         w.reported = Some(now);
-        if r.turns > w.turns {
+        let last = &mut w.last;
+        if r.turns > last.turns {
             w.progressed = Some(now);
         }
-        w.turns = r.turns;
-        w.drain_epoch = r.drain_epoch;
-        w.draining = r.draining;
-        w.turn.clone_from(&r.turn);
-        w.io = r.io;
-        w.allocations = r.allocations;
-        w.unroutable = r.unroutable;
-        w.stalls = r.stalls;
+        last.turns = r.turns;
+        last.drain_epoch = r.drain_epoch;
+        last.draining = r.draining;
+        last.turn.clone_from(&r.turn);
+        last.io = r.io;
+        last.allocations = r.allocations;
+        last.unroutable = r.unroutable;
+        last.stalls = r.stalls;
         // Same bounds everywhere, so adding cannot fail.
-        let _ = w.loop_ns.add(&r.loop_ns);
-        w.loop_ns_sum = w.loop_ns_sum.saturating_add(r.loop_ns_sum);
-        let _ = w.alloc_ns.add(&r.alloc_ns);
-        w.alloc_ns_sum = w.alloc_ns_sum.saturating_add(r.alloc_ns_sum);
+        let _ = last.loop_ns.add(&r.loop_ns);
+        last.loop_ns_sum = last.loop_ns_sum.saturating_add(r.loop_ns_sum);
+        let _ = last.alloc_ns.add(&r.alloc_ns);
+        last.alloc_ns_sum = last.alloc_ns_sum.saturating_add(r.alloc_ns_sum);
         r.loop_ns.reset();
         r.loop_ns_sum = 0;
         r.alloc_ns.reset();
@@ -312,10 +293,10 @@ impl Collected {
     pub(crate) fn totals(&self) -> Totals {
         let mut t = Totals::default();
         for w in &self.workers {
-            t.turn.merge(&w.turn);
-            t.io.merge(&w.io);
-            t.allocations += w.allocations;
-            t.unroutable += w.unroutable;
+            t.turn.merge(&w.last.turn);
+            t.io.merge(&w.last.io);
+            t.allocations += w.last.allocations;
+            t.unroutable += w.last.unroutable;
         }
         t
     }
@@ -505,7 +486,7 @@ impl Collected {
                 o,
                 "tern_worker_stalls_total",
                 &[("worker", &i.to_string())],
-                w.stalls,
+                w.last.stalls,
             );
         }
         header(
@@ -519,15 +500,15 @@ impl Collected {
                 o,
                 "tern_worker_loop_seconds",
                 Some(("worker", &i.to_string())),
-                &w.loop_ns,
-                w.loop_ns_sum,
+                &w.last.loop_ns,
+                w.last.loop_ns_sum,
             );
         }
         let mut alloc = latency_histogram();
         let mut alloc_sum = 0u64;
         for w in &self.workers {
-            let _ = alloc.add(&w.alloc_ns);
-            alloc_sum = alloc_sum.saturating_add(w.alloc_ns_sum);
+            let _ = alloc.add(&w.last.alloc_ns);
+            alloc_sum = alloc_sum.saturating_add(w.last.alloc_ns_sum);
         }
         header(
             o,
@@ -689,7 +670,10 @@ mod tests {
         let mut r = rx.try_recv().unwrap();
         collected.absorb(&mut r, t0);
         let w = &collected.workers[0];
-        assert_eq!((w.turns, w.loop_ns.len(), w.loop_ns_sum), (3, 3, 6_000));
+        assert_eq!(
+            (w.last.turns, w.last.loop_ns.len(), w.last.loop_ns_sum),
+            (3, 3, 6_000)
+        );
         assert_eq!(collected.totals().allocations, 3);
     }
 

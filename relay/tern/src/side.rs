@@ -482,11 +482,10 @@ impl Side {
         }
         if let (Lifecycle::Draining, Some(d)) = (s.lifecycle, s.drain) {
             let epoch = s.epoch;
-            let empty = s
-                .collected
-                .workers
-                .iter()
-                .all(|w| w.drain_epoch == epoch && w.draining && w.allocations == 0);
+            let empty =
+                s.collected.workers.iter().all(|w| {
+                    w.last.drain_epoch == epoch && w.last.draining && w.last.allocations == 0
+                });
             if empty {
                 s.lifecycle = Lifecycle::Drained;
                 self.changed();
