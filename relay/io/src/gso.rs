@@ -46,6 +46,42 @@ fn probe() -> bool {
 }
 
 /// The control-message length a `UDP_SEGMENT` cmsg needs.
+/// One datagram queued for sending: its socket, destination, and where its
+/// bytes sit in the back end's send arena (runs of a GSO message are contiguous).
+pub(crate) struct TxEntry {
+    pub(crate) from: crate::SocketId,
+    pub(crate) to: std::net::SocketAddr,
+    pub(crate) off: usize,
+    pub(crate) len: usize,
+}
+
+/// The GSO run starting at `entries[i]`: following datagrams from the same
+/// socket to the same destination, all of the first one's size except that the
+/// last may be shorter, within the segment and byte limits. Returns the end
+/// index (exclusive) and the run's total bytes; a run of one when `gso_on` is
+/// false or the first datagram is empty.
+pub(crate) fn run(entries: &[TxEntry], i: usize, gso_on: bool) -> (usize, usize) {
+    let first = &entries[i];
+    let seg = first.len;
+    let mut total = seg;
+    let mut j = i + 1;
+    if gso_on && seg > 0 {
+        while j < entries.len()
+            && j - i < MAX_SEGMENTS
+            && entries[j].from == first.from
+            && entries[j].to == first.to
+            && entries[j - 1].len == seg
+            && entries[j].len <= seg
+            && entries[j].len > 0
+            && total + entries[j].len <= MAX_BYTES
+        {
+            total += entries[j].len;
+            j += 1;
+        }
+    }
+    (j, total)
+}
+
 pub(crate) fn cmsg_space() -> usize {
     // SAFETY: CMSG_SPACE is a pure arithmetic macro.
     unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) as usize }
@@ -73,6 +109,50 @@ pub(crate) fn set_segment_size(hdr: &mut libc::msghdr, buf: &mut CmsgBuf, segmen
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(from: u32, to: &str, len: usize) -> TxEntry {
+        TxEntry {
+            from: crate::SocketId(from),
+            to: to.parse().unwrap(),
+            off: 0,
+            len,
+        }
+    }
+
+    #[test]
+    fn run_groups_same_socket_destination_and_size() {
+        let a = "127.0.0.1:1";
+        let e = [
+            entry(0, a, 100),
+            entry(0, a, 100),
+            entry(0, a, 60), // a shorter last segment ends the run, inside it
+            entry(0, a, 100),
+            entry(0, "127.0.0.1:2", 100), // another destination
+            entry(1, "127.0.0.1:2", 100), // another socket
+        ];
+        assert_eq!(run(&e, 0, true), (3, 260));
+        assert_eq!(run(&e, 3, true), (4, 100));
+        assert_eq!(run(&e, 4, true), (5, 100));
+        assert_eq!(
+            run(&e, 0, false),
+            (1, 100),
+            "GSO off: one datagram per message"
+        );
+        let empty = [entry(0, a, 0), entry(0, a, 0)];
+        assert_eq!(run(&empty, 0, true), (1, 0));
+        let many: Vec<TxEntry> = (0..MAX_SEGMENTS + 5).map(|_| entry(0, a, 10)).collect();
+        assert_eq!(
+            run(&many, 0, true).0,
+            MAX_SEGMENTS,
+            "at most MAX_SEGMENTS per message"
+        );
+        let big: Vec<TxEntry> = (0..10).map(|_| entry(0, a, 9_000)).collect();
+        let (end, total) = run(&big, 0, true);
+        assert!(
+            total <= MAX_BYTES && end == MAX_BYTES / 9_000,
+            "{end} {total}"
+        );
+    }
 
     #[test]
     fn cmsg_fits_its_buffer() {

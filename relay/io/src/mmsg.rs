@@ -23,7 +23,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::batch::{RecvBatch, RecvMeta};
-use crate::gso::{self, CmsgBuf};
+use crate::gso::{self, CmsgBuf, TxEntry};
 use crate::sockaddr;
 use crate::{BackendKind, IoStats, PacketIo, SocketId, Wake, MAX_BATCH, MAX_UDP_PAYLOAD};
 
@@ -78,13 +78,6 @@ struct RxScratch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_storage>,
-}
-
-struct TxEntry {
-    from: SocketId,
-    to: SocketAddr,
-    off: usize,
-    len: usize,
 }
 
 /// Queued datagrams and the kernel-facing arrays of one `sendmmsg`.
@@ -319,24 +312,7 @@ impl MmsgIo {
         while m < MAX_BATCH && i < tx.entries.len() && tx.entries[i].from == from {
             let first = &tx.entries[i];
             let seg = first.len;
-            let mut total = seg;
-            let mut j = i + 1;
-            if gso_on && i >= single_until && seg > 0 {
-                // Extend over datagrams to the same destination of the same size;
-                // the last of a run may be shorter. The arena keeps them contiguous.
-                while j < tx.entries.len()
-                    && j - i < gso::MAX_SEGMENTS
-                    && tx.entries[j].from == from
-                    && tx.entries[j].to == first.to
-                    && tx.entries[j - 1].len == seg
-                    && tx.entries[j].len <= seg
-                    && tx.entries[j].len > 0
-                    && total + tx.entries[j].len <= gso::MAX_BYTES
-                {
-                    total += tx.entries[j].len;
-                    j += 1;
-                }
-            }
+            let (j, total) = gso::run(&tx.entries, i, gso_on && i >= single_until);
             tx.iovs[m] = libc::iovec {
                 iov_base: tx.arena[first.off..].as_mut_ptr().cast(),
                 iov_len: total,

@@ -37,7 +37,7 @@ use io_uring::types::{BufRingEntry, CancelBuilder, Fd, Fixed, RecvMsgOut, Submit
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring, Probe};
 
 use crate::batch::{RecvBatch, RecvMeta};
-use crate::gso::{self, CmsgBuf};
+use crate::gso::{self, CmsgBuf, TxEntry};
 use crate::sockaddr;
 use crate::{BackendKind, IoStats, PacketIo, SocketId, Wake, MAX_UDP_PAYLOAD};
 
@@ -152,13 +152,6 @@ struct RxDone {
     index: u32,
     bid: u16,
     len: u32,
-}
-
-struct TxEntry {
-    from: SocketId,
-    to: SocketAddr,
-    off: usize,
-    len: usize,
 }
 
 /// Queued datagrams and the `msghdr`s of their `SENDMSG`s. The arena and the
@@ -621,28 +614,9 @@ impl State {
 }
 
 impl TxQueue {
-    /// The end of the message starting at entry `i`: a GSO run of datagrams to
-    /// the same destination of the same size (the last may be shorter), or `i + 1`.
+    /// The end of the message starting at entry `i` (see [`gso::run`]).
     fn run_end(&self, i: usize, gso_on: bool) -> usize {
-        let first = &self.entries[i];
-        let seg = first.len;
-        let mut total = seg;
-        let mut j = i + 1;
-        if gso_on && seg > 0 {
-            while j < self.entries.len()
-                && j - i < gso::MAX_SEGMENTS
-                && self.entries[j].from == first.from
-                && self.entries[j].to == first.to
-                && self.entries[j - 1].len == seg
-                && self.entries[j].len <= seg
-                && self.entries[j].len > 0
-                && total + self.entries[j].len <= gso::MAX_BYTES
-            {
-                total += self.entries[j].len;
-                j += 1;
-            }
-        }
-        j
+        gso::run(&self.entries, i, gso_on).0
     }
 }
 
