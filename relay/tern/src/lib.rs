@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 mod http;
 mod metrics;
+pub mod nicstats;
 pub mod notify;
 pub mod registry;
 mod shared;
@@ -51,6 +52,7 @@ use tern_turn::policy::PeerPolicy;
 use tern_turn::{Credentials, RelayPortRange, ServerConfig, Stats};
 
 pub use config::{Config, ConfigError};
+use nicstats::NicSelection;
 pub use notify::Notifier;
 pub use side::{DrainCause, Lifecycle, UndrainError};
 
@@ -247,6 +249,10 @@ impl Relay {
             },
             notifier,
         ));
+        let config_nic = (
+            config.nic_stats.clone(),
+            Duration::from_secs(config.nic_stats_interval),
+        );
         let mut relay = RelayHandle {
             workers: handles,
             side_threads: Vec::new(),
@@ -267,6 +273,23 @@ impl Relay {
             let spawned = std::thread::Builder::new()
                 .name("tern-registry".to_owned())
                 .spawn(move || registry::run(side, registry, registry_woken, stop));
+            match spawned {
+                Ok(t) => relay.side_threads.push(t),
+                Err(source) => {
+                    return Err(StartError::Worker {
+                        index: workers,
+                        source,
+                    })
+                }
+            }
+        }
+        if config_nic.0 != NicSelection::Off {
+            let stats = side.nic.clone();
+            let stop = stop_rx.clone();
+            let (selection, every) = config_nic;
+            let spawned = std::thread::Builder::new()
+                .name("tern-nicstats".to_owned())
+                .spawn(move || nicstats::run(stats, selection, every, stop));
             match spawned {
                 Ok(t) => relay.side_threads.push(t),
                 Err(source) => {
@@ -715,5 +738,10 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         "registry-interval",
     );
     check(running.registry_ttl != new.registry_ttl, "registry-ttl");
+    check(running.nic_stats != new.nic_stats, "nic-stats");
+    check(
+        running.nic_stats_interval != new.nic_stats_interval,
+        "nic-stats-interval",
+    );
     keys
 }

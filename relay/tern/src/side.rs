@@ -18,6 +18,7 @@ use serde::Serialize;
 use tern_io::{BackendKind, Wake};
 
 use crate::metrics::{Collected, Exposition, Report, REPORT_EVERY};
+use crate::nicstats::NicStats;
 use crate::notify::Notifier;
 use crate::worker::Control;
 
@@ -122,6 +123,8 @@ pub(crate) struct Side {
     /// Registry publications that succeeded and failed.
     pub(crate) registry_ok: AtomicU64,
     pub(crate) registry_errors: AtomicU64,
+    /// The newest NIC allowance counters (empty unless `nic-stats` finds some).
+    pub(crate) nic: Arc<NicStats>,
 }
 
 struct SideState {
@@ -218,6 +221,7 @@ impl Side {
             registry_wake: config.registry_wake,
             registry_ok: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
+            nic: Arc::new(NicStats::default()),
         }
     }
 
@@ -367,7 +371,7 @@ impl Side {
         let s = self.lock();
         let states: Vec<&str> = Lifecycle::ALL.iter().map(|l| l.as_str()).collect();
         let allocations = s.collected.totals().allocations;
-        s.collected.render_prometheus(&Exposition {
+        let mut out = s.collected.render_prometheus(&Exposition {
             backend: self.backend,
             state: s.lifecycle.as_str(),
             states: &states,
@@ -381,7 +385,10 @@ impl Side {
                     self.registry_errors.load(Ordering::Relaxed),
                 )
             }),
-        })
+        });
+        drop(s);
+        self.nic.render(&mut out);
+        out
     }
 
     pub(crate) fn render_load(&self) -> String {
