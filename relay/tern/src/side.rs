@@ -110,6 +110,8 @@ impl WorkerLink {
 pub(crate) struct Side {
     pub(crate) links: Vec<WorkerLink>,
     pub(crate) backend: BackendKind,
+    /// Why the packet I/O back end was chosen (the probe's sentence).
+    backend_reason: String,
     capacity: Option<usize>,
     drain_timeout: Duration,
     alternate_server: Option<SocketAddr>,
@@ -182,6 +184,8 @@ pub(crate) struct SideConfig {
     pub(crate) drain_timeout: Duration,
     pub(crate) alternate_server: Option<SocketAddr>,
     pub(crate) admin_token: Option<String>,
+    /// Why the packet I/O back end was chosen, for `tern_io_backend_info`.
+    pub(crate) backend_reason: String,
     /// The registry thread's wake-up channel, when `registry-url` is set.
     pub(crate) registry_wake: Option<Sender<()>>,
 }
@@ -197,6 +201,7 @@ impl Side {
         Side {
             links,
             backend,
+            backend_reason: config.backend_reason,
             capacity: (config.capacity != 0).then_some(config.capacity),
             drain_timeout: config.drain_timeout,
             alternate_server: config.alternate_server,
@@ -369,6 +374,7 @@ impl Side {
         let allocations = s.collected.totals().allocations;
         s.collected.render_prometheus(&Exposition {
             backend: self.backend,
+            backend_reason: &self.backend_reason,
             state: s.lifecycle.as_str(),
             states: &states,
             allocations,
@@ -628,6 +634,7 @@ mod tests {
                 drain_timeout: Duration::from_secs(60),
                 alternate_server: None,
                 admin_token: None,
+                backend_reason: "forced".to_owned(),
                 registry_wake: None,
             },
             Some(notifier),

@@ -162,6 +162,10 @@ struct Worker<P: PacketIo> {
     drain_epoch: u64,
     /// When the batch being handled was read: the start of Allocate latency.
     batch_at: Instant,
+    /// This turn's batches: when each was read and how many datagrams it
+    /// relayed, for the relay latency histogram once the turn has flushed.
+    relayed: [(Instant, u64); RECV_BUDGET],
+    relayed_len: usize,
 }
 
 impl<P: PacketIo> Worker<P> {
@@ -208,6 +212,8 @@ impl<P: PacketIo> Worker<P> {
             reporter: setup.reporter,
             drain_epoch: 0,
             batch_at: now,
+            relayed: [(now, 0); RECV_BUDGET],
+            relayed_len: 0,
         })
     }
 
@@ -238,6 +244,12 @@ impl<P: PacketIo> Worker<P> {
             let end = Instant::now();
             let took = end.duration_since(start);
             let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            for &(read_at, count) in &self.relayed[..self.relayed_len] {
+                if count > 0 {
+                    let ns = u64::try_from(end.duration_since(read_at).as_nanos());
+                    self.reporter.record_relay(ns.unwrap_or(u64::MAX), count);
+                }
+            }
             self.loop_turn_ns.saturating_record(ns);
             self.reporter.record_turn(ns);
             if took > STALL {
@@ -261,13 +273,16 @@ impl<P: PacketIo> Worker<P> {
 
     /// One loop turn after a wait: receive under the budget, then timers, then flush.
     fn turn(&mut self) {
+        self.relayed_len = 0;
         for _ in 0..RECV_BUDGET {
             if self.io.recv(&mut self.batch) == 0 {
                 break;
             }
             let now = Instant::now();
             self.batch_at = now;
-            self.handle_batch(now);
+            let relayed = self.handle_batch(now);
+            self.relayed[self.relayed_len] = (now, relayed);
+            self.relayed_len += 1;
             self.drain_outputs();
         }
         let now = Instant::now();
@@ -283,8 +298,10 @@ impl<P: PacketIo> Worker<P> {
         self.io.flush();
     }
 
-    /// Feed every datagram of the batch to the core and queue its forwards.
-    fn handle_batch(&mut self, now: Instant) {
+    /// Feed every datagram of the batch to the core and queue its forwards;
+    /// returns how many forwards were queued.
+    fn handle_batch(&mut self, now: Instant) -> u64 {
+        let mut relayed = 0;
         for i in 0..self.batch.len() {
             let (meta, slot) = self.batch.slot_mut(i);
             let role = self
@@ -312,15 +329,19 @@ impl<P: PacketIo> Worker<P> {
                 Role::Free => None,
             };
             if let Some(Forward { via, to, payload }) = forward {
-                send_via(&mut self.io, &mut self.sockets, via, to, payload);
+                if send_via(&mut self.io, &mut self.sockets, via, to, payload) {
+                    relayed += 1;
+                }
             }
         }
+        relayed
     }
 
     /// Send the core's control transmits and log its events.
     fn drain_outputs(&mut self) {
         while let Some(t) = self.server.poll_transmit() {
-            send_via(&mut self.io, &mut self.sockets, t.via, t.to, &t.payload);
+            let _counted_when_unroutable =
+                send_via(&mut self.io, &mut self.sockets, t.via, t.to, &t.payload);
         }
         while let Some(event) = self.server.poll_event() {
             if let Event::AllocationCreated { .. } = event {
@@ -420,18 +441,23 @@ impl Sockets {
 
 /// Queue one datagram on the socket the core named. A datagram whose socket is
 /// gone (closed between the core's decision and now) is counted, not sent.
+/// Returns whether it was queued.
 fn send_via<P: PacketIo>(
     io: &mut P,
     sockets: &mut Sockets,
     via: Via,
     to: SocketAddr,
     payload: &[u8],
-) {
+) -> bool {
     match sockets.route(via) {
-        Some(id) => io.send(id, to, payload),
+        Some(id) => {
+            io.send(id, to, payload);
+            true
+        }
         None => {
             sockets.unroutable += 1;
             tracing::trace!(?via, "no socket for forward");
+            false
         }
     }
 }
