@@ -113,7 +113,8 @@ fn forward<P: PacketIo>(
             stats.received += n;
             stats.forwarded += n;
         }
-        io.flush();
+        // Like tern's workers: the sends ride on the next wait where the back end can.
+        io.flush_before_wait();
     }
     io.flush();
     Ok(stats)

@@ -295,7 +295,8 @@ impl<P: PacketIo> Worker<P> {
             self.server.handle_timeout(&mut host, now);
             self.drain_outputs();
         }
-        self.io.flush();
+        // The loop waits next: io_uring submits the sends with that wait.
+        self.io.flush_before_wait();
     }
 
     /// Feed every datagram of the batch to the core and queue its forwards;
