@@ -143,8 +143,81 @@ enum Role {
 struct Sockets {
     roles: Vec<Role>,
     listeners: Vec<(SocketAddr, SocketId)>,
-    relays: HashMap<SocketAddr, SocketId>,
+    relays: RelayTable,
     unroutable: u64,
+}
+
+/// Relayed socket by relayed address, looked up for every datagram a client
+/// sends to a peer. Relay sockets bind one address per family (the relay
+/// address's `bind` IP), so the port alone names the socket: a direct-indexed
+/// table per family, no hashing. An address whose slot is taken by another
+/// address (a second IP of a family, which the relay never binds today) goes
+/// to the hashed overflow map, checked only when it is not empty.
+struct RelayTable {
+    v4: Box<[u32]>,
+    v6: Box<[u32]>,
+    /// Which address each occupied slot holds, by socket index.
+    overflow: HashMap<SocketAddr, SocketId>,
+}
+
+const NO_SOCKET: u32 = u32::MAX;
+
+impl RelayTable {
+    fn new() -> RelayTable {
+        RelayTable {
+            v4: vec![NO_SOCKET; 1 << 16].into_boxed_slice(),
+            v6: vec![NO_SOCKET; 1 << 16].into_boxed_slice(),
+            overflow: HashMap::new(),
+        }
+    }
+
+    fn slot(&mut self, addr: SocketAddr) -> &mut u32 {
+        let table = if addr.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        };
+        &mut table[usize::from(addr.port())]
+    }
+
+    /// Remember that `addr`'s relayed socket is `id`; `roles` tells which
+    /// address an occupied slot belongs to.
+    fn insert(&mut self, addr: SocketAddr, id: SocketId, roles: &[Role]) {
+        let slot = self.slot(addr);
+        let taken_by_other = *slot != NO_SOCKET
+            && roles.get(*slot as usize).copied() != Some(Role::Relay(addr))
+            && roles.get(*slot as usize).is_some_and(|r| *r != Role::Free);
+        if taken_by_other {
+            self.overflow.insert(addr, id);
+        } else {
+            *slot = id.0;
+        }
+    }
+
+    fn get(&self, addr: SocketAddr, roles: &[Role]) -> Option<SocketId> {
+        let table = if addr.is_ipv4() { &self.v4 } else { &self.v6 };
+        let id = table[usize::from(addr.port())];
+        if id != NO_SOCKET && roles.get(id as usize) == Some(&Role::Relay(addr)) {
+            return Some(SocketId(id));
+        }
+        if self.overflow.is_empty() {
+            return None;
+        }
+        self.overflow.get(&addr).copied()
+    }
+
+    fn remove(&mut self, addr: SocketAddr, roles: &[Role]) -> Option<SocketId> {
+        if let Some(id) = self.overflow.remove(&addr) {
+            return Some(id);
+        }
+        let slot = self.slot(addr);
+        let id = *slot;
+        if id != NO_SOCKET && roles.get(id as usize) == Some(&Role::Relay(addr)) {
+            *slot = NO_SOCKET;
+            return Some(SocketId(id));
+        }
+        None
+    }
 }
 
 struct Worker<P: PacketIo> {
@@ -173,7 +246,7 @@ impl<P: PacketIo> Worker<P> {
         let mut sockets = Sockets {
             roles: Vec::new(),
             listeners: Vec::new(),
-            relays: HashMap::new(),
+            relays: RelayTable::new(),
             unroutable: 0,
         };
         for socket in setup.listeners {
@@ -435,7 +508,7 @@ impl Sockets {
                 .iter()
                 .find(|(a, _)| *a == addr)
                 .map(|&(_, id)| id),
-            Via::Relay(addr) => self.relays.get(&addr).copied(),
+            Via::Relay(addr) => self.relays.get(addr, &self.roles),
         }
     }
 }
@@ -507,8 +580,9 @@ impl<P: PacketIo> WorkerHost<'_, P> {
     fn adopt(&mut self, addr: SocketAddr, socket: UdpSocket) -> Result<(), BindError> {
         match self.io.add_socket(socket) {
             Ok(id) => {
-                self.sockets.set_role(id, Role::Relay(addr));
-                self.sockets.relays.insert(addr, id);
+                let sockets = &mut *self.sockets;
+                sockets.relays.insert(addr, id, &sockets.roles);
+                sockets.set_role(id, Role::Relay(addr));
                 Ok(())
             }
             Err(e) => {
@@ -520,8 +594,9 @@ impl<P: PacketIo> WorkerHost<'_, P> {
 
     /// Stop receiving on the relay socket bound to `addr` and hand it back.
     fn release(&mut self, addr: SocketAddr) -> Option<UdpSocket> {
-        let id = self.sockets.relays.remove(&addr)?;
-        self.sockets.set_role(id, Role::Free);
+        let sockets = &mut *self.sockets;
+        let id = sockets.relays.remove(addr, &sockets.roles)?;
+        sockets.set_role(id, Role::Free);
         match self.io.remove_socket(id) {
             Ok(socket) => Some(socket),
             Err(e) => {
@@ -572,5 +647,70 @@ impl<P: PacketIo> Host for WorkerHost<'_, P> {
 
     fn release_allocation(&mut self, user: &str) {
         self.shared.release(user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles_for(entries: &[(u32, SocketAddr)]) -> Vec<Role> {
+        let mut roles = vec![Role::Free; 16];
+        for &(id, addr) in entries {
+            roles[id as usize] = Role::Relay(addr);
+        }
+        roles
+    }
+
+    #[test]
+    fn relay_table_finds_sockets_by_address() {
+        let a: SocketAddr = "10.0.0.1:50000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::1]:50000".parse().unwrap();
+        let mut t = RelayTable::new();
+        let roles = roles_for(&[(3, a), (4, b)]);
+        t.insert(a, SocketId(3), &roles);
+        t.insert(b, SocketId(4), &roles);
+        // Same port, other family: its own table.
+        assert_eq!(t.get(a, &roles), Some(SocketId(3)));
+        assert_eq!(t.get(b, &roles), Some(SocketId(4)));
+        assert_eq!(t.get("10.0.0.1:50001".parse().unwrap(), &roles), None);
+        assert!(t.overflow.is_empty());
+        assert_eq!(t.remove(a, &roles), Some(SocketId(3)));
+        let roles = roles_for(&[(4, b)]);
+        assert_eq!(t.get(a, &roles), None);
+        assert_eq!(t.remove(a, &roles), None);
+        assert_eq!(t.get(b, &roles), Some(SocketId(4)));
+    }
+
+    #[test]
+    fn relay_table_keeps_a_second_ip_on_the_same_port_apart() {
+        let a: SocketAddr = "10.0.0.1:50000".parse().unwrap();
+        let c: SocketAddr = "10.0.0.2:50000".parse().unwrap();
+        let mut t = RelayTable::new();
+        let roles = roles_for(&[(1, a), (2, c)]);
+        t.insert(a, SocketId(1), &roles);
+        t.insert(c, SocketId(2), &roles);
+        assert_eq!(t.get(a, &roles), Some(SocketId(1)));
+        assert_eq!(t.get(c, &roles), Some(SocketId(2)));
+        assert_eq!(t.overflow.len(), 1);
+        assert_eq!(t.remove(c, &roles), Some(SocketId(2)));
+        assert_eq!(t.get(a, &roles), Some(SocketId(1)));
+    }
+
+    #[test]
+    fn relay_table_ignores_a_stale_slot() {
+        let a: SocketAddr = "10.0.0.1:50000".parse().unwrap();
+        let mut t = RelayTable::new();
+        let roles = roles_for(&[(1, a)]);
+        t.insert(a, SocketId(1), &roles);
+        // Socket 1 was freed and reused for another address behind the table's back.
+        let other: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let roles = roles_for(&[(1, other)]);
+        assert_eq!(t.get(a, &roles), None);
+        // A freed slot is simply overwritten.
+        let roles = roles_for(&[(5, a)]);
+        t.insert(a, SocketId(5), &roles);
+        assert_eq!(t.get(a, &roles), Some(SocketId(5)));
+        assert!(t.overflow.is_empty());
     }
 }
