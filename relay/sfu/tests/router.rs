@@ -43,7 +43,7 @@ fn one_publisher_to_many_consumers_keeps_upstream_gaps_and_rewrites_headers() {
     }
     let orig: Vec<_> = arrived
         .iter()
-        .map(|b| tern_sfu::rtp::RtpPacket::parse(b).unwrap())
+        .map(|b| rtp::RtpPacket::parse(b).unwrap())
         .collect();
     for i in 0..n {
         let rx = w.rtp_to(TransportId(10 + i));

@@ -3,7 +3,7 @@
 //! collect what the router sends them, and a clock that only moves when a
 //! test moves it.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -187,7 +187,7 @@ impl Rx {
 }
 
 fn vp8_descriptor_len(p: &[u8]) -> usize {
-    tern_sfu::codec::vp8::Descriptor::parse(p).unwrap().len
+    codec::vp8::Descriptor::parse(p).unwrap().len
 }
 
 /// One outgoing RTP stream of the publisher (one simulcast encoding).
