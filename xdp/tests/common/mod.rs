@@ -180,7 +180,10 @@ pub struct Netns {
 impl Netns {
     pub fn new(tag: &str) -> Netns {
         let name = format!("txdp-{}-{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         sh(&["ip", "netns", "add", &name]);
         let ns = Netns { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
