@@ -6,6 +6,9 @@
 #   redis-server  the load-registry test (relay/tern/tests/registry.rs)
 #   ShellCheck    the tuning suite lints its scripts with it
 #   python3 aioice  tests/interop/aioice_relay.py
+#   clang libelf-dev zlib1g-dev pkg-config make linux-libc-dev libbpf-dev
+#                 build the XDP pre-filter (xdp/: clang -target bpf, the UAPI and
+#                 bpf_helpers.h headers; libbpf-sys's vendored libbpf needs libelf/zlib)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -15,6 +18,13 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v ip >/dev/null || need+=(iproute2)
+command -v clang >/dev/null || need+=(clang)
+command -v make >/dev/null || need+=(make)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+[[ -e /usr/include/gelf.h ]] || need+=(libelf-dev)
+[[ -e /usr/include/zlib.h ]] || need+=(zlib1g-dev)
+[[ -e /usr/include/linux/bpf.h ]] || need+=(linux-libc-dev)
+[[ -e /usr/include/bpf/bpf_helpers.h ]] || need+=(libbpf-dev)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
@@ -29,5 +39,5 @@ if ! python3 -c 'import aioice' 2>/dev/null; then
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages aioice
 fi
 
-command -v turnutils_uclient turnutils_peer redis-server shellcheck
+command -v turnutils_uclient turnutils_peer redis-server shellcheck clang
 python3 -c 'import aioice; print("aioice", getattr(aioice, "__version__", "?"))'

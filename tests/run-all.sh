@@ -15,7 +15,9 @@ fi
 # TERN_REQUIRE_INTEROP=1). TERN_NO_INSTALL=1 never installs.
 if [[ $EUID -eq 0 && -z "${TERN_NO_INSTALL:-}" ]]; then
     if ! command -v turnutils_uclient >/dev/null || ! command -v redis-server >/dev/null \
-        || ! command -v shellcheck >/dev/null || ! python3 -c 'import aioice' 2>/dev/null; then
+        || ! command -v shellcheck >/dev/null || ! python3 -c 'import aioice' 2>/dev/null \
+        || ! command -v clang >/dev/null || [[ ! -e /usr/include/bpf/bpf_helpers.h ]] \
+        || [[ ! -e /usr/include/gelf.h ]]; then
         tests/install-deps.sh
     fi
 fi
