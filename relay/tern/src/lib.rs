@@ -245,6 +245,7 @@ impl Relay {
                 drain_timeout: Duration::from_secs(config.drain_timeout),
                 alternate_server: config.alternate_server,
                 admin_token: config.admin_token.clone(),
+                backend_reason: selection.reason.clone(),
                 registry_wake: registry.is_some().then_some(registry_wake),
             },
             notifier,

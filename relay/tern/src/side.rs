@@ -111,6 +111,8 @@ impl WorkerLink {
 pub(crate) struct Side {
     pub(crate) links: Vec<WorkerLink>,
     pub(crate) backend: BackendKind,
+    /// Why the packet I/O back end was chosen (the probe's sentence).
+    backend_reason: String,
     capacity: Option<usize>,
     drain_timeout: Duration,
     alternate_server: Option<SocketAddr>,
@@ -185,6 +187,8 @@ pub(crate) struct SideConfig {
     pub(crate) drain_timeout: Duration,
     pub(crate) alternate_server: Option<SocketAddr>,
     pub(crate) admin_token: Option<String>,
+    /// Why the packet I/O back end was chosen, for `tern_io_backend_info`.
+    pub(crate) backend_reason: String,
     /// The registry thread's wake-up channel, when `registry-url` is set.
     pub(crate) registry_wake: Option<Sender<()>>,
 }
@@ -200,6 +204,7 @@ impl Side {
         Side {
             links,
             backend,
+            backend_reason: config.backend_reason,
             capacity: (config.capacity != 0).then_some(config.capacity),
             drain_timeout: config.drain_timeout,
             alternate_server: config.alternate_server,
@@ -373,6 +378,7 @@ impl Side {
         let allocations = s.collected.totals().allocations;
         let mut out = s.collected.render_prometheus(&Exposition {
             backend: self.backend,
+            backend_reason: &self.backend_reason,
             state: s.lifecycle.as_str(),
             states: &states,
             allocations,
@@ -635,6 +641,7 @@ mod tests {
                 drain_timeout: Duration::from_secs(60),
                 alternate_server: None,
                 admin_token: None,
+                backend_reason: "forced".to_owned(),
                 registry_wake: None,
             },
             Some(notifier),
