@@ -1258,7 +1258,15 @@ impl Consumer {
                 return None;
             }
             if let Some(tid) = info.temporal_layer {
-                if info.frame_start && !switched {
+                if info.key_frame_start {
+                    // A key frame is never filtered out, whatever layer it
+                    // claims: every later frame depends on it.
+                    let want = self.target_temporal.max(tid);
+                    if want != self.current_temporal {
+                        self.current_temporal = want;
+                        switched = true;
+                    }
+                } else if info.frame_start {
                     if self.target_temporal < self.current_temporal {
                         self.current_temporal = self.target_temporal;
                         switched = true;

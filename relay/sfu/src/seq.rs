@@ -128,11 +128,26 @@ impl SeqMapper {
         self.next_out
     }
 
+    /// The offset for an input, or `None` when it is before the run, older
+    /// than the history, or one of the inputs dropped on purpose (those must
+    /// never come out later: their slots belong to the inputs after them).
     fn base_for(&self, ext: u64) -> Option<u16> {
-        (0..self.len)
-            .map(|i| self.segments[(self.head + SEGMENTS - i) % SEGMENTS])
-            .find(|s| s.start <= ext)
-            .map(|s| s.base)
+        let mut newer: Option<Segment> = None;
+        for i in 0..self.len {
+            let s = self.segments[(self.head + SEGMENTS - i) % SEGMENTS];
+            if s.start <= ext {
+                if let Some(n) = newer {
+                    // The inputs dropped just before `n` starts.
+                    let dropped = u64::from(s.base.wrapping_sub(n.base));
+                    if ext + dropped >= n.start {
+                        return None;
+                    }
+                }
+                return Some(s.base);
+            }
+            newer = Some(s);
+        }
+        None
     }
 }
 
@@ -244,6 +259,11 @@ mod tests {
         // A drop of an old packet cannot shift what is already out.
         m.drop(s(9));
         assert_eq!(m.map(s(15)), Some(s(3)));
+        // A packet dropped on purpose never maps later (a late duplicate, or
+        // a layer raised since): its slot went to the packet after it.
+        assert_eq!(m.map(s(12)), None);
+        assert_eq!(m.map(s(13)), None);
+        assert_eq!(m.map(s(11)), Some(s(1)));
     }
 
     #[test]
