@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+mod loss;
 mod output;
 mod retransmit;
 mod router;
@@ -33,7 +34,8 @@ pub use output::{Output, PacketKind, Transmit};
 pub use retransmit::RetransmitBuffer;
 pub use router::{
     ConsumerId, ConsumerParams, EncodingParams, Event, KeyFrameRequest, MediaKind, ProducerId,
-    ProducerParams, Router, RouterConfig, RouterError, TransportId, MAX_ENCODINGS, TICK,
+    ProducerParams, Router, RouterConfig, RouterError, TransportId, MAX_ENCODINGS, RR_INTERVAL,
+    TICK,
 };
 pub use stats::{ConsumerStats, DropReason, EncodingStats, RouterStats};
 pub use types::{ExtSeq, PayloadType, SeqNo, SeqUnwrapper, Ssrc};

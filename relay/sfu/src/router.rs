@@ -21,6 +21,7 @@ use ahash::AHashMap;
 use tracing::{debug, trace};
 
 use crate::codec::{Codec, FrameInfo};
+use crate::loss::{Arrival, MissingList};
 use crate::output::{Output, PacketKind};
 use crate::retransmit::RetransmitBuffer;
 use crate::rtcp::{self, ReportBlock, RtcpPacket, SenderInfo};
@@ -35,6 +36,8 @@ pub const MAX_ENCODINGS: usize = 8;
 pub const TICK: Duration = Duration::from_millis(100);
 /// Sent packets a consumer remembers for answering NACKs (a power of two).
 const HISTORY: usize = 1024;
+/// How often the router sends receiver reports to each producer.
+pub const RR_INTERVAL: Duration = Duration::from_secs(1);
 /// Recent SRs a consumer remembers for RTT from LSR/DLSR.
 const SR_MEMORY: usize = 4;
 const NO_PT: u8 = 0xFF;
@@ -99,6 +102,8 @@ pub struct RouterConfig {
     pub max_packet_size: usize,
     /// Events kept until polled; beyond that they are counted and dropped.
     pub event_capacity: usize,
+    /// Interval between NACKs for the same missing upstream packet.
+    pub nack_retry_interval: Duration,
 }
 
 impl Default for RouterConfig {
@@ -110,6 +115,7 @@ impl Default for RouterConfig {
             encoding_inactive_after: Duration::from_secs(1),
             max_packet_size: 1500,
             event_capacity: 1024,
+            nack_retry_interval: Duration::from_millis(100),
         }
     }
 }
@@ -149,6 +155,9 @@ pub struct ProducerParams {
     pub key_frame_request: KeyFrameRequest,
     /// Retransmission buffer size in packets per encoding (0: no NACK answers).
     pub retransmit_capacity: usize,
+    /// The producer answers generic NACKs (`a=rtcp-fb:* nack`): the router
+    /// NACKs packets missing upstream.
+    pub nack: bool,
 }
 
 /// What a consumer receives.
@@ -250,6 +259,9 @@ pub struct Router {
     next_tick: Option<Instant>,
     /// Something asked for work before the next tick (a key frame request).
     urgent: bool,
+    /// Earliest upstream NACK due, if any packet is missing.
+    nack_due: Option<Instant>,
+    next_rr: Option<Instant>,
 }
 
 impl Router {
@@ -268,6 +280,8 @@ impl Router {
             last_now: None,
             next_tick: None,
             urgent: false,
+            nack_due: None,
+            next_rr: None,
         }
     }
 
@@ -319,6 +333,7 @@ impl Router {
             mid_extension_id: params.mid_extension_id,
             mid: params.mid.map(|m| m.into_bytes().into_boxed_slice()),
             key_frame_request: params.key_frame_request,
+            nack: params.nack,
             consumers: Vec::new(),
         };
         let id = ProducerId(self.producers.insert(producer));
@@ -560,6 +575,7 @@ impl Router {
             events,
             stats,
             config,
+            nack_due,
             ..
         } = self;
         let Some(producer) = producers.get_mut(pid.0) else {
@@ -570,7 +586,14 @@ impl Router {
         }
         let info = producer.codec.frame_info(pkt.payload());
         let clock_rate = producer.clock_rate;
-        producer.encodings[enc_idx].on_packet(now, epoch, clock_rate, &pkt, info);
+        let nack = producer.nack;
+        let encoding = &mut producer.encodings[enc_idx];
+        let missing_before = encoding.missing.len();
+        encoding.on_packet(now, epoch, clock_rate, &pkt, info, nack);
+        if encoding.missing.len() > missing_before {
+            let due = now + crate::loss::REORDER_GRACE;
+            *nack_due = Some(nack_due.map_or(due, |d| d.min(due)));
+        }
 
         let mut forwarded = 0;
         for &cid in &producer.consumers {
@@ -666,7 +689,10 @@ impl Router {
         if self.urgent {
             return self.last_now.or(self.next_tick);
         }
-        self.next_tick
+        match (self.next_tick, self.nack_due) {
+            (Some(t), Some(n)) => Some(t.min(n)),
+            (t, n) => t.or(n),
+        }
     }
 
     /// Periodic work: choose consumers' target encodings by which encodings
@@ -680,17 +706,32 @@ impl Router {
             self.retarget(now);
         }
         self.urgent = false;
+        let rr_due = !matches!(self.next_rr, Some(t) if now < t);
+        if rr_due {
+            self.next_rr = Some(now + RR_INTERVAL);
+        }
         let Router {
             producers,
             stats,
             config,
+            nack_due,
             ..
         } = self;
+        *nack_due = None;
         for (_, p) in producers.iter_mut() {
             for i in 0..p.encodings.len() {
                 if p.encodings[i].key_frame_wanted {
                     request_key_frame(p, i, now, out, stats, config);
                 }
+                if p.nack {
+                    send_upstream_nack(p, i, now, out, stats, config);
+                    if let Some(due) = p.encodings[i].missing.next_due(config.nack_retry_interval) {
+                        *nack_due = Some(nack_due.map_or(due, |d| d.min(due)));
+                    }
+                }
+            }
+            if rr_due {
+                send_receiver_report(p, now, out, stats, config);
             }
         }
     }
@@ -1024,6 +1065,7 @@ struct Producer {
     mid_extension_id: Option<u8>,
     mid: Option<Box<[u8]>>,
     key_frame_request: KeyFrameRequest,
+    nack: bool,
     consumers: Vec<ConsumerId>,
 }
 
@@ -1046,6 +1088,12 @@ struct Encoding {
     key_frame_wanted: bool,
     last_key_frame_request: Option<Instant>,
     fir_seq: u8,
+    missing: MissingList,
+    nacks_sent: u64,
+    recovered: u64,
+    /// Expected and received at the previous RR (for its fraction lost).
+    expected_prior: u64,
+    received_prior: u64,
 }
 
 impl Encoding {
@@ -1067,6 +1115,11 @@ impl Encoding {
             key_frame_wanted: false,
             last_key_frame_request: None,
             fir_seq: 0,
+            missing: MissingList::new(),
+            nacks_sent: 0,
+            recovered: 0,
+            expected_prior: 0,
+            received_prior: 0,
         }
     }
 
@@ -1081,8 +1134,13 @@ impl Encoding {
         clock_rate: u32,
         pkt: &RtpPacket<'_>,
         info: FrameInfo,
+        nack: bool,
     ) {
+        let highest_before = self.unwrap.highest();
         let ext = self.unwrap.unwrap(pkt.seq());
+        if nack && self.missing.on_packet(ext, highest_before, now) == Arrival::Recovered {
+            self.recovered += 1;
+        }
         self.first_ext = Some(self.first_ext.map_or(ext.get(), |f| f.min(ext.get())));
         self.packets += 1;
         self.bytes += pkt.as_bytes().len() as u64;
@@ -1105,19 +1163,60 @@ impl Encoding {
         self.buffer.insert(ext, pkt.as_bytes(), now);
     }
 
-    fn stats(&self) -> EncodingStats {
-        let expected = match (self.first_ext, self.unwrap.highest()) {
+    fn expected(&self) -> u64 {
+        match (self.first_ext, self.unwrap.highest()) {
             (Some(first), Some(h)) => h.get() - first + 1,
             _ => 0,
-        };
+        }
+    }
+
+    fn stats(&self) -> EncodingStats {
         EncodingStats {
             ssrc: self.ssrc(),
             packets: self.packets,
             bytes: self.bytes,
-            lost: expected as i64 - self.packets as i64,
+            lost: self.expected() as i64 - self.packets as i64,
             jitter: self.jitter_q4 >> 4,
             key_frames: self.key_frames,
+            nacks_sent: self.nacks_sent,
+            recovered: self.recovered,
         }
+    }
+
+    /// An RFC 3550 §6.4.1 reception report block for this encoding, and the
+    /// bookkeeping for the next one's fraction lost.
+    fn report_block(&mut self, now: Instant) -> Option<ReportBlock> {
+        let ssrc = self.ssrc()?;
+        let highest = self.unwrap.highest()?;
+        let expected = self.expected();
+        let expected_interval = expected - self.expected_prior.min(expected);
+        let received_interval = self.packets - self.received_prior.min(self.packets);
+        self.expected_prior = expected;
+        self.received_prior = self.packets;
+        let lost_interval = expected_interval as i64 - received_interval as i64;
+        let fraction_lost = if expected_interval == 0 || lost_interval <= 0 {
+            0
+        } else {
+            ((lost_interval << 8) / expected_interval as i64).min(255) as u8
+        };
+        let (last_sr, delay_since_last_sr) = match self.last_sr {
+            Some((info, at)) => (
+                info.compact_ntp(),
+                ticks(now.saturating_duration_since(at), 65_536),
+            ),
+            None => (0, 0),
+        };
+        Some(ReportBlock {
+            ssrc,
+            fraction_lost,
+            cumulative_lost: (expected as i64 - self.packets as i64).clamp(-0x80_0000, 0x7F_FFFF)
+                as i32,
+            // The unwrapper starts at cycle 1; RTCP counts cycles from 0.
+            highest_seq: highest.get().saturating_sub(1 << 16) as u32,
+            jitter: self.jitter_q4 >> 4,
+            last_sr,
+            delay_since_last_sr,
+        })
     }
 }
 
@@ -1189,6 +1288,74 @@ fn request_key_frame(
         stats.key_frame_requests_sent += 1;
     } else {
         e.key_frame_wanted = true;
+        count(stats, DropReason::OutputFull);
+    }
+}
+
+/// NACK the packets of encoding `enc` that are missing upstream and due.
+fn send_upstream_nack(
+    p: &mut Producer,
+    enc: usize,
+    now: Instant,
+    out: &mut Output,
+    stats: &mut RouterStats,
+    config: &RouterConfig,
+) {
+    let e = &mut p.encodings[enc];
+    let Some(media) = e.ssrc() else {
+        return;
+    };
+    if !e.missing.any_due(now, config.nack_retry_interval) {
+        return;
+    }
+    let sender = config.feedback_ssrc;
+    let mut nacked = 0;
+    let written = out.push(p.transport, PacketKind::Rtcp, None, |slot| {
+        let n = rtcp::write_receiver_report(slot, sender, &[]).ok()?;
+        let mut b = rtcp::NackBuilder::new(&mut slot[n..], sender, media);
+        nacked = e.missing.take_due(
+            now,
+            config.nack_retry_interval,
+            config.retransmit_max_age,
+            |seq| b.push(seq),
+        );
+        let m = b.finish();
+        (m > 0).then_some(n + m)
+    });
+    if written {
+        e.nacks_sent += nacked as u64;
+        stats.upstream_nacks_sent += 1;
+    } else if out.is_full() {
+        count(stats, DropReason::OutputFull);
+    }
+}
+
+/// Send the producer a receiver report with a block per encoding heard from.
+fn send_receiver_report(
+    p: &mut Producer,
+    now: Instant,
+    out: &mut Output,
+    stats: &mut RouterStats,
+    config: &RouterConfig,
+) {
+    let mut blocks = [ReportBlock::default(); MAX_ENCODINGS];
+    let mut n = 0;
+    for e in p.encodings.iter_mut() {
+        if let Some(b) = e.report_block(now) {
+            blocks[n] = b;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    let sender = config.feedback_ssrc;
+    let written = out.push(p.transport, PacketKind::Rtcp, None, |slot| {
+        rtcp::write_receiver_report(slot, sender, &blocks[..n]).ok()
+    });
+    if written {
+        stats.receiver_reports_sent += 1;
+    } else {
         count(stats, DropReason::OutputFull);
     }
 }

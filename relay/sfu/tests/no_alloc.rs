@@ -1,6 +1,6 @@
 //! The forwarding path allocates nothing: RTP fan-out to many consumers,
 //! simulcast switches, temporal filtering, NACK answers, SR rewrites,
-//! PLI forwarding and timers all run with zero heap allocations once the
+//! PLI forwarding, upstream NACKs, receiver reports and timers all run with zero heap allocations once the
 //! router is set up.
 //!
 //! Its own test binary, so the counting global allocator sees only this test.
@@ -109,6 +109,9 @@ fn forwarding_path_does_not_allocate() {
             pkts.extend(s.frame(key, 3, Some((f % 2) as u8), f % 4 == 1));
         }
         pkts.extend(audio.frame(false, 1, None, false));
+        if f % 7 == 3 {
+            pkts.remove(1); // lost upstream: NACKed by the router
+        }
         frames.push(pkts);
     }
     let nacks: Vec<_> = (0..CONSUMERS)
@@ -165,6 +168,7 @@ fn forwarding_path_does_not_allocate() {
     );
     assert!(st.retransmitted > 0 && st.sender_reports_forwarded > 0);
     assert!(st.key_frame_requests_sent > 0);
+    assert!(st.upstream_nacks_sent > 0 && st.receiver_reports_sent > 0);
     assert!(events > 0, "layer switches happened");
     let switches: u64 = ids
         .iter()

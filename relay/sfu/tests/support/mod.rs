@@ -327,6 +327,7 @@ pub fn video_producer(codec: Codec, ssrcs: &[u32]) -> ProducerParams {
         mid: None,
         key_frame_request: KeyFrameRequest::Pli,
         retransmit_capacity: 512,
+        nack: true,
     }
 }
 
@@ -346,6 +347,7 @@ pub fn audio_producer(ssrc: u32) -> ProducerParams {
         mid: None,
         key_frame_request: KeyFrameRequest::Pli,
         retransmit_capacity: 0,
+        nack: false,
     }
 }
 
