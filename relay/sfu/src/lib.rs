@@ -10,6 +10,7 @@
 //! * [`seq`]: per-consumer sequence number and timestamp continuity.
 //! * [`RetransmitBuffer`]: a producer encoding's last packets, for NACKs.
 //! * [`Router`]: producers, consumers, simulcast, RTCP; see `API.md`.
+//! * [`srtp`]: SRTP/SRTCP in place (AES_CM_128_HMAC_SHA1_80, AEAD_AES_128_GCM).
 //!
 //! Owns: all of the above. Must not touch: sockets, threads, clocks, the
 //! filesystem. Bytes and `now` come in; transmits (into the caller's
@@ -26,6 +27,7 @@ mod router;
 pub mod rtcp;
 pub mod rtp;
 pub mod seq;
+pub mod srtp;
 mod stats;
 mod types;
 

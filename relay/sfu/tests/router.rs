@@ -796,7 +796,10 @@ fn upstream_nacks(w: &World) -> Vec<u16> {
 #[test]
 fn upstream_losses_are_nacked_retried_and_repaired_for_consumers() {
     let mut w = World::new();
-    let p = w.router.add_producer(video_producer(Codec::Vp8, &[0x5])).unwrap();
+    let p = w
+        .router
+        .add_producer(video_producer(Codec::Vp8, &[0x5]))
+        .unwrap();
     w.add_consumer(consumer(p, 10, 0x50)).unwrap();
     let mut s = Stream::new(Codec::Vp8, 0x5, 0, 65_534, 0);
     let mut lost = Vec::new();
@@ -823,7 +826,11 @@ fn upstream_losses_are_nacked_retried_and_repaired_for_consumers() {
     assert_eq!(upstream_nacks(&w), vec![2, 2], "repaired: no more NACKs");
     let rx = w.rtp_to(TransportId(10));
     let mut seqs: Vec<u16> = rx.iter().map(|r| r.seq).collect();
-    assert_eq!(*seqs.last().unwrap(), 1004, "the late packet filled slot 1004");
+    assert_eq!(
+        *seqs.last().unwrap(),
+        1004,
+        "the late packet filled slot 1004"
+    );
     seqs.sort_unstable();
     assert_eq!(seqs, (1000..1012).collect::<Vec<_>>());
     let es = w.router.producer_stats(p).unwrap().next().unwrap();
@@ -833,7 +840,10 @@ fn upstream_losses_are_nacked_retried_and_repaired_for_consumers() {
 #[test]
 fn producers_get_receiver_reports_with_loss_jitter_and_lsr() {
     let mut w = World::new();
-    let p = w.router.add_producer(video_producer(Codec::Vp8, &[0x5, 0x6])).unwrap();
+    let p = w
+        .router
+        .add_producer(video_producer(Codec::Vp8, &[0x5, 0x6]))
+        .unwrap();
     w.add_consumer(consumer(p, 10, 0x50)).unwrap();
     let mut s = Stream::new(Codec::Vp8, 0x5, 0, 100, 0);
     // 20 packets sent, 5 lost and never repaired (beyond the NACK tries).
@@ -857,10 +867,20 @@ fn producers_get_receiver_reports_with_loss_jitter_and_lsr() {
         }
     }
     // The first RR after the SR; the silent encoding 0x6 has no block.
-    let b = blocks.iter().find(|b| b.last_sr != 0).expect("an RR with LSR");
+    let b = blocks
+        .iter()
+        .find(|b| b.last_sr != 0)
+        .expect("an RR with LSR");
     assert_eq!(b.ssrc.get(), 0x5);
-    assert_eq!(b.highest_seq, 100 + 18, "seq 119 was lost, 118 is the highest");
-    assert_eq!(b.cumulative_lost, 4, "103, 107, 111, 115 (119 is past the highest)");
+    assert_eq!(
+        b.highest_seq,
+        100 + 18,
+        "seq 119 was lost, 118 is the highest"
+    );
+    assert_eq!(
+        b.cumulative_lost, 4,
+        "103, 107, 111, 115 (119 is past the highest)"
+    );
     assert_eq!(b.last_sr, (ntp >> 16) as u32);
     assert!(b.delay_since_last_sr > 0 && b.delay_since_last_sr <= 65_536);
     assert!(blocks.iter().all(|b| b.ssrc.get() == 0x5));
