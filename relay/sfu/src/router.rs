@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 use tracing::{debug, trace};
 
-use crate::codec::{Codec, FrameInfo};
+use crate::codec::{vp8, Codec, FrameInfo};
 use crate::loss::{Arrival, MissingList};
 use crate::output::{Output, PacketKind};
 use crate::retransmit::RetransmitBuffer;
 use crate::rtcp::{self, ReportBlock, RtcpPacket, SenderInfo};
 use crate::rtp::{RtpHeaderMut, RtpPacket};
-use crate::seq::{ticks, SeqMapper, TimestampMapper};
+use crate::seq::{ticks, SeqMapper, TimestampMapper, WrapMapper};
 use crate::stats::{ConsumerStats, DropReason, EncodingStats, RouterStats};
 use crate::types::{PayloadType, SeqNo, SeqUnwrapper, Ssrc};
 
@@ -419,6 +419,7 @@ impl Router {
             seq: SeqMapper::new(params.initial_seq),
             ts: TimestampMapper::new(producer.clock_rate, params.initial_timestamp),
             needs_sync: true,
+            vp8: (producer.codec == Codec::Vp8).then(Vp8Continuity::default),
             history: vec![HistoryEntry::default(); HISTORY].into_boxed_slice(),
             sr_sent: [(0, None); SR_MEMORY],
             sr_next: 0,
@@ -600,7 +601,14 @@ impl Router {
             let Some(c) = consumers.get_mut(cid.0) else {
                 continue;
             };
-            let Some((seq, ts, switched)) = c.decide(enc_idx, &pkt, info, now) else {
+            let Some(Forward {
+                seq,
+                ts,
+                switched,
+                picture_id,
+                tl0_pic_idx,
+            }) = c.decide(enc_idx, &pkt, info, now)
+            else {
                 continue;
             };
             if switched {
@@ -616,10 +624,17 @@ impl Router {
                 in_seq: pkt.seq().get(),
                 encoding: enc_idx as u8,
                 ts_offset: c.ts.offset(),
+                picture_id: picture_id.map_or(NONE16, |p| p),
+                tl0_pic_idx: tl0_pic_idx.map_or(NONE16, u16::from),
             };
             let ssrc = c.ssrc;
+            let header = pkt.header_len();
             let written = out.push(c.transport, PacketKind::Rtp, Some(cid), |slot| {
-                rewrite_into(slot, packet, ssrc, seq, ts, pt)
+                let n = rewrite_into(slot, packet, ssrc, seq, ts, pt)?;
+                if picture_id.is_some() || tl0_pic_idx.is_some() {
+                    vp8::rewrite(&mut slot[header..n], picture_id, tl0_pic_idx);
+                }
+                Some(n)
             });
             if written {
                 forwarded += 1;
@@ -993,8 +1008,15 @@ impl Router {
             };
             let ts = orig.timestamp().wrapping_add(entry.ts_offset);
             let ssrc = c.ssrc;
+            let header = orig.header_len();
+            let picture_id = (entry.picture_id != NONE16).then_some(entry.picture_id);
+            let tl0_pic_idx = (entry.tl0_pic_idx != NONE16).then_some(entry.tl0_pic_idx as u8);
             let written = out.push(c.transport, PacketKind::Rtp, Some(cid), |slot| {
-                rewrite_into(slot, original, ssrc, seq, ts, pt)
+                let n = rewrite_into(slot, original, ssrc, seq, ts, pt)?;
+                if picture_id.is_some() || tl0_pic_idx.is_some() {
+                    vp8::rewrite(&mut slot[header..n], picture_id, tl0_pic_idx);
+                }
+                Some(n)
             });
             if written {
                 c.stats.retransmitted += 1;
@@ -1362,6 +1384,9 @@ fn send_receiver_report(
 
 // ------------------------------------------------------------ consumer ----
 
+/// "No value" in the u16 fields of a history entry.
+const NONE16: u16 = u16::MAX;
+
 #[derive(Clone, Copy, Debug, Default)]
 struct HistoryEntry {
     valid: bool,
@@ -1369,6 +1394,94 @@ struct HistoryEntry {
     in_seq: u16,
     encoding: u8,
     ts_offset: u32,
+    /// The VP8 PictureID and TL0PICIDX it was sent with (`NONE16`: none).
+    picture_id: u16,
+    tl0_pic_idx: u16,
+}
+
+/// What to send for one forwarded packet.
+#[derive(Clone, Copy, Debug)]
+struct Forward {
+    seq: SeqNo,
+    ts: u32,
+    /// The consumer's layers changed with this packet.
+    switched: bool,
+    /// VP8 PictureID and TL0PICIDX to write (continuous across switches and
+    /// dropped temporal layers, like the sequence numbers).
+    picture_id: Option<u16>,
+    tl0_pic_idx: Option<u8>,
+}
+
+/// VP8 PictureID and TL0PICIDX continuity of one consumer.
+#[derive(Clone, Debug, Default)]
+struct Vp8Continuity {
+    picture_id: Option<WrapMapper>,
+    tl0_offset: u8,
+    last_tl0_out: Option<u8>,
+}
+
+impl Vp8Continuity {
+    /// A new run starts with this packet.
+    fn sync(&mut self, info: &FrameInfo) {
+        if let Some((pid, long)) = info.picture_id {
+            let bits = if long { 15 } else { 7 };
+            let first = self
+                .picture_id
+                .as_ref()
+                .map_or(u64::from(pid), WrapMapper::next_out);
+            let m = self
+                .picture_id
+                .get_or_insert_with(|| WrapMapper::new(bits, first));
+            if m.bits() != bits {
+                *m = WrapMapper::new(bits, first);
+            }
+            m.sync(u64::from(pid));
+        }
+        if let Some(t) = info.tl0_pic_idx {
+            self.tl0_offset = self
+                .last_tl0_out
+                .map_or(0, |l| l.wrapping_add(1).wrapping_sub(t));
+        }
+    }
+
+    /// A packet of a frame left out on purpose.
+    fn drop(&mut self, info: &FrameInfo) {
+        if let (Some(m), Some((pid, _))) = (self.picture_id.as_mut(), info.picture_id) {
+            m.drop(u64::from(pid));
+        }
+    }
+
+    /// The values to write, or `Err` when the PictureID cannot be placed.
+    #[allow(clippy::type_complexity)]
+    fn map(&mut self, info: &FrameInfo) -> Result<(Option<u16>, Option<u8>), ()> {
+        let pid = match (self.picture_id.as_mut(), info.picture_id) {
+            (Some(m), Some((pid, long))) if m.bits() == if long { 15 } else { 7 } => {
+                Some(m.map(u64::from(pid)).ok_or(())? as u16)
+            }
+            _ => None,
+        };
+        let tl0 = info.tl0_pic_idx.map(|t| {
+            let out = t.wrapping_add(self.tl0_offset);
+            if self.last_tl0_out.is_none_or_older(out) {
+                self.last_tl0_out = Some(out);
+            }
+            out
+        });
+        Ok((pid, tl0))
+    }
+}
+
+trait NoneOrOlder {
+    fn is_none_or_older(&self, v: u8) -> bool;
+}
+
+impl NoneOrOlder for Option<u8> {
+    fn is_none_or_older(&self, v: u8) -> bool {
+        match *self {
+            None => true,
+            Some(l) => (v.wrapping_sub(l) as i8) > 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -1389,6 +1502,8 @@ struct Consumer {
     ts: TimestampMapper,
     /// The next forwarded packet starts a new run (first packet, resume).
     needs_sync: bool,
+    /// VP8 descriptor continuity (VP8 producers only).
+    vp8: Option<Vp8Continuity>,
     history: Box<[HistoryEntry]>,
     sr_sent: [(u32, Option<Instant>); SR_MEMORY],
     sr_next: usize,
@@ -1396,15 +1511,14 @@ struct Consumer {
 }
 
 impl Consumer {
-    /// Whether to send this packet, and as what: (seq, timestamp, whether
-    /// the layers changed with it).
+    /// Whether to send this packet, and as what.
     fn decide(
         &mut self,
         enc: usize,
         pkt: &RtpPacket<'_>,
         info: FrameInfo,
         now: Instant,
-    ) -> Option<(SeqNo, u32, bool)> {
+    ) -> Option<Forward> {
         if self.paused {
             return None;
         }
@@ -1448,6 +1562,9 @@ impl Consumer {
                 }
                 if tid > self.current_temporal {
                     self.seq.drop(pkt.seq());
+                    if let Some(v) = self.vp8.as_mut() {
+                        v.drop(&info);
+                    }
                     self.stats.dropped_temporal += 1;
                     return None;
                 }
@@ -1459,15 +1576,32 @@ impl Consumer {
         if self.needs_sync {
             self.seq.sync(pkt.seq());
             self.ts.sync(pkt.timestamp(), now);
+            if let Some(v) = self.vp8.as_mut() {
+                v.sync(&info);
+            }
             self.needs_sync = false;
         }
+        let (picture_id, tl0_pic_idx) = match self.vp8.as_mut().map(|v| v.map(&info)) {
+            Some(Ok(values)) => values,
+            Some(Err(())) => {
+                self.stats.too_old += 1;
+                return None;
+            }
+            None => (None, None),
+        };
         let Some(seq) = self.seq.map(pkt.seq()) else {
             self.stats.too_old += 1;
             return None;
         };
         let ts = self.ts.map(pkt.timestamp(), now);
         self.stats.spatial_layer = self.current_spatial.map(|s| s as u8);
-        Some((seq, ts, switched))
+        Some(Forward {
+            seq,
+            ts,
+            switched,
+            picture_id,
+            tl0_pic_idx,
+        })
     }
 
     fn layers_event(&self, id: ConsumerId) -> Event {

@@ -169,6 +169,9 @@ fn simulcast_switches_exactly_on_key_frames_and_asks_for_them() {
         })
         .collect();
     assert_eq!(ev, vec![2, 0, 2]);
+    // The three encodings number their pictures differently; the consumer
+    // sees one continuous PictureID sequence across both switches.
+    assert_vp8_continuous(&rx);
     let cs = w.router.consumer_stats(c).unwrap();
     assert_eq!(cs.layer_switches, 3);
     assert_eq!(cs.spatial_layer, Some(2));
@@ -247,6 +250,9 @@ fn vp8_temporal_layers_are_filtered_without_gaps_and_raised_at_sync_frames() {
     want.extend(9..24);
     assert_eq!(frames, want);
     assert_contiguous(&rx);
+    // PictureIDs and TL0PICIDX stay continuous although frames were left out.
+    assert_vp8_continuous(&rx);
+    assert_vp8_continuous(&all);
     let cs = w.router.consumer_stats(low).unwrap();
     // Frames 1, 2, 3, 5, 6 and 7, two packets each.
     assert_eq!(cs.dropped_temporal, 2 * 6);
@@ -533,7 +539,7 @@ fn sender_reports_are_rewritten_per_consumer_and_receiver_reports_give_rtt() {
             s.ts.wrapping_sub(1_000_000).wrapping_add(base)
         );
         assert_eq!(i.packet_count, 10);
-        assert_eq!(i.octet_count, 10 * 48);
+        assert_eq!(i.octet_count, 10 * 51);
     }
     assert!(
         w.rtcp_to(TransportId(12)).is_empty(),
