@@ -66,7 +66,7 @@ pub fn stream_frames(data: &[u8]) {
     let whole_end = loop {
         match framing::frame_len(&stream[at..], MAX) {
             Ok(framing::Frame::Complete(n)) => {
-                assert!(n >= 4 && n <= MAX && at + n <= stream.len());
+                assert!((4..=MAX).contains(&n) && at + n <= stream.len());
                 whole.push(&stream[at..at + n]);
                 at += n;
             }
