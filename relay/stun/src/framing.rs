@@ -176,7 +176,10 @@ mod tests {
         // A TLS ClientHello on a plain TCP port: its first byte (0x16) looks
         // like STUN, its missing magic cookie does not.
         assert_eq!(
-            frame_len(&[0x16, 0x03, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03], 1500),
+            frame_len(
+                &[0x16, 0x03, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03],
+                1500
+            ),
             Err(FrameError::BadMagicCookie)
         );
         assert_eq!(

@@ -414,6 +414,8 @@ impl Sockets {
                 .find(|(a, _)| *a == addr)
                 .map(|&(_, id)| id),
             Via::Relay(addr) => self.relays.get(&addr).copied(),
+            // Stream clients are written by the stream module, never a UDP socket.
+            Via::Stream(_) => None,
         }
     }
 }

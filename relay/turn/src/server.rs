@@ -57,6 +57,10 @@ pub enum Via {
     Listener(SocketAddr),
     /// A relay socket (towards peers).
     Relay(SocketAddr),
+    /// The TCP or TLS connection accepted on this listening address from the
+    /// destination (towards a stream client; the bytes are one whole frame,
+    /// ChannelData already padded to 4 bytes).
+    Stream(SocketAddr),
 }
 
 /// A datagram to send now, borrowing the caller's buffer.
@@ -254,7 +258,21 @@ impl Server {
         packet: &'a [u8],
         now: Instant,
     ) -> Option<Forward<'a>> {
-        let ft = FiveTuple { client, listener };
+        self.handle_client_message(host, FiveTuple::udp(client, listener), packet, now)
+    }
+
+    /// One message from a client on any transport: a UDP datagram, or one
+    /// whole frame cut from a TCP or TLS stream (see `tern_stun::framing`;
+    /// ChannelData may carry its padding). Otherwise the same as
+    /// [`Server::handle_client_packet`]: responses queue, relayed data is
+    /// returned borrowing `packet`.
+    pub fn handle_client_message<'a>(
+        &mut self,
+        host: &mut impl Host,
+        ft: FiveTuple,
+        packet: &'a [u8],
+        now: Instant,
+    ) -> Option<Forward<'a>> {
         let Some(&first) = packet.first() else {
             self.stats.drop(DropReason::Empty);
             return None;
@@ -323,13 +341,22 @@ impl Server {
             self.stats.drop(DropReason::Bandwidth);
             return None;
         }
+        let ft = alloc.five_tuple;
         let payload = if let Some(channel) = alloc.channel_by_peer(&peer, now) {
             let start = PEER_HEADROOM - tern_stun::CHANNEL_DATA_HEADER_LEN;
             // `len` was bounded above, so it fits the 16-bit length field.
             tern_stun::write_channel_data_header(&mut buf[start..], channel.get(), len as u16)
                 .ok()?;
             self.stats.channel_data_to_client += 1;
-            &buf[start..end]
+            if ft.transport.is_stream() {
+                // RFC 8656 §12.5: padded to 4 bytes on a stream; the tailroom
+                // checked above holds the (at most 3) zero bytes.
+                let padded = start + tern_stun::framing::padded(end - start);
+                buf[end..padded].fill(0);
+                &buf[start..padded]
+            } else {
+                &buf[start..end]
+            }
         } else {
             let start = PEER_HEADROOM - tern_stun::data_indication_header_len(peer);
             let tid = self.rng.transaction_id();
@@ -343,12 +370,30 @@ impl Server {
         alloc.packets_to_client += 1;
         self.stats.packets_to_client += 1;
         self.stats.bytes_to_client += len as u64;
-        let ft = alloc.five_tuple;
+        self.stats.by_transport[ft.transport.index()].packets_to_client += 1;
         Some(Forward {
-            via: Via::Listener(ft.listener),
+            via: ft.via(),
             to: ft.client,
             payload,
         })
+    }
+
+    /// The client's TCP or TLS connection `ft` closed (or was closed by the
+    /// host: timeout, slow reader, limit). Its allocation, if any, ends now
+    /// with [`DeleteReason::ConnectionClosed`]; returns whether there was one.
+    pub fn handle_client_closed(
+        &mut self,
+        host: &mut impl Host,
+        ft: FiveTuple,
+        now: Instant,
+    ) -> bool {
+        match self.by_client.get(&ft) {
+            Some(&index) => {
+                self.delete(host, index, DeleteReason::ConnectionClosed, now);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Run the timers due at `now`: expire allocations, cached responses and
@@ -554,6 +599,7 @@ impl Server {
         alloc.packets_to_peer += 1;
         self.stats.packets_to_peer += 1;
         self.stats.bytes_to_peer += data.len() as u64;
+        self.stats.by_transport[ft.transport.index()].packets_to_peer += 1;
         Some(Forward {
             via: Via::Relay(relay),
             to: peer,
@@ -601,7 +647,7 @@ impl Server {
             self.stats.retransmits_answered += 1;
             let payload = cached.to_vec();
             self.transmits.push_back(Transmit {
-                via: Via::Listener(ft.listener),
+                via: ft.via(),
                 to: ft.client,
                 payload,
             });
@@ -939,6 +985,7 @@ impl Server {
         });
         let _ = index;
         self.stats.allocations_created += 1;
+        self.stats.by_transport[ft.transport.index()].allocations_created += 1;
         self.events.push_back(Event::AllocationCreated {
             five_tuple: ft,
             username: auth.username.clone(),
@@ -1296,6 +1343,7 @@ impl Server {
             DeleteReason::Expired => self.stats.allocations_expired += 1,
             _ => self.stats.allocations_deleted += 1,
         }
+        self.stats.by_transport[alloc.five_tuple.transport.index()].allocations_ended += 1;
         self.events.push_back(Event::AllocationDeleted {
             five_tuple: alloc.five_tuple,
             username: alloc.username,
@@ -1352,7 +1400,7 @@ impl Server {
             self.tx_order.push_back((now + TX_CACHE_TTL, ft, tid));
         }
         self.transmits.push_back(Transmit {
-            via: Via::Listener(ft.listener),
+            via: ft.via(),
             to: ft.client,
             payload,
         });

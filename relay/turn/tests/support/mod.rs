@@ -324,6 +324,8 @@ pub(crate) struct Client {
     pub(crate) nonce: Option<Vec<u8>>,
     pub(crate) sign: Sign,
     pub(crate) fingerprint: bool,
+    /// UDP unless a test says otherwise (TCP/TLS: one connection).
+    pub(crate) transport: tern_turn::Transport,
     tid_counter: u64,
 }
 
@@ -338,6 +340,7 @@ impl Client {
             nonce: None,
             sign: Sign::Md5,
             fingerprint: true,
+            transport: tern_turn::Transport::Udp,
             tid_counter: 0,
         }
     }
@@ -351,6 +354,7 @@ impl Client {
         tern_turn::FiveTuple {
             client: self.addr,
             listener: self.listener,
+            transport: self.transport,
         }
     }
 
@@ -636,10 +640,29 @@ impl Harness {
         (fwd, out)
     }
 
+    /// Feed one message from client `c` over its own transport; returns the
+    /// fast-path datagram (if any) and every control transmit queued.
+    pub(crate) fn client_message(
+        &mut self,
+        c: &Client,
+        bytes: &[u8],
+    ) -> (Option<Fwd>, Vec<Transmit>) {
+        let fwd = self
+            .server
+            .handle_client_message(&mut self.host, c.five_tuple(), bytes, self.now)
+            .map(Fwd::from);
+        let mut out = Vec::new();
+        while let Some(t) = self.server.poll_transmit() {
+            out.push(t);
+        }
+        self.drain_events();
+        (fwd, out)
+    }
+
     /// Feed a datagram from client `c`: returns its fast-path datagram, and
     /// asserts that nothing else was queued.
     pub(crate) fn client_sends(&mut self, c: &Client, bytes: &[u8]) -> Option<Fwd> {
-        let (fwd, tx) = self.client_packet(c.listener, c.addr, bytes);
+        let (fwd, tx) = self.client_message(c, bytes);
         assert!(
             tx.is_empty(),
             "expected no control transmit, got {}",
@@ -659,7 +682,7 @@ impl Harness {
     /// Like [`Harness::call`], but no response (a dropped request) is None.
     #[track_caller]
     pub(crate) fn try_call(&mut self, c: &Client, bytes: &[u8]) -> Option<Response> {
-        let (fwd, mut tx) = self.client_packet(c.listener, c.addr, bytes);
+        let (fwd, mut tx) = self.client_message(c, bytes);
         assert!(fwd.is_none(), "a request returned a fast-path datagram");
         assert!(
             tx.len() <= 1,
@@ -669,8 +692,8 @@ impl Harness {
         let t = tx.pop()?;
         assert_eq!(
             t.via,
-            Via::Listener(c.listener),
-            "response leaves from the listener"
+            c.five_tuple().via(),
+            "response leaves from the listener (or the client's connection)"
         );
         assert_eq!(t.to, c.addr, "response goes to the client");
         let r = Response(t.payload);
