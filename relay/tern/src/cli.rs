@@ -495,4 +495,40 @@ relay-ports = "50000-50100""#
             matches!(cli.command, Some(Command::CheckConfig { ref file }) if file.to_str() == Some("/x.toml"))
         );
     }
+
+    #[test]
+    fn stream_flags_set_their_keys() {
+        let (c, origin) = parse(&[
+            "--listen-tcp",
+            "127.0.0.1:3478",
+            "--listen-tls",
+            "127.0.0.1:5349",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--max-connections",
+            "7",
+            "--max-connections-per-source",
+            "3",
+            "--stream-idle-timeout",
+            "9",
+            "--tls-handshake-timeout",
+            "2",
+            "--realm",
+            "r",
+        ])
+        .flags
+        .resolve()
+        .unwrap();
+        // A stream listener alone is a listen address: not the development default.
+        assert_eq!(origin, Origin::Flags);
+        assert!(c.listen.is_empty());
+        assert_eq!(c.listen_tcp, vec!["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(c.listen_tls, vec!["127.0.0.1:5349".parse().unwrap()]);
+        assert_eq!(c.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("k.pem")));
+        assert_eq!((c.max_connections, c.max_connections_per_source), (7, 3));
+        assert_eq!((c.stream_idle_timeout, c.tls_handshake_timeout), (9, 2));
+    }
 }

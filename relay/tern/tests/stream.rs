@@ -366,6 +366,60 @@ fn bad_input_is_bounded_and_counted(backend: IoBackend) {
     relay.shutdown();
 }
 
+/// A client that stops reading while its peer keeps sending is cut once its
+/// write buffer and socket buffer are full (`slow_reader`), its allocation
+/// ends, and a client beside it keeps relaying.
+fn slow_reader_is_disconnected(backend: IoBackend) {
+    if !available(backend) {
+        return;
+    }
+    let relay = Relay::start(config(backend)).unwrap();
+    let addr = relay.listen_tcp_addrs()[0];
+    let mut good = StreamTurn::new(tcp(addr));
+    relay_round_trips(&mut good, 2);
+    // A small receive window keeps the kernel from buffering much for it.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let slow: TcpStream = s.into();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut slow = StreamTurn::new(slow);
+    let relayed = slow.allocate();
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    slow.channel_bind(0x4005, flood.local_addr().unwrap());
+    let payload = [0x5Au8; 1200];
+    let mut sent = 0;
+    // At most 60,000 datagrams (72 MB): far more than any socket buffer holds.
+    while sent < 60_000 {
+        for _ in 0..500 {
+            let _ = flood.send_to(&payload, relayed);
+        }
+        sent += 500;
+        if relay.stats().streams.closed(CloseReason::SlowReader) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let streams = relay.stats().streams;
+    assert_eq!(
+        streams.closed(CloseReason::SlowReader),
+        1,
+        "after {sent}: {streams:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || relay.stats().allocations == 1),
+        "the slow client's allocation ended, the good one's did not"
+    );
+    // The good client relays on.
+    let peer = peer();
+    good.channel_bind(0x4006, peer.local_addr().unwrap());
+    good.send_channel_data(0x4006, b"still here");
+    let mut b = [0u8; 64];
+    let (n, _) = peer.recv_from(&mut b).unwrap();
+    assert_eq!(&b[..n], b"still here");
+    relay.shutdown();
+}
+
 /// The peer closes the connection within a few seconds (EOF or reset).
 fn assert_closed(s: &mut TcpStream) {
     let mut buf = [0u8; 256];
@@ -599,6 +653,7 @@ macro_rules! on_every_backend {
 
 on_every_backend!(
     tcp_allocation_relays_and_ends_with_its_connection,
+    slow_reader_is_disconnected,
     tls_allocation_relays_with_alpn,
     tls_reload_keeps_live_connections,
 );
