@@ -138,6 +138,9 @@ pub(crate) struct Allocation {
     pub(crate) packets_to_peer: u64,
     pub(crate) packets_to_client: u64,
     pub(crate) created: Instant,
+    /// An RFC 6062 TCP allocation: the relayed address is a TCP listener and
+    /// data moves on peer connections, not in ChannelData or Send.
+    pub(crate) tcp: bool,
 }
 
 impl Allocation {

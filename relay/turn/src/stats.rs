@@ -39,11 +39,13 @@ pub enum DropReason {
     RateLimited,
     /// The caller's buffer was too small for the header we must add.
     NoRoom,
+    /// ChannelData or Send on a TCP allocation (RFC 6062 relays on peer connections).
+    TcpAllocation,
 }
 
 impl DropReason {
     /// Every variant, for exporting counters.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Empty,
         DropReason::UnknownClass,
         DropReason::MalformedStun,
@@ -59,6 +61,7 @@ impl DropReason {
         DropReason::UnknownRelay,
         DropReason::RateLimited,
         DropReason::NoRoom,
+        DropReason::TcpAllocation,
     ];
 
     /// The metric label value.
@@ -79,6 +82,7 @@ impl DropReason {
             DropReason::UnknownRelay => "unknown_relay",
             DropReason::RateLimited => "rate_limited",
             DropReason::NoRoom => "no_room",
+            DropReason::TcpAllocation => "tcp_allocation",
         }
     }
 
@@ -135,6 +139,8 @@ pub struct Stats {
     pub bytes_to_client: u64,
     /// Of `packets_to_client`, how many went as ChannelData (the rest as Data indications).
     pub channel_data_to_client: u64,
+    /// RFC 6062 peer connections spliced to a client data connection.
+    pub tcp_connections_bound: u64,
     /// The same counters split by client transport, indexed by
     /// [`crate::Transport::index`].
     pub by_transport: [TransportStats; crate::Transport::ALL.len()],
@@ -198,6 +204,7 @@ impl Stats {
             packets_to_client,
             bytes_to_client,
             channel_data_to_client,
+            tcp_connections_bound,
             by_transport,
             drops,
             auth_failures,
@@ -220,6 +227,7 @@ impl Stats {
         self.packets_to_client += packets_to_client;
         self.bytes_to_client += bytes_to_client;
         self.channel_data_to_client += channel_data_to_client;
+        self.tcp_connections_bound += tcp_connections_bound;
         for (a, b) in self.by_transport.iter_mut().zip(by_transport) {
             a.allocations_created += b.allocations_created;
             a.allocations_ended += b.allocations_ended;

@@ -169,3 +169,197 @@ fn five_tuple_helpers() {
     }
     assert_eq!(Transport::Tls.as_str(), "tls");
 }
+
+// ---- RFC 6062 TCP allocations ------------------------------------------------
+
+fn tcp_relay_config() -> tern_turn::ServerConfig {
+    let mut cfg = config_v4_only();
+    cfg.tcp_relay = true;
+    cfg
+}
+
+fn tcp_allocate(h: &mut Harness, c: &mut Client) -> Response {
+    h.signed(c, |c| {
+        c.request(tern_stun::Method::ALLOCATE, |w| {
+            w.add_requested_transport(tern_stun::PROTOCOL_TCP).unwrap()
+        })
+    })
+}
+
+fn connection_id(r: &Response) -> u32 {
+    r.u32(tern_stun::attr::CONNECTION_ID)
+        .expect("CONNECTION-ID")
+}
+
+fn connection_bind_req(c: &mut Client, id: u32) -> Vec<u8> {
+    c.request(tern_stun::Method::CONNECTION_BIND, |w| {
+        w.add_u32(tern_stun::attr::CONNECTION_ID, id).unwrap()
+    })
+}
+
+#[test]
+fn tcp_allocations_are_offered_only_when_enabled_and_only_on_streams() {
+    // Off (the default): 442.
+    let mut h = Harness::new(config_v4_only());
+    let mut c = tcp_client("203.0.113.5:40000", "alice");
+    tcp_allocate(&mut h, &mut c).expect_error(442);
+    // On, but over UDP: 400.
+    let mut h = Harness::new(tcp_relay_config());
+    let mut u = Client::user("203.0.113.5:40001", "alice");
+    tcp_allocate(&mut h, &mut u).expect_error(400);
+    // On, over TCP: a TCP listener on the relayed address.
+    let mut c = tcp_client("203.0.113.5:40000", "alice");
+    let r = tcp_allocate(&mut h, &mut c).ok();
+    let relayed = r.xor_addr(tern_stun::attr::XOR_RELAYED_ADDRESS).unwrap();
+    assert!(h.host.tcp_listening.contains(&relayed));
+    assert!(h.host.relay_sockets().is_empty(), "no UDP socket");
+    // No channels, no Send on it.
+    h.channel_bind(&mut c, 0x4001, sa(PEER)).expect_error(400);
+    h.permit(&mut c, &[sa(PEER)]).ok();
+    let send = c.send_indication(sa(PEER), b"x");
+    assert!(h.client_sends(&c, &send).is_none());
+    assert_eq!(
+        h.server.stats().drops(tern_turn::DropReason::TcpAllocation),
+        1
+    );
+}
+
+#[test]
+fn connect_then_connection_bind_splices_a_data_connection() {
+    let mut h = Harness::new(tcp_relay_config());
+    let mut c = tcp_client("203.0.113.5:40000", "alice");
+    let relayed = tcp_allocate(&mut h, &mut c)
+        .ok()
+        .xor_addr(tern_stun::attr::XOR_RELAYED_ADDRESS)
+        .unwrap();
+    // Connect: no answer until the host says how the TCP handshake went.
+    let req = c.request(tern_stun::Method::CONNECT, |w| {
+        w.add_xor_address(tern_stun::attr::XOR_PEER_ADDRESS, sa(PEER))
+            .unwrap()
+    });
+    assert!(h.try_call(&c, &req).is_none());
+    let (id, from, to) = h.host.connects[0];
+    assert_eq!((from, to), (relayed, sa(PEER)));
+    let now = h.now;
+    h.server.handle_peer_connected(&mut h.host, id, true, now);
+    let t = h.server.poll_transmit().expect("the Connect response");
+    let r = Response(t.payload).ok();
+    assert_eq!(connection_id(&r), id.0);
+    c.assert_signed(&r);
+    // A second Connect to the same peer: 446.
+    let req = c.request(tern_stun::Method::CONNECT, |w| {
+        w.add_xor_address(tern_stun::attr::XOR_PEER_ADDRESS, sa(PEER))
+            .unwrap()
+    });
+    h.call(&c, &req).expect_error(446);
+    // ConnectionBind on a new connection, same credentials.
+    let mut data = tcp_client("203.0.113.5:40002", "alice");
+    data.nonce = c.nonce.clone();
+    let req = connection_bind_req(&mut data, id.0);
+    h.call(&data, &req).ok();
+    assert_eq!(h.host.data_bound, vec![(id, data.five_tuple())]);
+    assert_eq!(h.server.stats().tcp_connections_bound, 1);
+    // Not twice, and not with an unknown id.
+    let mut again = tcp_client("203.0.113.5:40003", "alice");
+    again.nonce = c.nonce.clone();
+    let req = connection_bind_req(&mut again, id.0);
+    h.call(&again, &req).expect_error(400);
+    let req = connection_bind_req(&mut again, id.0 ^ 1);
+    h.call(&again, &req).expect_error(400);
+    // A bound pair has no deadline.
+    h.advance_secs(60);
+    assert!(h.host.peers_closed.is_empty());
+    assert_eq!(h.server.tcp_connection_count(), 1);
+    // The control connection closes: the allocation, its listener and its
+    // peer connections go.
+    let now = h.now;
+    h.server
+        .handle_client_closed(&mut h.host, c.five_tuple(), now);
+    assert!(h.host.tcp_listening.is_empty());
+    assert_eq!(h.host.peers_closed, vec![id]);
+    assert_eq!(h.server.tcp_connection_count(), 0);
+}
+
+#[test]
+fn connect_failure_and_timeout_answer_447() {
+    let mut h = Harness::new(tcp_relay_config());
+    let mut c = tcp_client("203.0.113.5:40000", "alice");
+    tcp_allocate(&mut h, &mut c).ok();
+    for peer in [sa("8.8.8.8:1"), sa("8.8.8.8:2")] {
+        let req = c.request(tern_stun::Method::CONNECT, |w| {
+            w.add_xor_address(tern_stun::attr::XOR_PEER_ADDRESS, peer)
+                .unwrap()
+        });
+        assert!(h.try_call(&c, &req).is_none());
+    }
+    let (refused, _, _) = h.host.connects[0];
+    let now = h.now;
+    h.server
+        .handle_peer_connected(&mut h.host, refused, false, now);
+    let t = h.server.poll_transmit().unwrap();
+    Response(t.payload).expect_error(447);
+    // The other never completes: 447 at 30 s, and the host closes it.
+    let (slow, _, _) = h.host.connects[1];
+    h.advance_secs(29);
+    assert!(h.server.poll_transmit().is_none());
+    let at = h.at(31);
+    h.server.handle_timeout(&mut h.host, at);
+    let t = h.server.poll_transmit().unwrap();
+    Response(t.payload).expect_error(447);
+    assert_eq!(h.host.peers_closed, vec![slow]);
+    // A late success for it is closed, not answered.
+    let now = h.at(31);
+    h.server.handle_peer_connected(&mut h.host, slow, true, now);
+    assert!(h.server.poll_transmit().is_none());
+    assert_eq!(h.host.peers_closed, vec![slow, slow]);
+}
+
+#[test]
+fn incoming_peer_needs_a_permission_and_a_timely_connection_bind() {
+    let mut h = Harness::new(tcp_relay_config());
+    let mut c = tcp_client("203.0.113.5:40000", "alice");
+    let relayed = tcp_allocate(&mut h, &mut c)
+        .ok()
+        .xor_addr(tern_stun::attr::XOR_RELAYED_ADDRESS)
+        .unwrap();
+    let now = h.now;
+    assert_eq!(h.server.handle_peer_incoming(relayed, sa(PEER), now), None);
+    h.permit(&mut c, &[sa(PEER)]).ok();
+    let now = h.now;
+    let id = h
+        .server
+        .handle_peer_incoming(relayed, sa(PEER), now)
+        .expect("permitted");
+    let t = h.server.poll_transmit().expect("ConnectionAttempt");
+    assert_eq!(t.via, Via::Stream(c.listener));
+    assert_eq!(t.to, c.addr);
+    let m = tern_stun::Message::parse(&t.payload).unwrap();
+    assert_eq!(m.method(), tern_stun::Method::CONNECTION_ATTEMPT);
+    assert_eq!(m.class(), tern_stun::Class::Indication);
+    let r = Response(t.payload.clone());
+    assert_eq!(connection_id(&r), id.0);
+    assert_eq!(
+        r.xor_addr(tern_stun::attr::XOR_PEER_ADDRESS),
+        Some(sa(PEER))
+    );
+    // Another user cannot bind it.
+    let mut bob = tcp_client("203.0.113.9:40000", "bob");
+    let req = bob.allocate_req();
+    let challenge = h.call(&bob, &req);
+    bob.nonce = challenge.nonce();
+    let req = connection_bind_req(&mut bob, id.0);
+    h.call(&bob, &req).expect_error(441);
+    // Nobody binds it in time: closed at 30 s.
+    h.advance_secs(31);
+    assert_eq!(h.host.peers_closed, vec![id]);
+    assert_eq!(h.server.tcp_connection_count(), 0);
+    // The peer side closing first is just forgotten.
+    let now = h.now;
+    let id2 = h
+        .server
+        .handle_peer_incoming(relayed, sa(PEER), now)
+        .unwrap();
+    h.server.poll_transmit();
+    h.server.handle_peer_closed(id2);
+    assert_eq!(h.server.tcp_connection_count(), 0);
+}

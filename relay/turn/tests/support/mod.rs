@@ -83,6 +83,14 @@ pub(crate) struct FakeHost {
     /// Allocations counted now.
     pub(crate) total: usize,
     pub(crate) per_user: HashMap<String, usize>,
+    /// RFC 6062: TCP relayed addresses listening now.
+    pub(crate) tcp_listening: BTreeSet<SocketAddr>,
+    /// RFC 6062: Connects asked for (id, relay, peer).
+    pub(crate) connects: Vec<(tern_turn::ConnectionId, SocketAddr, SocketAddr)>,
+    /// RFC 6062: peer connections the core closed.
+    pub(crate) peers_closed: Vec<tern_turn::ConnectionId>,
+    /// RFC 6062: data connections spliced to peer connections.
+    pub(crate) data_bound: Vec<(tern_turn::ConnectionId, tern_turn::FiveTuple)>,
 }
 
 impl FakeHost {
@@ -165,6 +173,37 @@ impl Host for FakeHost {
         self.total += 1;
         *self.per_user.entry(user.to_owned()).or_default() += 1;
         Ok(())
+    }
+
+    fn bind_relay_tcp(&mut self, addr: SocketAddr) -> Result<(), BindError> {
+        if self.in_use.contains(&addr) || !self.tcp_listening.insert(addr) {
+            self.in_use_hits += 1;
+            return Err(BindError::InUse);
+        }
+        Ok(())
+    }
+
+    fn close_relay_tcp(&mut self, addr: SocketAddr) {
+        assert!(
+            self.tcp_listening.remove(&addr),
+            "core closed TCP {addr}, which is not listening"
+        );
+    }
+
+    fn connect_peer(&mut self, id: tern_turn::ConnectionId, relay: SocketAddr, peer: SocketAddr) {
+        assert!(
+            self.tcp_listening.contains(&relay),
+            "connect from a closed relay"
+        );
+        self.connects.push((id, relay, peer));
+    }
+
+    fn close_peer_connection(&mut self, id: tern_turn::ConnectionId) {
+        self.peers_closed.push(id);
+    }
+
+    fn bind_data_connection(&mut self, id: tern_turn::ConnectionId, data: tern_turn::FiveTuple) {
+        self.data_bound.push((id, data));
     }
 
     fn release_allocation(&mut self, user: &str) {
