@@ -162,7 +162,7 @@ fn wait_carrier(netns: &str, dev: &str) -> Result<()> {
         if std::time::Instant::now() >= deadline {
             bail!("{dev} in {netns} has no carrier after 5 s");
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
