@@ -12,8 +12,8 @@
 #                                   its User=, and say so.
 # All blocks share one shell (a variable set in one is seen by the next), with
 # set -euo pipefail. The README's ${TERN_...} variables get free loopback ports
-# and the package; TERN_DEB=FILE picks the package, else it is built with
-# `cargo deb -p tern --profile deb-ci`. Around the drain block a TURN client
+# and the package; TERN_DEB=FILE picks the package, else tests/build-deb.sh
+# builds it. Around the drain block a TURN client
 # (below) holds one allocation, so the drain is seen in progress, not over.
 # Afterwards: the outputs are checked (readyz 503 while draining, reload
 # logged, exit 0 on stop), the package must be purged and the user gone.
@@ -69,7 +69,7 @@ trap 'exit 130' INT TERM
 if [[ -n ${TERN_DEB:-} ]]; then
 	DEB=$(realpath "$TERN_DEB")
 else
-	if ! out=$(cargo deb -p tern --profile deb-ci -o "$TMP/first/" 2>&1); then
+	if ! out=$(tests/build-deb.sh "$TMP/first" 2>&1); then
 		bad "cargo deb -p tern" "$(tail -n 20 <<<"$out")"
 		finish
 		exit 1
@@ -78,7 +78,7 @@ else
 fi
 version=$(dpkg-deb -f "$DEB" Version)
 NEXT_VERSION=${version%-*}-$((${version##*-} + 1))
-if ! out=$(cargo deb -p tern --profile deb-ci --deb-version "$NEXT_VERSION" -o "$TMP/next/" 2>&1); then
+if ! out=$(tests/build-deb.sh "$TMP/next" --deb-version "$NEXT_VERSION" 2>&1); then
 	bad "cargo deb -p tern --deb-version $NEXT_VERSION" "$(tail -n 20 <<<"$out")"
 	finish
 	exit 1
