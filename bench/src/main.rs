@@ -116,6 +116,44 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         egress_sockets: usize,
     },
+    /// TURN over TCP or TLS: tern and/or coturn with a stream listener, one
+    /// connection and allocation per flow, paced ChannelData echoed by a UDP
+    /// peer; delivered rate, loss, round trip and relay CPU per packet.
+    Stream {
+        /// Targets, comma-separated, alternated per repetition.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "tern,coturn")]
+        targets: Vec<tern_bench::stream::StreamTarget>,
+        /// Client transport.
+        #[arg(long, value_enum, default_value = "tcp")]
+        transport: tern_bench::stream::StreamTransport,
+        /// Client connections (one allocation each, at most 2000).
+        #[arg(long, default_value_t = 100)]
+        flows: usize,
+        /// Payload bytes per message (16-1200).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Messages per second over all flows (each is relayed twice: out and echoed back).
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        /// Seconds of each window (at most 60).
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Repetitions of each target.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Relay threads (tern --workers, coturn --relay-threads).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// The tern binary.
+        #[arg(long, default_value = "target/release/tern")]
+        tern_bin: PathBuf,
+        /// coturn's turnserver.
+        #[arg(long, default_value = "/usr/bin/turnserver")]
+        coturn_bin: PathBuf,
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The impairment proxy: the null relay plus deterministic drop and fixed delay.
     Proxy {
         #[command(flatten)]
@@ -454,6 +492,46 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
                 json(&rep)?;
             } else {
                 out(&table(&rep.summary));
+            }
+        }
+        Cmd::Stream {
+            targets,
+            transport,
+            flows,
+            payload,
+            rate,
+            duration,
+            reps,
+            workers,
+            tern_bin,
+            coturn_bin,
+            json: as_json,
+        } => {
+            let sc = tern_bench::stream::StreamScenario {
+                transport,
+                flows,
+                payload,
+                rate,
+                duration: Duration::from_secs(duration.clamp(1, 60)),
+                workers: workers.max(1),
+                tern_bin,
+                coturn_bin,
+            };
+            let mut reports = Vec::new();
+            for rep in 0..reps.max(1) {
+                for &target in &targets {
+                    let r = tern_bench::stream::run(target, &sc)?;
+                    eprintln!(
+                        "rep {rep} {target:?}/{transport:?}: {:.0}/s delivered, loss {:.3} %, rtt p50 {:.1} µs",
+                        r.delivered_rate, r.loss_pct, r.rtt_p50_us
+                    );
+                    reports.push(r);
+                }
+            }
+            if as_json {
+                json(&reports)?;
+            } else {
+                out(&tern_bench::stream::table(&reports));
             }
         }
         Cmd::Sweep {

@@ -396,6 +396,45 @@ fn waker_interrupts_wait<B: Harness>() {
     t.join().unwrap();
 }
 
+/// A nested epoll (what tern's workers watch for their TCP connections)
+/// wakes `wait` on every new readiness, edge after edge.
+fn watched_epoll_wakes_wait<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
+    let mut inner = mio::Poll::new().unwrap();
+    let mut listener = mio::net::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    inner
+        .registry()
+        .register(&mut listener, mio::Token(7), mio::Interest::READABLE)
+        .unwrap();
+    io.watch(inner.as_raw_fd()).unwrap();
+    assert_eq!(
+        io.watch(inner.as_raw_fd()).unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
+    io.wait(Some(Duration::from_millis(20))).unwrap();
+    let _ = io.take_watch_ready();
+    let mut events = mio::Events::with_capacity(8);
+    let mut clients = Vec::new();
+    for round in 0..3 {
+        assert!(!io.take_watch_ready(), "round {round}: nothing new yet");
+        clients.push(std::net::TcpStream::connect(addr).unwrap());
+        let start = Instant::now();
+        while !io.take_watch_ready() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "round {round}: wait never saw the watched fd"
+            );
+            io.wait(Some(Duration::from_secs(5))).unwrap();
+        }
+        inner.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        assert_eq!(events.iter().count(), 1);
+        listener.accept().unwrap();
+    }
+}
+
 fn ipv6_loopback_round_trip<B: Harness>() {
     let Ok(s) = bind_udp("[::1]:0".parse().unwrap(), &SocketOptions::LISTENER) else {
         return; // no IPv6 loopback here
@@ -504,6 +543,7 @@ on_every_backend!(
     full_queue_flushes_by_itself,
     removed_socket_comes_back_bound_and_id_is_reused,
     waker_interrupts_wait,
+    watched_epoll_wakes_wait,
     ipv6_loopback_round_trip,
     flush_before_wait_sends_with_the_next_wait,
     flush_before_wait_completes_without_a_wait,

@@ -40,6 +40,7 @@ mod backend_tests;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +131,20 @@ pub trait PacketIo {
 
     /// A handle other threads use to interrupt [`PacketIo::wait`].
     fn waker(&self) -> Arc<dyn Wake>;
+
+    /// Watch one more pollable descriptor (tern's workers pass the epoll
+    /// instance of their TCP/TLS connections): from now on [`PacketIo::wait`]
+    /// also returns when `fd` becomes readable, and
+    /// [`PacketIo::take_watch_ready`] says that it did. The caller keeps `fd`
+    /// open for as long as the back end lives; one watched descriptor per back
+    /// end (a second call fails with `AlreadyExists`). Readiness is reported on
+    /// edges: the caller drains what `fd` signals, or remembers itself that it
+    /// left something behind.
+    fn watch(&mut self, fd: RawFd) -> io::Result<()>;
+
+    /// Whether the watched descriptor signalled readiness since the last call
+    /// (and clear that). Costs no syscall.
+    fn take_watch_ready(&mut self) -> bool;
 
     /// The back end's counters.
     fn stats(&self) -> &IoStats;

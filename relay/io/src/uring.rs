@@ -37,7 +37,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::mem;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -65,6 +65,7 @@ const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
 const KIND_WAKE: u64 = 3;
 const KIND_CANCEL: u64 = 4;
+const KIND_WATCH: u64 = 5;
 const GEN_MASK: u32 = 0x00FF_FFFF;
 
 /// How long remove/drop wait for the kernel to hand back a cancelled request.
@@ -132,6 +133,11 @@ struct State {
     waker: Arc<EventFdWake>,
     wake_buf: Box<u64>,
     wake_armed: bool,
+    /// The descriptor given to [`PacketIo::watch`], its multishot poll, and
+    /// whether it signalled since the caller last asked.
+    watched: Option<RawFd>,
+    watch_armed: bool,
+    watch_ready: bool,
     sockets: Vec<Option<Slot>>,
     free: Vec<u32>,
     next_gen: u32,
@@ -257,6 +263,9 @@ impl UringIo {
                 waker,
                 wake_buf: Box::new(0),
                 wake_armed: false,
+                watched: None,
+                watch_armed: false,
+                watch_ready: false,
                 sockets: Vec::new(),
                 free: Vec::new(),
                 next_gen: 0,
@@ -374,6 +383,20 @@ impl UringIo {
         Ok(())
     }
 
+    /// Queue the multishot poll of the watched descriptor.
+    fn arm_watch(&mut self) -> io::Result<()> {
+        let Some(fd) = self.st.watched else {
+            return Ok(());
+        };
+        let sqe = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(KIND_WATCH << KIND_SHIFT);
+        self.push(&sqe)?;
+        self.st.watch_armed = true;
+        Ok(())
+    }
+
     /// Queue the multishot receive of socket `index`.
     fn arm(&mut self, index: u32) -> io::Result<()> {
         let Some(Some(slot)) = self.st.sockets.get(index as usize) else {
@@ -420,6 +443,11 @@ impl UringIo {
         if !self.st.wake_armed {
             if let Err(e) = self.arm_wake() {
                 tracing::warn!(error = %e, "could not re-arm the io_uring waker");
+            }
+        }
+        if self.st.watched.is_some() && !self.st.watch_armed {
+            if let Err(e) = self.arm_watch() {
+                tracing::warn!(error = %e, "could not re-arm the io_uring poll of the watched fd");
             }
         }
     }
@@ -619,6 +647,18 @@ impl State {
                 }
             }
             KIND_SEND => self.on_send(user_data as usize & 0xFFFF_FFFF, res),
+            KIND_WATCH => {
+                if res >= 0 {
+                    self.watch_ready = true;
+                } else if res != -libc::ECANCELED {
+                    tracing::trace!(errno = -res, "poll of the watched fd failed");
+                }
+                if !cqueue::more(flags) {
+                    self.watch_armed = false;
+                    // Whatever ended the poll, let the caller look once more.
+                    self.watch_ready = true;
+                }
+            }
             KIND_WAKE => {
                 self.wake_armed = false;
                 if res < 0 && res != -libc::ECANCELED {
@@ -930,6 +970,24 @@ impl PacketIo for UringIo {
         self.st.waker.clone()
     }
 
+    fn watch(&mut self, fd: RawFd) -> io::Result<()> {
+        if self.st.watched.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "this back end already watches a descriptor",
+            ));
+        }
+        self.st.watched = Some(fd);
+        self.arm_watch()?;
+        self.submit()
+    }
+
+    fn take_watch_ready(&mut self) -> bool {
+        // Completions are only looked at when reaped: look now (no syscall).
+        self.reap();
+        mem::take(&mut self.st.watch_ready)
+    }
+
     fn stats(&self) -> &IoStats {
         &self.st.stats
     }
@@ -945,7 +1003,10 @@ impl Drop for UringIo {
             .user_data(KIND_CANCEL << KIND_SHIFT);
         let mut done = self.push(&cancel).is_ok();
         let outstanding = |st: &State| {
-            st.wake_armed || st.tx.in_flight > 0 || st.sockets.iter().flatten().any(|s| s.armed)
+            st.wake_armed
+                || st.watch_armed
+                || st.tx.in_flight > 0
+                || st.sockets.iter().flatten().any(|s| s.armed)
         };
         if done {
             let mut tries = 0;
@@ -1210,6 +1271,7 @@ fn probe_kernel() -> Result<(), String> {
         (opcode::ProvideBuffers::CODE, "PROVIDE_BUFFERS"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
         (opcode::Read::CODE, "READ"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
     ];
     let missing: Vec<&str> = needed
         .iter()

@@ -33,6 +33,10 @@ pub struct FrameInfo {
     /// Layer sync (VP8 Y bit): frame depends only on the base layer, so a
     /// receiver may switch up to this temporal layer here.
     pub layer_sync: bool,
+    /// VP8 PictureID and whether it uses the 15-bit form.
+    pub picture_id: Option<(u16, bool)>,
+    /// VP8 TL0PICIDX.
+    pub tl0_pic_idx: Option<u8>,
 }
 
 impl Codec {
@@ -71,6 +75,10 @@ pub mod vp8 {
         pub picture_id: Option<(u16, bool)>,
         /// TL0PICIDX.
         pub tl0_pic_idx: Option<u8>,
+        /// Offset of the PictureID field (its first byte).
+        pub picture_id_at: usize,
+        /// Offset of the TL0PICIDX byte.
+        pub tl0_pic_idx_at: usize,
         /// TID.
         pub temporal_layer: Option<u8>,
         /// Y bit.
@@ -100,6 +108,7 @@ pub mod vp8 {
                 let &x = p.get(at)?;
                 at += 1;
                 if x & 0x80 != 0 {
+                    d.picture_id_at = at;
                     let &m = p.get(at)?;
                     if m & 0x80 != 0 {
                         let &lo = p.get(at + 1)?;
@@ -111,6 +120,7 @@ pub mod vp8 {
                     }
                 }
                 if x & 0x40 != 0 {
+                    d.tl0_pic_idx_at = at;
                     d.tl0_pic_idx = Some(*p.get(at)?);
                     at += 1;
                 }
@@ -142,8 +152,32 @@ pub mod vp8 {
                 frame_start,
                 temporal_layer: self.temporal_layer,
                 layer_sync: self.layer_sync,
+                picture_id: self.picture_id,
+                tl0_pic_idx: self.tl0_pic_idx,
             }
         }
+    }
+
+    /// Rewrite the PictureID (in its own 7- or 15-bit form) and TL0PICIDX of
+    /// the descriptor at the start of `payload`, in place. False when the
+    /// descriptor does not parse; fields it lacks are left alone.
+    pub fn rewrite(payload: &mut [u8], picture_id: Option<u16>, tl0_pic_idx: Option<u8>) -> bool {
+        let Some(d) = Descriptor::parse(payload) else {
+            return false;
+        };
+        if let (Some(pid), Some((_, long))) = (picture_id, d.picture_id) {
+            let at = d.picture_id_at;
+            if long {
+                payload[at] = 0x80 | ((pid >> 8) as u8 & 0x7F);
+                payload[at + 1] = pid as u8;
+            } else {
+                payload[at] = pid as u8 & 0x7F;
+            }
+        }
+        if let (Some(t), Some(_)) = (tl0_pic_idx, d.tl0_pic_idx) {
+            payload[d.tl0_pic_idx_at] = t;
+        }
+        true
     }
 }
 
@@ -238,6 +272,22 @@ mod tests {
         assert_eq!(Codec::Vp8.frame_info(&p[..3]), FrameInfo::default());
         // Minimal descriptor without extensions.
         assert!(Codec::Vp8.frame_info(&[0x10, 0x00]).key_frame_start);
+        // Rewriting keeps each field's form.
+        let mut q = p;
+        assert!(vp8::rewrite(&mut q, Some(0x7ABC), Some(99)));
+        let d = vp8::Descriptor::parse(&q).unwrap();
+        assert_eq!(
+            (d.picture_id, d.tl0_pic_idx),
+            (Some((0x7ABC, true)), Some(99))
+        );
+        assert_eq!(&q[5..], &p[5..]);
+        let mut short = [0x90, 0x80, 0x05, 0x10, 0];
+        assert!(vp8::rewrite(&mut short, Some(0x1FF), Some(1)));
+        assert_eq!(
+            short,
+            [0x90, 0x80, 0x7F, 0x10, 0],
+            "7-bit form, no TL0PICIDX to set"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! * [`seq`]: per-consumer sequence number and timestamp continuity.
 //! * [`RetransmitBuffer`]: a producer encoding's last packets, for NACKs.
 //! * [`Router`]: producers, consumers, simulcast, RTCP; see `API.md`.
+//! * [`srtp`]: SRTP/SRTCP in place (AES_CM_128_HMAC_SHA1_80, AEAD_AES_128_GCM).
 //!
 //! Owns: all of the above. Must not touch: sockets, threads, clocks, the
 //! filesystem. Bytes and `now` come in; transmits (into the caller's
@@ -19,12 +20,14 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+mod loss;
 mod output;
 mod retransmit;
 mod router;
 pub mod rtcp;
 pub mod rtp;
 pub mod seq;
+pub mod srtp;
 mod stats;
 mod types;
 
@@ -33,7 +36,8 @@ pub use output::{Output, PacketKind, Transmit};
 pub use retransmit::RetransmitBuffer;
 pub use router::{
     ConsumerId, ConsumerParams, EncodingParams, Event, KeyFrameRequest, MediaKind, ProducerId,
-    ProducerParams, Router, RouterConfig, RouterError, TransportId, MAX_ENCODINGS, TICK,
+    ProducerParams, Router, RouterConfig, RouterError, TransportId, MAX_ENCODINGS, RR_INTERVAL,
+    TICK,
 };
 pub use stats::{ConsumerStats, DropReason, EncodingStats, RouterStats};
 pub use types::{ExtSeq, PayloadType, SeqNo, SeqUnwrapper, Ssrc};

@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 use tracing::{debug, trace};
 
-use crate::codec::{Codec, FrameInfo};
+use crate::codec::{vp8, Codec, FrameInfo};
+use crate::loss::{Arrival, MissingList};
 use crate::output::{Output, PacketKind};
 use crate::retransmit::RetransmitBuffer;
 use crate::rtcp::{self, ReportBlock, RtcpPacket, SenderInfo};
 use crate::rtp::{RtpHeaderMut, RtpPacket};
-use crate::seq::{ticks, SeqMapper, TimestampMapper};
+use crate::seq::{ticks, SeqMapper, TimestampMapper, WrapMapper};
 use crate::stats::{ConsumerStats, DropReason, EncodingStats, RouterStats};
 use crate::types::{PayloadType, SeqNo, SeqUnwrapper, Ssrc};
 
@@ -35,6 +36,8 @@ pub const MAX_ENCODINGS: usize = 8;
 pub const TICK: Duration = Duration::from_millis(100);
 /// Sent packets a consumer remembers for answering NACKs (a power of two).
 const HISTORY: usize = 1024;
+/// How often the router sends receiver reports to each producer.
+pub const RR_INTERVAL: Duration = Duration::from_secs(1);
 /// Recent SRs a consumer remembers for RTT from LSR/DLSR.
 const SR_MEMORY: usize = 4;
 const NO_PT: u8 = 0xFF;
@@ -99,6 +102,8 @@ pub struct RouterConfig {
     pub max_packet_size: usize,
     /// Events kept until polled; beyond that they are counted and dropped.
     pub event_capacity: usize,
+    /// Interval between NACKs for the same missing upstream packet.
+    pub nack_retry_interval: Duration,
 }
 
 impl Default for RouterConfig {
@@ -110,6 +115,7 @@ impl Default for RouterConfig {
             encoding_inactive_after: Duration::from_secs(1),
             max_packet_size: 1500,
             event_capacity: 1024,
+            nack_retry_interval: Duration::from_millis(100),
         }
     }
 }
@@ -149,6 +155,9 @@ pub struct ProducerParams {
     pub key_frame_request: KeyFrameRequest,
     /// Retransmission buffer size in packets per encoding (0: no NACK answers).
     pub retransmit_capacity: usize,
+    /// The producer answers generic NACKs (`a=rtcp-fb:* nack`): the router
+    /// NACKs packets missing upstream.
+    pub nack: bool,
 }
 
 /// What a consumer receives.
@@ -250,6 +259,9 @@ pub struct Router {
     next_tick: Option<Instant>,
     /// Something asked for work before the next tick (a key frame request).
     urgent: bool,
+    /// Earliest upstream NACK due, if any packet is missing.
+    nack_due: Option<Instant>,
+    next_rr: Option<Instant>,
 }
 
 impl Router {
@@ -268,6 +280,8 @@ impl Router {
             last_now: None,
             next_tick: None,
             urgent: false,
+            nack_due: None,
+            next_rr: None,
         }
     }
 
@@ -319,6 +333,7 @@ impl Router {
             mid_extension_id: params.mid_extension_id,
             mid: params.mid.map(|m| m.into_bytes().into_boxed_slice()),
             key_frame_request: params.key_frame_request,
+            nack: params.nack,
             consumers: Vec::new(),
         };
         let id = ProducerId(self.producers.insert(producer));
@@ -404,6 +419,7 @@ impl Router {
             seq: SeqMapper::new(params.initial_seq),
             ts: TimestampMapper::new(producer.clock_rate, params.initial_timestamp),
             needs_sync: true,
+            vp8: (producer.codec == Codec::Vp8).then(Vp8Continuity::default),
             history: vec![HistoryEntry::default(); HISTORY].into_boxed_slice(),
             sr_sent: [(0, None); SR_MEMORY],
             sr_next: 0,
@@ -560,6 +576,7 @@ impl Router {
             events,
             stats,
             config,
+            nack_due,
             ..
         } = self;
         let Some(producer) = producers.get_mut(pid.0) else {
@@ -570,14 +587,28 @@ impl Router {
         }
         let info = producer.codec.frame_info(pkt.payload());
         let clock_rate = producer.clock_rate;
-        producer.encodings[enc_idx].on_packet(now, epoch, clock_rate, &pkt, info);
+        let nack = producer.nack;
+        let encoding = &mut producer.encodings[enc_idx];
+        let missing_before = encoding.missing.len();
+        encoding.on_packet(now, epoch, clock_rate, &pkt, info, nack);
+        if encoding.missing.len() > missing_before {
+            let due = now + crate::loss::REORDER_GRACE;
+            *nack_due = Some(nack_due.map_or(due, |d| d.min(due)));
+        }
 
         let mut forwarded = 0;
         for &cid in &producer.consumers {
             let Some(c) = consumers.get_mut(cid.0) else {
                 continue;
             };
-            let Some((seq, ts, switched)) = c.decide(enc_idx, &pkt, info, now) else {
+            let Some(Forward {
+                seq,
+                ts,
+                switched,
+                picture_id,
+                tl0_pic_idx,
+            }) = c.decide(enc_idx, &pkt, info, now)
+            else {
                 continue;
             };
             if switched {
@@ -593,10 +624,17 @@ impl Router {
                 in_seq: pkt.seq().get(),
                 encoding: enc_idx as u8,
                 ts_offset: c.ts.offset(),
+                picture_id: picture_id.map_or(NONE16, |p| p),
+                tl0_pic_idx: tl0_pic_idx.map_or(NONE16, u16::from),
             };
             let ssrc = c.ssrc;
+            let header = pkt.header_len();
             let written = out.push(c.transport, PacketKind::Rtp, Some(cid), |slot| {
-                rewrite_into(slot, packet, ssrc, seq, ts, pt)
+                let n = rewrite_into(slot, packet, ssrc, seq, ts, pt)?;
+                if picture_id.is_some() || tl0_pic_idx.is_some() {
+                    vp8::rewrite(&mut slot[header..n], picture_id, tl0_pic_idx);
+                }
+                Some(n)
             });
             if written {
                 forwarded += 1;
@@ -666,7 +704,10 @@ impl Router {
         if self.urgent {
             return self.last_now.or(self.next_tick);
         }
-        self.next_tick
+        match (self.next_tick, self.nack_due) {
+            (Some(t), Some(n)) => Some(t.min(n)),
+            (t, n) => t.or(n),
+        }
     }
 
     /// Periodic work: choose consumers' target encodings by which encodings
@@ -680,17 +721,32 @@ impl Router {
             self.retarget(now);
         }
         self.urgent = false;
+        let rr_due = !matches!(self.next_rr, Some(t) if now < t);
+        if rr_due {
+            self.next_rr = Some(now + RR_INTERVAL);
+        }
         let Router {
             producers,
             stats,
             config,
+            nack_due,
             ..
         } = self;
+        *nack_due = None;
         for (_, p) in producers.iter_mut() {
             for i in 0..p.encodings.len() {
                 if p.encodings[i].key_frame_wanted {
                     request_key_frame(p, i, now, out, stats, config);
                 }
+                if p.nack {
+                    send_upstream_nack(p, i, now, out, stats, config);
+                    if let Some(due) = p.encodings[i].missing.next_due(config.nack_retry_interval) {
+                        *nack_due = Some(nack_due.map_or(due, |d| d.min(due)));
+                    }
+                }
+            }
+            if rr_due {
+                send_receiver_report(p, now, out, stats, config);
             }
         }
     }
@@ -952,8 +1008,15 @@ impl Router {
             };
             let ts = orig.timestamp().wrapping_add(entry.ts_offset);
             let ssrc = c.ssrc;
+            let header = orig.header_len();
+            let picture_id = (entry.picture_id != NONE16).then_some(entry.picture_id);
+            let tl0_pic_idx = (entry.tl0_pic_idx != NONE16).then_some(entry.tl0_pic_idx as u8);
             let written = out.push(c.transport, PacketKind::Rtp, Some(cid), |slot| {
-                rewrite_into(slot, original, ssrc, seq, ts, pt)
+                let n = rewrite_into(slot, original, ssrc, seq, ts, pt)?;
+                if picture_id.is_some() || tl0_pic_idx.is_some() {
+                    vp8::rewrite(&mut slot[header..n], picture_id, tl0_pic_idx);
+                }
+                Some(n)
             });
             if written {
                 c.stats.retransmitted += 1;
@@ -1024,6 +1087,7 @@ struct Producer {
     mid_extension_id: Option<u8>,
     mid: Option<Box<[u8]>>,
     key_frame_request: KeyFrameRequest,
+    nack: bool,
     consumers: Vec<ConsumerId>,
 }
 
@@ -1046,6 +1110,12 @@ struct Encoding {
     key_frame_wanted: bool,
     last_key_frame_request: Option<Instant>,
     fir_seq: u8,
+    missing: MissingList,
+    nacks_sent: u64,
+    recovered: u64,
+    /// Expected and received at the previous RR (for its fraction lost).
+    expected_prior: u64,
+    received_prior: u64,
 }
 
 impl Encoding {
@@ -1067,6 +1137,11 @@ impl Encoding {
             key_frame_wanted: false,
             last_key_frame_request: None,
             fir_seq: 0,
+            missing: MissingList::new(),
+            nacks_sent: 0,
+            recovered: 0,
+            expected_prior: 0,
+            received_prior: 0,
         }
     }
 
@@ -1081,8 +1156,13 @@ impl Encoding {
         clock_rate: u32,
         pkt: &RtpPacket<'_>,
         info: FrameInfo,
+        nack: bool,
     ) {
+        let highest_before = self.unwrap.highest();
         let ext = self.unwrap.unwrap(pkt.seq());
+        if nack && self.missing.on_packet(ext, highest_before, now) == Arrival::Recovered {
+            self.recovered += 1;
+        }
         self.first_ext = Some(self.first_ext.map_or(ext.get(), |f| f.min(ext.get())));
         self.packets += 1;
         self.bytes += pkt.as_bytes().len() as u64;
@@ -1105,19 +1185,60 @@ impl Encoding {
         self.buffer.insert(ext, pkt.as_bytes(), now);
     }
 
-    fn stats(&self) -> EncodingStats {
-        let expected = match (self.first_ext, self.unwrap.highest()) {
+    fn expected(&self) -> u64 {
+        match (self.first_ext, self.unwrap.highest()) {
             (Some(first), Some(h)) => h.get() - first + 1,
             _ => 0,
-        };
+        }
+    }
+
+    fn stats(&self) -> EncodingStats {
         EncodingStats {
             ssrc: self.ssrc(),
             packets: self.packets,
             bytes: self.bytes,
-            lost: expected as i64 - self.packets as i64,
+            lost: self.expected() as i64 - self.packets as i64,
             jitter: self.jitter_q4 >> 4,
             key_frames: self.key_frames,
+            nacks_sent: self.nacks_sent,
+            recovered: self.recovered,
         }
+    }
+
+    /// An RFC 3550 §6.4.1 reception report block for this encoding, and the
+    /// bookkeeping for the next one's fraction lost.
+    fn report_block(&mut self, now: Instant) -> Option<ReportBlock> {
+        let ssrc = self.ssrc()?;
+        let highest = self.unwrap.highest()?;
+        let expected = self.expected();
+        let expected_interval = expected - self.expected_prior.min(expected);
+        let received_interval = self.packets - self.received_prior.min(self.packets);
+        self.expected_prior = expected;
+        self.received_prior = self.packets;
+        let lost_interval = expected_interval as i64 - received_interval as i64;
+        let fraction_lost = if expected_interval == 0 || lost_interval <= 0 {
+            0
+        } else {
+            ((lost_interval << 8) / expected_interval as i64).min(255) as u8
+        };
+        let (last_sr, delay_since_last_sr) = match self.last_sr {
+            Some((info, at)) => (
+                info.compact_ntp(),
+                ticks(now.saturating_duration_since(at), 65_536),
+            ),
+            None => (0, 0),
+        };
+        Some(ReportBlock {
+            ssrc,
+            fraction_lost,
+            cumulative_lost: (expected as i64 - self.packets as i64).clamp(-0x80_0000, 0x7F_FFFF)
+                as i32,
+            // The unwrapper starts at cycle 1; RTCP counts cycles from 0.
+            highest_seq: highest.get().saturating_sub(1 << 16) as u32,
+            jitter: self.jitter_q4 >> 4,
+            last_sr,
+            delay_since_last_sr,
+        })
     }
 }
 
@@ -1193,7 +1314,78 @@ fn request_key_frame(
     }
 }
 
+/// NACK the packets of encoding `enc` that are missing upstream and due.
+fn send_upstream_nack(
+    p: &mut Producer,
+    enc: usize,
+    now: Instant,
+    out: &mut Output,
+    stats: &mut RouterStats,
+    config: &RouterConfig,
+) {
+    let e = &mut p.encodings[enc];
+    let Some(media) = e.ssrc() else {
+        return;
+    };
+    if !e.missing.any_due(now, config.nack_retry_interval) {
+        return;
+    }
+    let sender = config.feedback_ssrc;
+    let mut nacked = 0;
+    let written = out.push(p.transport, PacketKind::Rtcp, None, |slot| {
+        let n = rtcp::write_receiver_report(slot, sender, &[]).ok()?;
+        let mut b = rtcp::NackBuilder::new(&mut slot[n..], sender, media);
+        nacked = e.missing.take_due(
+            now,
+            config.nack_retry_interval,
+            config.retransmit_max_age,
+            |seq| b.push(seq),
+        );
+        let m = b.finish();
+        (m > 0).then_some(n + m)
+    });
+    if written {
+        e.nacks_sent += nacked as u64;
+        stats.upstream_nacks_sent += 1;
+    } else if out.is_full() {
+        count(stats, DropReason::OutputFull);
+    }
+}
+
+/// Send the producer a receiver report with a block per encoding heard from.
+fn send_receiver_report(
+    p: &mut Producer,
+    now: Instant,
+    out: &mut Output,
+    stats: &mut RouterStats,
+    config: &RouterConfig,
+) {
+    let mut blocks = [ReportBlock::default(); MAX_ENCODINGS];
+    let mut n = 0;
+    for e in p.encodings.iter_mut() {
+        if let Some(b) = e.report_block(now) {
+            blocks[n] = b;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    let sender = config.feedback_ssrc;
+    let written = out.push(p.transport, PacketKind::Rtcp, None, |slot| {
+        rtcp::write_receiver_report(slot, sender, &blocks[..n]).ok()
+    });
+    if written {
+        stats.receiver_reports_sent += 1;
+    } else {
+        count(stats, DropReason::OutputFull);
+    }
+}
+
 // ------------------------------------------------------------ consumer ----
+
+/// "No value" in the u16 fields of a history entry.
+const NONE16: u16 = u16::MAX;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct HistoryEntry {
@@ -1202,6 +1394,94 @@ struct HistoryEntry {
     in_seq: u16,
     encoding: u8,
     ts_offset: u32,
+    /// The VP8 PictureID and TL0PICIDX it was sent with (`NONE16`: none).
+    picture_id: u16,
+    tl0_pic_idx: u16,
+}
+
+/// What to send for one forwarded packet.
+#[derive(Clone, Copy, Debug)]
+struct Forward {
+    seq: SeqNo,
+    ts: u32,
+    /// The consumer's layers changed with this packet.
+    switched: bool,
+    /// VP8 PictureID and TL0PICIDX to write (continuous across switches and
+    /// dropped temporal layers, like the sequence numbers).
+    picture_id: Option<u16>,
+    tl0_pic_idx: Option<u8>,
+}
+
+/// VP8 PictureID and TL0PICIDX continuity of one consumer.
+#[derive(Clone, Debug, Default)]
+struct Vp8Continuity {
+    picture_id: Option<WrapMapper>,
+    tl0_offset: u8,
+    last_tl0_out: Option<u8>,
+}
+
+impl Vp8Continuity {
+    /// A new run starts with this packet.
+    fn sync(&mut self, info: &FrameInfo) {
+        if let Some((pid, long)) = info.picture_id {
+            let bits = if long { 15 } else { 7 };
+            let first = self
+                .picture_id
+                .as_ref()
+                .map_or(u64::from(pid), WrapMapper::next_out);
+            let m = self
+                .picture_id
+                .get_or_insert_with(|| WrapMapper::new(bits, first));
+            if m.bits() != bits {
+                *m = WrapMapper::new(bits, first);
+            }
+            m.sync(u64::from(pid));
+        }
+        if let Some(t) = info.tl0_pic_idx {
+            self.tl0_offset = self
+                .last_tl0_out
+                .map_or(0, |l| l.wrapping_add(1).wrapping_sub(t));
+        }
+    }
+
+    /// A packet of a frame left out on purpose.
+    fn drop(&mut self, info: &FrameInfo) {
+        if let (Some(m), Some((pid, _))) = (self.picture_id.as_mut(), info.picture_id) {
+            m.drop(u64::from(pid));
+        }
+    }
+
+    /// The values to write, or `Err` when the PictureID cannot be placed.
+    #[allow(clippy::type_complexity)]
+    fn map(&mut self, info: &FrameInfo) -> Result<(Option<u16>, Option<u8>), ()> {
+        let pid = match (self.picture_id.as_mut(), info.picture_id) {
+            (Some(m), Some((pid, long))) if m.bits() == if long { 15 } else { 7 } => {
+                Some(m.map(u64::from(pid)).ok_or(())? as u16)
+            }
+            _ => None,
+        };
+        let tl0 = info.tl0_pic_idx.map(|t| {
+            let out = t.wrapping_add(self.tl0_offset);
+            if self.last_tl0_out.is_none_or_older(out) {
+                self.last_tl0_out = Some(out);
+            }
+            out
+        });
+        Ok((pid, tl0))
+    }
+}
+
+trait NoneOrOlder {
+    fn is_none_or_older(&self, v: u8) -> bool;
+}
+
+impl NoneOrOlder for Option<u8> {
+    fn is_none_or_older(&self, v: u8) -> bool {
+        match *self {
+            None => true,
+            Some(l) => (v.wrapping_sub(l) as i8) > 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -1222,6 +1502,8 @@ struct Consumer {
     ts: TimestampMapper,
     /// The next forwarded packet starts a new run (first packet, resume).
     needs_sync: bool,
+    /// VP8 descriptor continuity (VP8 producers only).
+    vp8: Option<Vp8Continuity>,
     history: Box<[HistoryEntry]>,
     sr_sent: [(u32, Option<Instant>); SR_MEMORY],
     sr_next: usize,
@@ -1229,15 +1511,14 @@ struct Consumer {
 }
 
 impl Consumer {
-    /// Whether to send this packet, and as what: (seq, timestamp, whether
-    /// the layers changed with it).
+    /// Whether to send this packet, and as what.
     fn decide(
         &mut self,
         enc: usize,
         pkt: &RtpPacket<'_>,
         info: FrameInfo,
         now: Instant,
-    ) -> Option<(SeqNo, u32, bool)> {
+    ) -> Option<Forward> {
         if self.paused {
             return None;
         }
@@ -1258,7 +1539,15 @@ impl Consumer {
                 return None;
             }
             if let Some(tid) = info.temporal_layer {
-                if info.frame_start && !switched {
+                if info.key_frame_start {
+                    // A key frame is never filtered out, whatever layer it
+                    // claims: every later frame depends on it.
+                    let want = self.target_temporal.max(tid);
+                    if want != self.current_temporal {
+                        self.current_temporal = want;
+                        switched = true;
+                    }
+                } else if info.frame_start {
                     if self.target_temporal < self.current_temporal {
                         self.current_temporal = self.target_temporal;
                         switched = true;
@@ -1273,6 +1562,9 @@ impl Consumer {
                 }
                 if tid > self.current_temporal {
                     self.seq.drop(pkt.seq());
+                    if let Some(v) = self.vp8.as_mut() {
+                        v.drop(&info);
+                    }
                     self.stats.dropped_temporal += 1;
                     return None;
                 }
@@ -1284,15 +1576,32 @@ impl Consumer {
         if self.needs_sync {
             self.seq.sync(pkt.seq());
             self.ts.sync(pkt.timestamp(), now);
+            if let Some(v) = self.vp8.as_mut() {
+                v.sync(&info);
+            }
             self.needs_sync = false;
         }
+        let (picture_id, tl0_pic_idx) = match self.vp8.as_mut().map(|v| v.map(&info)) {
+            Some(Ok(values)) => values,
+            Some(Err(())) => {
+                self.stats.too_old += 1;
+                return None;
+            }
+            None => (None, None),
+        };
         let Some(seq) = self.seq.map(pkt.seq()) else {
             self.stats.too_old += 1;
             return None;
         };
         let ts = self.ts.map(pkt.timestamp(), now);
         self.stats.spatial_layer = self.current_spatial.map(|s| s as u8);
-        Some((seq, ts, switched))
+        Some(Forward {
+            seq,
+            ts,
+            switched,
+            picture_id,
+            tl0_pic_idx,
+        })
     }
 
     fn layers_event(&self, id: ConsumerId) -> Event {

@@ -79,6 +79,10 @@ pub struct RouterStats {
     pub remb_ignored: u64,
     /// Other RTCP packets (SDES, BYE, APP, XR, TWCC, …) received and ignored.
     pub rtcp_ignored: u64,
+    /// NACK packets sent to producers for packets missing upstream.
+    pub upstream_nacks_sent: u64,
+    /// Receiver reports sent to producers.
+    pub receiver_reports_sent: u64,
     /// Events dropped because the caller did not poll them.
     pub events_dropped: u64,
     /// Drops by [`DropReason::index`].
@@ -108,6 +112,10 @@ pub struct EncodingStats {
     pub jitter: u32,
     /// Key frames seen.
     pub key_frames: u64,
+    /// Packets NACKed upstream (each try counts).
+    pub nacks_sent: u64,
+    /// Missing packets that arrived later (retransmitted or reordered).
+    pub recovered: u64,
 }
 
 /// Counters and the latest receiver-report view of one consumer.

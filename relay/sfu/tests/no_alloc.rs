@@ -1,6 +1,7 @@
 //! The forwarding path allocates nothing: RTP fan-out to many consumers,
 //! simulcast switches, temporal filtering, NACK answers, SR rewrites,
-//! PLI forwarding and timers all run with zero heap allocations once the
+//! PLI forwarding, upstream NACKs, receiver reports, timers and SRTP
+//! protection of every transmit in place all run with zero heap allocations once the
 //! router is set up.
 //!
 //! Its own test binary, so the counting global allocator sees only this test.
@@ -109,6 +110,9 @@ fn forwarding_path_does_not_allocate() {
             pkts.extend(s.frame(key, 3, Some((f % 2) as u8), f % 4 == 1));
         }
         pkts.extend(audio.frame(false, 1, None, false));
+        if f % 7 == 3 {
+            pkts.remove(1); // lost upstream: NACKed by the router
+        }
         frames.push(pkts);
     }
     let nacks: Vec<_> = (0..CONSUMERS)
@@ -119,6 +123,30 @@ fn forwarding_path_does_not_allocate() {
         .collect();
     let sr = streams[1].sender_report(1 << 40, 10, 1000);
     let mut events = 0u64;
+    // Every transmit is SRTP-protected in place in its slot, as the worker
+    // will do (one sending context per subscriber transport in production;
+    // one per profile suffices to show the transform allocates nothing).
+    let mut cm =
+        srtp::SrtpContext::new(srtp::SrtpProfile::Aes128CmHmacSha1_80, &[1; 16], &[2; 14]).unwrap();
+    let mut gcm =
+        srtp::SrtpContext::new(srtp::SrtpProfile::AeadAes128Gcm, &[1; 16], &[2; 12]).unwrap();
+    // Warm the per-SSRC tables (a new SSRC allocates once, not per packet).
+    for ctx in [&mut cm, &mut gcm] {
+        for ssrc in (0x100..0x100 + CONSUMERS)
+            .chain(0x200..0x200 + CONSUMERS)
+            .chain([0x7465_726E])
+        {
+            let mut b = [0u8; 64];
+            b[0] = 0x80;
+            b[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            ctx.protect_rtp(&mut b, 20).unwrap();
+            b[0] = 0x81;
+            b[1] = 201;
+            b[4..8].copy_from_slice(&ssrc.to_be_bytes());
+            ctx.protect_rtcp(&mut b, 8).unwrap();
+        }
+    }
+    let mut protected = 0u64;
 
     let mut run = |range: std::ops::Range<u32>| {
         for f in range {
@@ -150,6 +178,22 @@ fn forwarding_path_does_not_allocate() {
             while router.poll_event().is_some() {
                 events += 1;
             }
+            for i in 0..out.len() {
+                let (t, _) = out.get(i).unwrap();
+                let ctx = if t.transport.0 % 2 == 0 {
+                    &mut cm
+                } else {
+                    &mut gcm
+                };
+                let (slot, len) = out.slot_mut(i).unwrap();
+                let n = match t.kind {
+                    PacketKind::Rtp => ctx.protect_rtp(slot, len),
+                    PacketKind::Rtcp => ctx.protect_rtcp(slot, len),
+                }
+                .unwrap();
+                out.set_len(i, n);
+                protected += 1;
+            }
             black_box(out.iter().count());
             out.clear();
         }
@@ -165,7 +209,9 @@ fn forwarding_path_does_not_allocate() {
     );
     assert!(st.retransmitted > 0 && st.sender_reports_forwarded > 0);
     assert!(st.key_frame_requests_sent > 0);
+    assert!(st.upstream_nacks_sent > 0 && st.receiver_reports_sent > 0);
     assert!(events > 0, "layer switches happened");
+    assert!(protected >= st.rtp_forwarded);
     let switches: u64 = ids
         .iter()
         .map(|&c| router.consumer_stats(c).unwrap().layer_switches)

@@ -169,6 +169,9 @@ fn simulcast_switches_exactly_on_key_frames_and_asks_for_them() {
         })
         .collect();
     assert_eq!(ev, vec![2, 0, 2]);
+    // The three encodings number their pictures differently; the consumer
+    // sees one continuous PictureID sequence across both switches.
+    assert_vp8_continuous(&rx);
     let cs = w.router.consumer_stats(c).unwrap();
     assert_eq!(cs.layer_switches, 3);
     assert_eq!(cs.spatial_layer, Some(2));
@@ -247,6 +250,9 @@ fn vp8_temporal_layers_are_filtered_without_gaps_and_raised_at_sync_frames() {
     want.extend(9..24);
     assert_eq!(frames, want);
     assert_contiguous(&rx);
+    // PictureIDs and TL0PICIDX stay continuous although frames were left out.
+    assert_vp8_continuous(&rx);
+    assert_vp8_continuous(&all);
     let cs = w.router.consumer_stats(low).unwrap();
     // Frames 1, 2, 3, 5, 6 and 7, two packets each.
     assert_eq!(cs.dropped_temporal, 2 * 6);
@@ -533,7 +539,7 @@ fn sender_reports_are_rewritten_per_consumer_and_receiver_reports_give_rtt() {
             s.ts.wrapping_sub(1_000_000).wrapping_add(base)
         );
         assert_eq!(i.packet_count, 10);
-        assert_eq!(i.octet_count, 10 * 48);
+        assert_eq!(i.octet_count, 10 * 51);
     }
     assert!(
         w.rtcp_to(TransportId(12)).is_empty(),
@@ -777,4 +783,112 @@ fn control_calls_validate_and_removal_closes_consumers() {
         .unwrap();
     assert_ne!(p, p2);
     assert!(w.router.producer_stats(p).is_none());
+}
+
+/// Sequence numbers NACKed to the publisher so far.
+fn upstream_nacks(w: &World) -> Vec<u16> {
+    let mut v = Vec::new();
+    for d in w.rtcp_to(PUB) {
+        for p in rtcp::compound(&d) {
+            if let Ok(RtcpPacket::Nack(n)) = p {
+                assert_eq!(n.media.get(), 0x5);
+                v.extend(n.lost().map(|s| s.get()));
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn upstream_losses_are_nacked_retried_and_repaired_for_consumers() {
+    let mut w = World::new();
+    let p = w
+        .router
+        .add_producer(video_producer(Codec::Vp8, &[0x5]))
+        .unwrap();
+    w.add_consumer(consumer(p, 10, 0x50)).unwrap();
+    let mut s = Stream::new(Codec::Vp8, 0x5, 0, 65_534, 0);
+    let mut lost = Vec::new();
+    for f in 0..4 {
+        for (i, pkt) in s.frame(f == 0, 3, None, false).into_iter().enumerate() {
+            if f == 1 && i == 1 {
+                lost.push(pkt); // seq 65_534 + 4 = 2
+                continue;
+            }
+            w.input(PUB, &pkt).unwrap();
+        }
+    }
+    // Reordering grace: nothing yet; then one NACK, and a retry later.
+    assert!(upstream_nacks(&w).is_empty());
+    w.advance(Duration::from_millis(10));
+    assert_eq!(upstream_nacks(&w), vec![2]);
+    w.advance(Duration::from_millis(50));
+    assert_eq!(upstream_nacks(&w), vec![2], "not before the retry interval");
+    w.advance(Duration::from_millis(50));
+    assert_eq!(upstream_nacks(&w), vec![2, 2]);
+    // The publisher resends it: the consumer gets it in its gap.
+    assert_eq!(w.input(PUB, &lost[0]), Ok(1));
+    w.advance(Duration::from_millis(500));
+    assert_eq!(upstream_nacks(&w), vec![2, 2], "repaired: no more NACKs");
+    let rx = w.rtp_to(TransportId(10));
+    let mut seqs: Vec<u16> = rx.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        *seqs.last().unwrap(),
+        1004,
+        "the late packet filled slot 1004"
+    );
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1000..1012).collect::<Vec<_>>());
+    let es = w.router.producer_stats(p).unwrap().next().unwrap();
+    assert_eq!((es.nacks_sent, es.recovered, es.lost), (2, 1, 0));
+}
+
+#[test]
+fn producers_get_receiver_reports_with_loss_jitter_and_lsr() {
+    let mut w = World::new();
+    let p = w
+        .router
+        .add_producer(video_producer(Codec::Vp8, &[0x5, 0x6]))
+        .unwrap();
+    w.add_consumer(consumer(p, 10, 0x50)).unwrap();
+    let mut s = Stream::new(Codec::Vp8, 0x5, 0, 100, 0);
+    // 20 packets sent, 5 lost and never repaired (beyond the NACK tries).
+    for k in 0..20u16 {
+        let pkt = s.frame(k == 0, 1, None, false).remove(0);
+        if k % 4 != 3 {
+            w.input(PUB, &pkt).unwrap();
+        }
+        w.advance(Duration::from_millis(20));
+    }
+    let ntp = 0xAABB_CCDD_1122_3344u64;
+    w.input(PUB, &s.sender_report(ntp, 20, 2000)).unwrap();
+    w.clear_sent_rtcp();
+    w.advance(Duration::from_millis(1000));
+    let mut blocks = Vec::new();
+    for d in w.rtcp_to(PUB) {
+        for p in rtcp::compound(&d) {
+            if let Ok(RtcpPacket::ReceiverReport(rr)) = p {
+                blocks.extend(rr.report_blocks());
+            }
+        }
+    }
+    // The first RR after the SR; the silent encoding 0x6 has no block.
+    let b = blocks
+        .iter()
+        .find(|b| b.last_sr != 0)
+        .expect("an RR with LSR");
+    assert_eq!(b.ssrc.get(), 0x5);
+    assert_eq!(
+        b.highest_seq,
+        100 + 18,
+        "seq 119 was lost, 118 is the highest"
+    );
+    assert_eq!(
+        b.cumulative_lost, 4,
+        "103, 107, 111, 115 (119 is past the highest)"
+    );
+    assert_eq!(b.last_sr, (ntp >> 16) as u32);
+    assert!(b.delay_since_last_sr > 0 && b.delay_since_last_sr <= 65_536);
+    assert!(blocks.iter().all(|b| b.ssrc.get() == 0x5));
+    assert!(w.router.stats().receiver_reports_sent >= 1);
 }

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 use tern_io::{BackendKind, IoStats};
-use tern_turn::{AuthFailure, DropReason, Stats};
+use tern_turn::{AuthFailure, DropReason, Stats, Transport};
+
+use crate::stream::{CloseReason, StreamStats};
 
 /// How often a worker reports (and so the longest an idle worker sleeps).
 pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -72,6 +74,7 @@ pub(crate) struct Report {
     pub(crate) allocations: usize,
     pub(crate) unroutable: u64,
     pub(crate) stalls: u64,
+    pub(crate) streams: StreamStats,
     /// Loop-turn durations (ns) since the previous delivered report, and their sum.
     pub(crate) loop_ns: Histogram<u64>,
     pub(crate) loop_ns_sum: u64,
@@ -96,6 +99,7 @@ impl Report {
             allocations: 0,
             unroutable: 0,
             stalls: 0,
+            streams: StreamStats::default(),
             loop_ns: latency_histogram(),
             loop_ns_sum: 0,
             alloc_ns: latency_histogram(),
@@ -115,6 +119,7 @@ pub(crate) struct Counters<'a> {
     pub(crate) allocations: usize,
     pub(crate) unroutable: u64,
     pub(crate) stalls: u64,
+    pub(crate) streams: StreamStats,
 }
 
 /// The worker's end: its histograms and the two channels.
@@ -196,6 +201,7 @@ impl Reporter {
         r.allocations = counters.allocations;
         r.unroutable = counters.unroutable;
         r.stalls = counters.stalls;
+        r.streams = counters.streams;
         // The side thread hands reports back with empty histograms: swap, so the
         // worker goes on recording into empty ones.
         std::mem::swap(&mut r.loop_ns, &mut self.loop_ns);
@@ -238,6 +244,7 @@ pub(crate) struct Totals {
     pub(crate) io: IoStats,
     pub(crate) allocations: usize,
     pub(crate) unroutable: u64,
+    pub(crate) streams: StreamStats,
 }
 
 impl Totals {
@@ -299,6 +306,7 @@ impl Collected {
         last.allocations = r.allocations;
         last.unroutable = r.unroutable;
         last.stalls = r.stalls;
+        last.streams = r.streams;
         // Same bounds everywhere, so adding cannot fail.
         let _ = last.loop_ns.add(&r.loop_ns);
         last.loop_ns_sum = last.loop_ns_sum.saturating_add(r.loop_ns_sum);
@@ -321,6 +329,7 @@ impl Collected {
             t.io.merge(&w.last.io);
             t.allocations += w.last.allocations;
             t.unroutable += w.last.unroutable;
+            t.streams.merge(&w.last.streams);
         }
         t
     }
@@ -471,6 +480,8 @@ impl Collected {
             &[("direction", "to_client"), ("backend", &backend)],
             t.turn.bytes_to_client,
         );
+
+        self.render_transports(o, &t);
 
         header(
             o,
@@ -665,6 +676,131 @@ impl Collected {
     }
 }
 
+impl Collected {
+    /// Allocations and relayed packets by client transport, and the TCP/TLS
+    /// connections: accepted, open, refused by limit, closed by reason.
+    fn render_transports(&self, o: &mut String, t: &Totals) {
+        header(
+            o,
+            "tern_transport_allocations_active",
+            "gauge",
+            "Live TURN allocations, by client transport.",
+        );
+        for tr in Transport::ALL {
+            let by = &t.turn.by_transport[tr.index()];
+            sample(
+                o,
+                "tern_transport_allocations_active",
+                &[("transport", tr.as_str())],
+                by.live(),
+            );
+        }
+        header(
+            o,
+            "tern_transport_allocations_created_total",
+            "counter",
+            "TURN allocations made, by client transport.",
+        );
+        for tr in Transport::ALL {
+            sample(
+                o,
+                "tern_transport_allocations_created_total",
+                &[("transport", tr.as_str())],
+                t.turn.by_transport[tr.index()].allocations_created,
+            );
+        }
+        header(
+            o,
+            "tern_transport_packets_relayed_total",
+            "counter",
+            "Messages relayed, by client transport and direction.",
+        );
+        for tr in Transport::ALL {
+            let by = &t.turn.by_transport[tr.index()];
+            for (direction, value) in [
+                ("to_peer", by.packets_to_peer),
+                ("to_client", by.packets_to_client),
+            ] {
+                sample(
+                    o,
+                    "tern_transport_packets_relayed_total",
+                    &[("transport", tr.as_str()), ("direction", direction)],
+                    value,
+                );
+            }
+        }
+        let s = &t.streams;
+        let streams = [Transport::Tcp, Transport::Tls];
+        header(
+            o,
+            "tern_stream_connections_accepted_total",
+            "counter",
+            "TCP/TLS client connections accepted, by transport.",
+        );
+        for tr in streams {
+            sample(
+                o,
+                "tern_stream_connections_accepted_total",
+                &[("transport", tr.as_str())],
+                s.accepted[tr.index()],
+            );
+        }
+        header(
+            o,
+            "tern_stream_connections_open",
+            "gauge",
+            "TCP/TLS client connections open, by transport.",
+        );
+        for tr in streams {
+            sample(
+                o,
+                "tern_stream_connections_open",
+                &[("transport", tr.as_str())],
+                s.open[tr.index()],
+            );
+        }
+        header(
+            o,
+            "tern_stream_connections_refused_total",
+            "counter",
+            "TCP/TLS connections closed at accept by max-connections (total) or max-connections-per-source (per_source).",
+        );
+        sample(
+            o,
+            "tern_stream_connections_refused_total",
+            &[("limit", "total")],
+            s.refused_total,
+        );
+        sample(
+            o,
+            "tern_stream_connections_refused_total",
+            &[("limit", "per_source")],
+            s.refused_per_source,
+        );
+        header(
+            o,
+            "tern_stream_connections_closed_total",
+            "counter",
+            "TCP/TLS client connections closed, by reason.",
+        );
+        for reason in CloseReason::ALL {
+            sample(
+                o,
+                "tern_stream_connections_closed_total",
+                &[("reason", reason.as_str())],
+                s.closed(reason),
+            );
+        }
+        header(
+            o,
+            "tern_stream_accept_errors_total",
+            "counter",
+            "accept() calls that failed (out of descriptors...).",
+        );
+        sample(o, "tern_stream_accept_errors_total", &[], s.accept_errors);
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -758,6 +894,7 @@ mod tests {
             allocations: 3,
             unroutable: 0,
             stalls: 0,
+            streams: StreamStats::default(),
         };
         let mut collected = Collected::new(1);
         let t0 = Instant::now();

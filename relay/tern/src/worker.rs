@@ -8,10 +8,14 @@
 //! the core's timers when due; flush the send queue once per turn; record the
 //! turn's duration. Nothing on the per-packet path allocates, locks or logs
 //! above `trace`.
+//!
+//! TCP and TLS clients live in [`crate::stream`]: the worker only nests the
+//! streams' epoll into its back end, services them when that says so, and
+//! routes `Via::Stream` to them (the `streams` hooks below).
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,12 +28,13 @@ use tern_io::{
 };
 use tern_turn::policy::PeerPolicy;
 use tern_turn::{
-    BindError, Credentials, Event, Forward, Host, QuotaError, Server, ServerConfig, Stats, Via,
-    PEER_HEADROOM, PEER_TAILROOM,
+    BindError, Credentials, Event, Forward, Host, QuotaError, Server, ServerConfig, Stats,
+    Transport, Via, PEER_HEADROOM, PEER_TAILROOM,
 };
 
 use crate::metrics::{Counters, Reporter};
 use crate::shared::Shared;
+use crate::stream::{StreamConfig, StreamStats, Streams};
 
 /// Datagrams per receive syscall.
 const BATCH: usize = 64;
@@ -49,6 +54,8 @@ pub(crate) enum Control {
         credentials: Credentials,
         policy: PeerPolicy,
     },
+    /// A new TLS certificate and key (SIGHUP); live connections keep theirs.
+    Tls(Arc<rustls::ServerConfig>),
     /// Start or stop draining (refuse new allocations); `epoch` is echoed in reports.
     Draining { on: bool, epoch: u64 },
     /// Send a copy of the counters back.
@@ -66,6 +73,7 @@ pub(crate) struct WorkerStats {
     pub(crate) unroutable: u64,
     pub(crate) stalls: u64,
     pub(crate) loop_turn_ns: Histogram<u64>,
+    pub(crate) streams: StreamStats,
 }
 
 /// Everything a worker thread starts with.
@@ -74,6 +82,9 @@ pub(crate) struct Setup {
     pub(crate) core: Option<core_affinity::CoreId>,
     pub(crate) backend: BackendKind,
     pub(crate) listeners: Vec<UdpSocket>,
+    /// This worker's TCP/TLS listeners (empty: no stream transport).
+    pub(crate) stream_listeners: Vec<(TcpListener, Transport)>,
+    pub(crate) stream_config: StreamConfig,
     pub(crate) server: ServerConfig,
     pub(crate) shared: Arc<Shared>,
     pub(crate) control: Receiver<Control>,
@@ -145,6 +156,9 @@ struct Sockets {
     listeners: Vec<(SocketAddr, SocketId)>,
     relays: RelayTable,
     unroutable: u64,
+    /// TCP/TLS clients, when any stream listener is configured. Taken out
+    /// while they are being read (see `service_streams`).
+    streams: Option<Box<Streams>>,
 }
 
 /// Relayed socket by relayed address, looked up for every datagram a client
@@ -248,6 +262,7 @@ impl<P: PacketIo> Worker<P> {
             listeners: Vec::new(),
             relays: RelayTable::new(),
             unroutable: 0,
+            streams: None,
         };
         for socket in setup.listeners {
             let local = socket.local_addr()?;
@@ -256,6 +271,17 @@ impl<P: PacketIo> Worker<P> {
             sockets.listeners.push((local, id));
         }
         let now = Instant::now();
+        if !setup.stream_listeners.is_empty() {
+            let streams = Streams::new(
+                setup.index,
+                setup.stream_listeners,
+                setup.stream_config,
+                setup.shared.clone(),
+                now,
+            )?;
+            io.watch(streams.fd())?;
+            sockets.streams = Some(Box::new(streams));
+        }
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -303,10 +329,13 @@ impl<P: PacketIo> Worker<P> {
             let now = Instant::now();
             // Wake for the next report even when idle, so the side thread sees
             // every worker alive.
-            let deadline = match self.server.poll_timeout() {
+            let mut deadline = match self.server.poll_timeout() {
                 Some(t) => t.min(self.reporter.deadline()),
                 None => self.reporter.deadline(),
             };
+            if let Some(streams) = &self.sockets.streams {
+                deadline = deadline.min(streams.poll_timeout());
+            }
             let timeout = Some(deadline.saturating_duration_since(now));
             if let Err(e) = self.io.wait(timeout) {
                 tracing::error!(worker = self.index, error = %e, "waiting for I/O failed; worker stops");
@@ -338,6 +367,7 @@ impl<P: PacketIo> Worker<P> {
                     allocations: self.server.allocation_count(),
                     unroutable: self.sockets.unroutable,
                     stalls: self.stalls,
+                    streams: self.stream_stats(),
                 },
             );
         }
@@ -358,6 +388,7 @@ impl<P: PacketIo> Worker<P> {
             self.relayed_len += 1;
             self.drain_outputs();
         }
+        self.service_streams();
         let now = Instant::now();
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             let mut host = WorkerHost {
@@ -368,8 +399,56 @@ impl<P: PacketIo> Worker<P> {
             self.server.handle_timeout(&mut host, now);
             self.drain_outputs();
         }
+        if let Some(streams) = &mut self.sockets.streams {
+            streams.flush();
+        }
         // The loop waits next: io_uring submits the sends with that wait.
         self.io.flush_before_wait();
+    }
+
+    /// The stream hook of a loop turn: when the nested epoll signalled (or
+    /// work is left, or a stream timer is due), read the TCP/TLS clients and
+    /// feed their messages to the core; then end the allocations of
+    /// connections that closed. Costs nothing without stream listeners.
+    fn service_streams(&mut self) {
+        let Some(mut streams) = self.sockets.streams.take() else {
+            return;
+        };
+        let now = Instant::now();
+        if self.io.take_watch_ready() || streams.due(now) {
+            self.batch_at = now;
+            let (server, io, sockets, shared) = (
+                &mut self.server,
+                &mut self.io,
+                &mut self.sockets,
+                &self.shared,
+            );
+            streams.service(now, &mut |ft, message| {
+                let forward = {
+                    let mut host = WorkerHost {
+                        io: &mut *io,
+                        sockets: &mut *sockets,
+                        shared,
+                    };
+                    server.handle_client_message(&mut host, ft, message, now)
+                };
+                // Client messages only ever go to relay sockets.
+                if let Some(Forward { via, to, payload }) = forward {
+                    let _counted_when_unroutable =
+                        send_via(&mut *io, &mut *sockets, via, to, payload);
+                }
+            });
+        }
+        while let Some(ft) = streams.take_closed() {
+            let mut host = WorkerHost {
+                io: &mut self.io,
+                sockets: &mut self.sockets,
+                shared: &self.shared,
+            };
+            self.server.handle_client_closed(&mut host, ft, now);
+        }
+        self.sockets.streams = Some(streams);
+        self.drain_outputs();
     }
 
     /// Feed every datagram of the batch to the core and queue its forwards;
@@ -423,6 +502,9 @@ impl<P: PacketIo> Worker<P> {
                 self.reporter
                     .record_allocation(u64::try_from(ns).unwrap_or(u64::MAX));
             }
+            if let Some(streams) = &mut self.sockets.streams {
+                streams.on_event(&event, self.batch_at);
+            }
             log_event(self.index, &event);
         }
     }
@@ -435,6 +517,11 @@ impl<P: PacketIo> Worker<P> {
             } => {
                 self.server.reload(credentials, policy);
                 tracing::debug!(worker = self.index, "credentials and peer policy reloaded");
+            }
+            Control::Tls(config) => {
+                if let Some(streams) = &mut self.sockets.streams {
+                    streams.set_tls(config);
+                }
             }
             Control::Draining { on, epoch } => {
                 self.server.set_draining(on);
@@ -451,10 +538,19 @@ impl<P: PacketIo> Worker<P> {
                     unroutable: self.sockets.unroutable,
                     stalls: self.stalls,
                     loop_turn_ns: self.loop_turn_ns.clone(),
+                    streams: self.stream_stats(),
                 });
             }
             Control::Shutdown => {}
         }
+    }
+
+    fn stream_stats(&self) -> StreamStats {
+        self.sockets
+            .streams
+            .as_ref()
+            .map(|s| *s.stats())
+            .unwrap_or_default()
     }
 
     fn stall(&mut self, took: Duration) {
@@ -484,6 +580,9 @@ impl<P: PacketIo> Worker<P> {
             shared: &self.shared,
         };
         self.server.clear(&mut host, now);
+        if let Some(streams) = &mut self.sockets.streams {
+            streams.close_all();
+        }
         self.drain_outputs();
         self.io.flush();
         for &(_, id) in &self.sockets.listeners {
@@ -509,6 +608,8 @@ impl Sockets {
                 .find(|(a, _)| *a == addr)
                 .map(|&(_, id)| id),
             Via::Relay(addr) => self.relays.get(addr, &self.roles),
+            // Stream clients are written by the stream module, never a UDP socket.
+            Via::Stream(_) => None,
         }
     }
 }
@@ -523,6 +624,18 @@ fn send_via<P: PacketIo>(
     to: SocketAddr,
     payload: &[u8],
 ) -> bool {
+    if let Via::Stream(local) = via {
+        return match &mut sockets.streams {
+            Some(streams) => {
+                streams.send(local, to, payload);
+                true
+            }
+            None => {
+                sockets.unroutable += 1;
+                false
+            }
+        };
+    }
     match sockets.route(via) {
         Some(id) => {
             io.send(id, to, payload);

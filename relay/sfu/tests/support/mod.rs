@@ -186,6 +186,31 @@ impl Rx {
     }
 }
 
+impl Rx {
+    /// The VP8 PictureID and TL0PICIDX the packet carries.
+    pub fn vp8(&self) -> (Option<u16>, Option<u8>) {
+        let d = codec::vp8::Descriptor::parse(&self.payload).unwrap();
+        (d.picture_id.map(|p| p.0), d.tl0_pic_idx)
+    }
+}
+
+/// Across the first packet of each frame: PictureIDs rise by exactly one
+/// (15-bit), and TL0PICIDX by one at each base-layer frame (never skips).
+pub fn assert_vp8_continuous(rx: &[Rx]) {
+    let starts: Vec<_> = rx
+        .iter()
+        .filter(|r| Codec::Vp8.frame_info(&r.payload).frame_start)
+        .map(|r| r.vp8())
+        .collect();
+    for w in starts.windows(2) {
+        let (a, b) = (w[0].0.unwrap(), w[1].0.unwrap());
+        assert_eq!(b, (a + 1) & 0x7FFF, "PictureID {a} then {b}");
+        if let (Some(x), Some(y)) = (w[0].1, w[1].1) {
+            assert!(y == x || y == x.wrapping_add(1), "TL0PICIDX {x} then {y}");
+        }
+    }
+}
+
 fn vp8_descriptor_len(p: &[u8]) -> usize {
     codec::vp8::Descriptor::parse(p).unwrap().len
 }
@@ -200,6 +225,10 @@ pub struct Stream {
     pub ts: u32,
     pub ts_step: u32,
     pub frame: u32,
+    /// VP8 PictureID (15-bit form) of the next frame.
+    pub picture_id: u16,
+    /// VP8 TL0PICIDX of the latest base-layer frame.
+    pub tl0: u8,
     /// RFC 8285 one-byte extensions to put on every packet: (id, value).
     pub extensions: Vec<(u8, Vec<u8>)>,
 }
@@ -220,6 +249,8 @@ impl Stream {
             ts,
             ts_step,
             frame: 0,
+            picture_id: (ssrc as u16).wrapping_mul(7) & 0x7FFF,
+            tl0: ssrc as u8,
             extensions: Vec::new(),
         }
     }
@@ -228,18 +259,22 @@ impl Stream {
     /// in VP8 temporal layer `tid` (with the layer sync bit `sync`).
     pub fn frame(&mut self, key: bool, packets: u8, tid: Option<u8>, sync: bool) -> Vec<Vec<u8>> {
         let mut v = Vec::new();
+        if key || tid == Some(0) {
+            self.tl0 = self.tl0.wrapping_add(1);
+        }
         for i in 0..packets {
             let mut payload = Vec::new();
             match self.codec {
                 Codec::Vp8 => {
                     let first = i == 0;
-                    match tid {
-                        Some(t) => {
-                            payload.push(0x80 | if first { 0x10 } else { 0 });
-                            payload.push(0x20); // T
-                            payload.push(t << 6 | if sync { 0x20 } else { 0 });
-                        }
-                        None => payload.push(if first { 0x10 } else { 0 }),
+                    // X; I (15-bit PictureID); with a temporal layer also L and T.
+                    payload.push(0x80 | if first { 0x10 } else { 0 });
+                    payload.push(if tid.is_some() { 0xE0 } else { 0x80 });
+                    payload.push(0x80 | (self.picture_id >> 8) as u8);
+                    payload.push(self.picture_id as u8);
+                    if let Some(t) = tid {
+                        payload.push(self.tl0);
+                        payload.push(t << 6 | if sync { 0x20 } else { 0 });
                     }
                     // VP8 payload header byte: P = 0 for a key frame.
                     payload.push(if key { 0x00 } else { 0x01 });
@@ -261,6 +296,7 @@ impl Stream {
             v.push(self.packet(i + 1 == packets, &payload));
         }
         self.frame += 1;
+        self.picture_id = (self.picture_id + 1) & 0x7FFF;
         self.ts = self.ts.wrapping_add(self.ts_step);
         v
     }
@@ -327,6 +363,7 @@ pub fn video_producer(codec: Codec, ssrcs: &[u32]) -> ProducerParams {
         mid: None,
         key_frame_request: KeyFrameRequest::Pli,
         retransmit_capacity: 512,
+        nack: true,
     }
 }
 
@@ -346,6 +383,7 @@ pub fn audio_producer(ssrc: u32) -> ProducerParams {
         mid: None,
         key_frame_request: KeyFrameRequest::Pli,
         retransmit_capacity: 0,
+        nack: false,
     }
 }
 
