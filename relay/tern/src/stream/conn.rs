@@ -128,6 +128,7 @@ impl Conn {
         now: Instant,
         on_message: &mut impl FnMut(FiveTuple, &[u8]) -> bool,
     ) -> Result<ReadOutcome, CloseReason> {
+        self.stopped = false;
         for _ in 0..reads {
             if self.deliver(on_message)? {
                 return Ok(ReadOutcome::Stopped);

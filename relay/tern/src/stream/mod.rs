@@ -983,13 +983,22 @@ impl Streams {
         let stats = &mut self.stats;
         let (me, workers, allocated) = (self.worker, self.workers, conn.allocated);
         let mut owner = None;
+        let mut bound = false;
         let result = conn.read(READS_PER_TURN, now, &mut |ft, msg| {
-            // RFC 6062: a ConnectionBind for a peer connection of another worker.
-            if !allocated && workers > 1 {
-                if let Some(w) = foreign_bind(msg, me, workers) {
-                    owner = Some(w);
-                    return false;
+            // After a ConnectionBind, what follows may be raw data for the
+            // peer (once the bind succeeds): leave it unparsed.
+            if bound {
+                return false;
+            }
+            if !allocated && msg.get(..2) == Some(&[0x00, 0x0B][..]) {
+                // RFC 6062: a ConnectionBind for a peer connection of another worker.
+                if workers > 1 {
+                    if let Some(w) = foreign_bind(msg, me, workers) {
+                        owner = Some(w);
+                        return false;
+                    }
                 }
+                bound = true;
             }
             stats.messages_in += 1;
             stats.bytes_in += msg.len() as u64;
