@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use tern_turn::policy::Cidr;
 
 use crate::config::{
-    self, AdminListen, Config, ConfigError, ExternalIp, IoBackend, RegistryUrl, DEV_REALM, DEV_USER,
+    self, AdminListen, Config, ConfigError, ExternalIp, IoBackend, NicSelection, RegistryUrl,
+    DEV_REALM, DEV_USER,
 };
 
 /// tern: a thread-per-core TURN relay (RFC 8656).
@@ -170,6 +171,14 @@ pub struct Flags {
     /// disappears; must exceed --registry-interval [default: 3 x registry-interval].
     #[arg(long, value_name = "SECONDS")]
     pub registry_ttl: Option<u64>,
+    /// NICs whose allowance counters (ethtool -S *_allowance_exceeded, AWS ENA)
+    /// /metrics exports: auto (every interface that has them), off, or
+    /// interface names (repeatable) [default: auto].
+    #[arg(long, value_name = "auto|off|IFACE")]
+    pub nic_stats: Vec<String>,
+    /// Seconds between readings of the NIC allowance counters [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub nic_stats_interval: Option<u64>,
 }
 
 /// Where the configuration in force came from.
@@ -187,6 +196,13 @@ impl Flags {
     /// The configuration these flags describe: base (dev default or
     /// [`Config::default`]), then `--config`'s file, then the flags.
     pub fn resolve(&self) -> Result<(Config, Origin), ConfigError> {
+        if !self.nic_stats.is_empty() {
+            NicSelection::parse(&self.nic_stats).map_err(|problem| ConfigError::Invalid {
+                key: "nic-stats",
+                value: Some(self.nic_stats.join(",")),
+                problem,
+            })?;
+        }
         let no_listen =
             self.listen.is_empty() && self.listen_tcp.is_empty() && self.listen_tls.is_empty();
         let (mut config, origin) = match (&self.config, no_listen) {
@@ -277,6 +293,11 @@ impl Flags {
         if self.registry_ttl.is_some() {
             c.registry_ttl = self.registry_ttl;
         }
+        // An invalid list is refused by `resolve`; here it leaves the key alone.
+        if let Ok(selection) = NicSelection::parse(&self.nic_stats) {
+            c.nic_stats = selection;
+        }
+        set(&mut c.nic_stats_interval, &self.nic_stats_interval);
     }
 }
 
@@ -437,6 +458,12 @@ relay-ports = "50000-50100""#
             "7",
             "--registry-ttl",
             "30",
+            "--nic-stats",
+            "ens5",
+            "--nic-stats",
+            "ens6",
+            "--nic-stats-interval",
+            "3",
         ]);
         let mut c = Config::default();
         cli.flags.apply(&mut c);
@@ -469,6 +496,19 @@ relay-ports = "50000-50100""#
         assert_eq!(c.region, "eu-west");
         assert_eq!(c.node.as_deref(), Some("n1"));
         assert_eq!((c.registry_interval, c.registry_ttl), (7, Some(30)));
+        assert_eq!(
+            c.nic_stats,
+            NicSelection::Interfaces(vec!["ens5".to_owned(), "ens6".to_owned()])
+        );
+        assert_eq!(c.nic_stats_interval, 3);
+    }
+
+    #[test]
+    fn bad_nic_stats_flags_name_the_key() {
+        let cli = parse(&["--nic-stats", "auto", "--nic-stats", "eth0"]);
+        let err = cli.flags.resolve().unwrap_err();
+        assert_eq!(err.key(), Some("nic-stats"), "{err}");
+        assert!(err.to_string().contains("cannot be combined"), "{err}");
     }
 
     #[test]

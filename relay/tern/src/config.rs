@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tern_turn::policy::Cidr;
 use tern_turn::{RelayAddress, RelayAddresses};
 
+pub use crate::nicstats::NicSelection;
 use crate::registry::Registry;
 pub use crate::registry::RegistryUrl;
 
@@ -105,6 +106,11 @@ pub struct Config {
     /// Seconds each registry entry lives unless refreshed; `None` means
     /// three times `registry-interval`.
     pub registry_ttl: Option<u64>,
+    /// Which NICs' allowance counters (`ethtool -S *_allowance_exceeded`,
+    /// AWS ENA) `/metrics` exports: `auto`, `off` or interface names.
+    pub nic_stats: NicSelection,
+    /// Seconds between two readings of the NIC allowance counters.
+    pub nic_stats_interval: u64,
 }
 
 /// Where the admin endpoint listens unless `admin` says otherwise.
@@ -112,6 +118,9 @@ pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCAL
 
 /// `registry-interval` unless set, in seconds.
 pub const DEFAULT_REGISTRY_INTERVAL: u64 = 5;
+
+/// `nic-stats-interval` unless set, in seconds.
+pub const DEFAULT_NIC_STATS_INTERVAL: u64 = 10;
 
 /// A public address to advertise, optionally with the private address it maps
 /// to (1:1 NAT, e.g. an EC2 Elastic IP): `PUBLIC[/PRIVATE]`.
@@ -240,6 +249,8 @@ impl Default for Config {
             node: None,
             registry_interval: DEFAULT_REGISTRY_INTERVAL,
             registry_ttl: None,
+            nic_stats: NicSelection::Auto,
+            nic_stats_interval: DEFAULT_NIC_STATS_INTERVAL,
         }
     }
 }
@@ -364,6 +375,12 @@ impl Config {
         if self.drain_timeout == 0 {
             return Err(ConfigError::problem(
                 "drain-timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.nic_stats_interval == 0 {
+            return Err(ConfigError::problem(
+                "nic-stats-interval",
                 "must be at least 1 second",
             ));
         }
@@ -568,7 +585,8 @@ impl Config {
         };
         format!(
             "listen {}; relay {} ports {}; realm {:?}; {} user(s), {} secret(s); \
-             {} allow-peer, {} deny-peer; workers {}; io-backend {}; admin {}; registry {}",
+             {} allow-peer, {} deny-peer; workers {}; io-backend {}; admin {}; registry {}; \
+             nic-stats {}",
             listen.join(", "),
             relay.join(", "),
             fmt_ports(self.relay_ports),
@@ -581,6 +599,7 @@ impl Config {
             self.io_backend,
             admin,
             registry,
+            self.nic_stats,
         )
     }
 }
@@ -944,6 +963,8 @@ struct RawConfig {
     node: Option<toml::Value>,
     registry_interval: Option<toml::Value>,
     registry_ttl: Option<toml::Value>,
+    nic_stats: Option<toml::Value>,
+    nic_stats_interval: Option<toml::Value>,
 }
 
 impl RawConfig {
@@ -1067,6 +1088,14 @@ impl RawConfig {
         }
         if let Some(v) = self.registry_ttl {
             c.registry_ttl = Some(integer("registry-ttl", v)?);
+        }
+        if let Some(v) = self.nic_stats {
+            let names = each("nic-stats", v, |s| Ok(s.to_owned()), true)?;
+            c.nic_stats = NicSelection::parse(&names)
+                .map_err(|p| ConfigError::invalid("nic-stats", names.join(","), p))?;
+        }
+        if let Some(v) = self.nic_stats_interval {
+            c.nic_stats_interval = integer("nic-stats-interval", v)?;
         }
         Ok(())
     }

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 mod http;
 mod metrics;
+pub mod nicstats;
 pub mod notify;
 pub mod registry;
 mod shared;
@@ -52,6 +53,7 @@ use tern_turn::policy::PeerPolicy;
 use tern_turn::{Credentials, RelayPortRange, ServerConfig, Stats, Transport};
 
 pub use config::{Config, ConfigError};
+use nicstats::NicSelection;
 pub use notify::Notifier;
 pub use side::{DrainCause, Lifecycle, UndrainError};
 pub use stream::tls::TlsError;
@@ -286,10 +288,15 @@ impl Relay {
                 drain_timeout: Duration::from_secs(config.drain_timeout),
                 alternate_server: config.alternate_server,
                 admin_token: config.admin_token.clone(),
+                backend_reason: selection.reason.clone(),
                 registry_wake: registry.is_some().then_some(registry_wake),
             },
             notifier,
         ));
+        let config_nic = (
+            config.nic_stats.clone(),
+            Duration::from_secs(config.nic_stats_interval),
+        );
         let mut relay = RelayHandle {
             workers: handles,
             side_threads: Vec::new(),
@@ -312,6 +319,23 @@ impl Relay {
             let spawned = std::thread::Builder::new()
                 .name("tern-registry".to_owned())
                 .spawn(move || registry::run(side, registry, registry_woken, stop));
+            match spawned {
+                Ok(t) => relay.side_threads.push(t),
+                Err(source) => {
+                    return Err(StartError::Worker {
+                        index: workers,
+                        source,
+                    })
+                }
+            }
+        }
+        if config_nic.0 != NicSelection::Off {
+            let stats = side.nic.clone();
+            let stop = stop_rx.clone();
+            let (selection, every) = config_nic;
+            let spawned = std::thread::Builder::new()
+                .name("tern-nicstats".to_owned())
+                .spawn(move || nicstats::run(stats, selection, every, stop));
             match spawned {
                 Ok(t) => relay.side_threads.push(t),
                 Err(source) => {
@@ -857,5 +881,10 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         "registry-interval",
     );
     check(running.registry_ttl != new.registry_ttl, "registry-ttl");
+    check(running.nic_stats != new.nic_stats, "nic-stats");
+    check(
+        running.nic_stats_interval != new.nic_stats_interval,
+        "nic-stats-interval",
+    );
     keys
 }

@@ -81,6 +81,10 @@ pub(crate) struct Report {
     /// Allocate latencies (ns) since the previous delivered report, and their sum.
     pub(crate) alloc_ns: Histogram<u64>,
     pub(crate) alloc_ns_sum: u64,
+    /// Relay latencies (ns, one count per relayed datagram) since the previous
+    /// delivered report, and their sum.
+    pub(crate) relay_ns: Histogram<u64>,
+    pub(crate) relay_ns_sum: u64,
 }
 
 impl Report {
@@ -100,6 +104,8 @@ impl Report {
             loop_ns_sum: 0,
             alloc_ns: latency_histogram(),
             alloc_ns_sum: 0,
+            relay_ns: latency_histogram(),
+            relay_ns_sum: 0,
         })
     }
 }
@@ -125,6 +131,8 @@ pub(crate) struct Reporter {
     loop_ns_sum: u64,
     alloc_ns: Histogram<u64>,
     alloc_ns_sum: u64,
+    relay_ns: Histogram<u64>,
+    relay_ns_sum: u64,
     next: Instant,
     /// Intervals skipped because the side thread still held the report.
     skipped: u64,
@@ -141,6 +149,8 @@ impl Reporter {
             loop_ns_sum: 0,
             alloc_ns: latency_histogram(),
             alloc_ns_sum: 0,
+            relay_ns: latency_histogram(),
+            relay_ns_sum: 0,
             next: Instant::now(),
             skipped: 0,
         }
@@ -155,6 +165,12 @@ impl Reporter {
     pub(crate) fn record_allocation(&mut self, ns: u64) {
         self.alloc_ns.saturating_record(ns);
         self.alloc_ns_sum = self.alloc_ns_sum.saturating_add(ns);
+    }
+
+    /// `count` datagrams relayed `ns` after their batch was read.
+    pub(crate) fn record_relay(&mut self, ns: u64, count: u64) {
+        self.relay_ns.saturating_record_n(ns, count);
+        self.relay_ns_sum = self.relay_ns_sum.saturating_add(ns.saturating_mul(count));
     }
 
     /// When the next report is due.
@@ -192,6 +208,8 @@ impl Reporter {
         r.loop_ns_sum = std::mem::take(&mut self.loop_ns_sum);
         std::mem::swap(&mut r.alloc_ns, &mut self.alloc_ns);
         r.alloc_ns_sum = std::mem::take(&mut self.alloc_ns_sum);
+        std::mem::swap(&mut r.relay_ns, &mut self.relay_ns);
+        r.relay_ns_sum = std::mem::take(&mut self.relay_ns_sum);
         match self.tx.try_send(r) {
             Ok(()) => {}
             // Cannot be full (one report per worker); disconnected means the side
@@ -243,6 +261,8 @@ impl Totals {
 #[derive(Debug)]
 pub(crate) struct Exposition<'a> {
     pub(crate) backend: BackendKind,
+    /// Why the back end was chosen.
+    pub(crate) backend_reason: &'a str,
     /// Label of the current lifecycle state, one of `states`.
     pub(crate) state: &'a str,
     pub(crate) states: &'a [&'a str],
@@ -292,6 +312,10 @@ impl Collected {
         last.loop_ns_sum = last.loop_ns_sum.saturating_add(r.loop_ns_sum);
         let _ = last.alloc_ns.add(&r.alloc_ns);
         last.alloc_ns_sum = last.alloc_ns_sum.saturating_add(r.alloc_ns_sum);
+        let _ = last.relay_ns.add(&r.relay_ns);
+        last.relay_ns_sum = last.relay_ns_sum.saturating_add(r.relay_ns_sum);
+        r.relay_ns.reset();
+        r.relay_ns_sum = 0;
         r.loop_ns.reset();
         r.loop_ns_sum = 0;
         r.alloc_ns.reset();
@@ -338,6 +362,18 @@ impl Collected {
                 ("version", env!("CARGO_PKG_VERSION")),
                 ("backend", &backend),
             ],
+            1,
+        );
+        header(
+            o,
+            "tern_io_backend_info",
+            "gauge",
+            "The packet I/O back end in use and why start-up probing chose it.",
+        );
+        sample(
+            o,
+            "tern_io_backend_info",
+            &[("backend", &backend), ("reason", x.backend_reason)],
             1,
         );
         header(
@@ -534,6 +570,67 @@ impl Collected {
             &alloc,
             alloc_sum,
         );
+        header(
+            o,
+            "tern_relay_latency_seconds",
+            "histogram",
+            "Relayed datagrams: from the worker reading the datagram's batch to handing the forward to the kernel at the end of the loop turn.",
+        );
+        for (i, w) in self.workers.iter().enumerate() {
+            histogram(
+                o,
+                "tern_relay_latency_seconds",
+                Some(("worker", &i.to_string())),
+                &w.last.relay_ns,
+                w.last.relay_ns_sum,
+            );
+        }
+        let io_counters: [(&str, &str, u64); 8] = [
+            (
+                "tern_io_rx_datagrams_total",
+                "Datagrams the packet I/O back end received.",
+                t.io.rx_datagrams,
+            ),
+            (
+                "tern_io_rx_batches_total",
+                "Receive batches that held at least one datagram (datagrams per batch = rx_datagrams / rx_batches).",
+                t.io.rx_batches,
+            ),
+            (
+                "tern_io_rx_no_buffers_total",
+                "io_uring: times the provided receive buffers ran out (the receive is re-armed; datagrams wait in the socket).",
+                t.io.rx_no_buffers,
+            ),
+            (
+                "tern_io_rx_rearms_total",
+                "io_uring: multishot receives re-armed after the kernel ended them.",
+                t.io.rx_rearms,
+            ),
+            (
+                "tern_io_tx_datagrams_total",
+                "Datagrams handed to the kernel.",
+                t.io.tx_datagrams,
+            ),
+            (
+                "tern_io_tx_syscalls_total",
+                "Send system calls (io_uring: submissions that carried sends).",
+                t.io.tx_syscalls,
+            ),
+            (
+                "tern_io_tx_gso_messages_total",
+                "Messages sent as one UDP GSO super-datagram.",
+                t.io.tx_gso_messages,
+            ),
+            (
+                "tern_io_gso_fallbacks_total",
+                "Times the kernel refused UDP GSO and the back end fell back to one datagram per message.",
+                t.io.gso_fallbacks,
+            ),
+        ];
+        for (name, help, value) in io_counters {
+            header(o, name, "counter", help);
+            sample(o, name, &[], value);
+        }
 
         if let Some(cpu) = x.cpu_seconds {
             header(
@@ -771,7 +868,17 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(out, "{k}=\"{v}\"");
+        let _ = write!(out, "{k}=\"");
+        // The exposition format escapes backslash, double quote and newline in label values.
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     }
     out.push('}');
 }
@@ -857,6 +964,13 @@ mod tests {
             (3, 3, 6_000)
         );
         assert_eq!(collected.totals().allocations, 3);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        sample(&mut out, "x", &[("reason", "a \"b\" \\ c\nd")], 1);
+        assert_eq!(out, "x{reason=\"a \\\"b\\\" \\\\ c\\nd\"} 1\n");
     }
 
     #[test]

@@ -156,7 +156,7 @@ enum Role {
 struct Sockets {
     roles: Vec<Role>,
     listeners: Vec<(SocketAddr, SocketId)>,
-    relays: HashMap<SocketAddr, SocketId>,
+    relays: RelayTable,
     unroutable: u64,
     /// TCP/TLS clients, when any stream listener is configured. Taken out
     /// while they are being read (see `service_streams`).
@@ -175,6 +175,79 @@ enum StreamOp {
     BindData(u32, tern_turn::FiveTuple),
 }
 
+/// Relayed socket by relayed address, looked up for every datagram a client
+/// sends to a peer. Relay sockets bind one address per family (the relay
+/// address's `bind` IP), so the port alone names the socket: a direct-indexed
+/// table per family, no hashing. An address whose slot is taken by another
+/// address (a second IP of a family, which the relay never binds today) goes
+/// to the hashed overflow map, checked only when it is not empty.
+struct RelayTable {
+    v4: Box<[u32]>,
+    v6: Box<[u32]>,
+    /// Which address each occupied slot holds, by socket index.
+    overflow: HashMap<SocketAddr, SocketId>,
+}
+
+const NO_SOCKET: u32 = u32::MAX;
+
+impl RelayTable {
+    fn new() -> RelayTable {
+        RelayTable {
+            v4: vec![NO_SOCKET; 1 << 16].into_boxed_slice(),
+            v6: vec![NO_SOCKET; 1 << 16].into_boxed_slice(),
+            overflow: HashMap::new(),
+        }
+    }
+
+    fn slot(&mut self, addr: SocketAddr) -> &mut u32 {
+        let table = if addr.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        };
+        &mut table[usize::from(addr.port())]
+    }
+
+    /// Remember that `addr`'s relayed socket is `id`; `roles` tells which
+    /// address an occupied slot belongs to.
+    fn insert(&mut self, addr: SocketAddr, id: SocketId, roles: &[Role]) {
+        let slot = self.slot(addr);
+        let taken_by_other = *slot != NO_SOCKET
+            && roles.get(*slot as usize).copied() != Some(Role::Relay(addr))
+            && roles.get(*slot as usize).is_some_and(|r| *r != Role::Free);
+        if taken_by_other {
+            self.overflow.insert(addr, id);
+        } else {
+            *slot = id.0;
+        }
+    }
+
+    fn get(&self, addr: SocketAddr, roles: &[Role]) -> Option<SocketId> {
+        let table = if addr.is_ipv4() { &self.v4 } else { &self.v6 };
+        let id = table[usize::from(addr.port())];
+        if id != NO_SOCKET && roles.get(id as usize) == Some(&Role::Relay(addr)) {
+            return Some(SocketId(id));
+        }
+        if self.overflow.is_empty() {
+            return None;
+        }
+        self.overflow.get(&addr).copied()
+    }
+
+    fn remove(&mut self, addr: SocketAddr, roles: &[Role]) -> Option<SocketId> {
+        if let Some(id) = self.overflow.remove(&addr) {
+            return Some(id);
+        }
+        let slot = self.slot(addr);
+        let id = *slot;
+        if id != NO_SOCKET && roles.get(id as usize) == Some(&Role::Relay(addr)) {
+            *slot = NO_SOCKET;
+            return Some(SocketId(id));
+        }
+        None
+    }
+}
+
 struct Worker<P: PacketIo> {
     index: usize,
     io: P,
@@ -190,6 +263,10 @@ struct Worker<P: PacketIo> {
     drain_epoch: u64,
     /// When the batch being handled was read: the start of Allocate latency.
     batch_at: Instant,
+    /// This turn's batches: when each was read and how many datagrams it
+    /// relayed, for the relay latency histogram once the turn has flushed.
+    relayed: [(Instant, u64); RECV_BUDGET],
+    relayed_len: usize,
 }
 
 impl<P: PacketIo> Worker<P> {
@@ -197,7 +274,7 @@ impl<P: PacketIo> Worker<P> {
         let mut sockets = Sockets {
             roles: Vec::new(),
             listeners: Vec::new(),
-            relays: HashMap::new(),
+            relays: RelayTable::new(),
             unroutable: 0,
             streams: None,
             stream_ops: Vec::new(),
@@ -250,6 +327,8 @@ impl<P: PacketIo> Worker<P> {
             reporter: setup.reporter,
             drain_epoch: 0,
             batch_at: now,
+            relayed: [(now, 0); RECV_BUDGET],
+            relayed_len: 0,
         })
     }
 
@@ -283,6 +362,12 @@ impl<P: PacketIo> Worker<P> {
             let end = Instant::now();
             let took = end.duration_since(start);
             let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            for &(read_at, count) in &self.relayed[..self.relayed_len] {
+                if count > 0 {
+                    let ns = u64::try_from(end.duration_since(read_at).as_nanos());
+                    self.reporter.record_relay(ns.unwrap_or(u64::MAX), count);
+                }
+            }
             self.loop_turn_ns.saturating_record(ns);
             self.reporter.record_turn(ns);
             if took > STALL {
@@ -307,13 +392,16 @@ impl<P: PacketIo> Worker<P> {
 
     /// One loop turn after a wait: receive under the budget, then timers, then flush.
     fn turn(&mut self) {
+        self.relayed_len = 0;
         for _ in 0..RECV_BUDGET {
             if self.io.recv(&mut self.batch) == 0 {
                 break;
             }
             let now = Instant::now();
             self.batch_at = now;
-            self.handle_batch(now);
+            let relayed = self.handle_batch(now);
+            self.relayed[self.relayed_len] = (now, relayed);
+            self.relayed_len += 1;
             self.drain_outputs();
         }
         self.service_streams();
@@ -331,7 +419,8 @@ impl<P: PacketIo> Worker<P> {
         if let Some(streams) = &mut self.sockets.streams {
             streams.flush();
         }
-        self.io.flush();
+        // The loop waits next: io_uring submits the sends with that wait.
+        self.io.flush_before_wait();
     }
 
     /// The stream hook of a loop turn: when the nested epoll signalled (or
@@ -362,7 +451,8 @@ impl<P: PacketIo> Worker<P> {
                 };
                 // Client messages only ever go to relay sockets.
                 if let Some(Forward { via, to, payload }) = forward {
-                    send_via(&mut *io, &mut *sockets, via, to, payload);
+                    let _counted_when_unroutable =
+                        send_via(&mut *io, &mut *sockets, via, to, payload);
                 }
             });
         }
@@ -420,8 +510,10 @@ impl<P: PacketIo> Worker<P> {
         }
     }
 
-    /// Feed every datagram of the batch to the core and queue its forwards.
-    fn handle_batch(&mut self, now: Instant) {
+    /// Feed every datagram of the batch to the core and queue its forwards;
+    /// returns how many forwards were queued.
+    fn handle_batch(&mut self, now: Instant) -> u64 {
+        let mut relayed = 0;
         for i in 0..self.batch.len() {
             let (meta, slot) = self.batch.slot_mut(i);
             let role = self
@@ -449,15 +541,19 @@ impl<P: PacketIo> Worker<P> {
                 Role::Free => None,
             };
             if let Some(Forward { via, to, payload }) = forward {
-                send_via(&mut self.io, &mut self.sockets, via, to, payload);
+                if send_via(&mut self.io, &mut self.sockets, via, to, payload) {
+                    relayed += 1;
+                }
             }
         }
+        relayed
     }
 
     /// Send the core's control transmits and log its events.
     fn drain_outputs(&mut self) {
         while let Some(t) = self.server.poll_transmit() {
-            send_via(&mut self.io, &mut self.sockets, t.via, t.to, &t.payload);
+            let _counted_when_unroutable =
+                send_via(&mut self.io, &mut self.sockets, t.via, t.to, &t.payload);
         }
         while let Some(event) = self.server.poll_event() {
             if let Event::AllocationCreated { .. } = event {
@@ -570,7 +666,7 @@ impl Sockets {
                 .iter()
                 .find(|(a, _)| *a == addr)
                 .map(|&(_, id)| id),
-            Via::Relay(addr) => self.relays.get(&addr).copied(),
+            Via::Relay(addr) => self.relays.get(addr, &self.roles),
             // Stream clients are written by the stream module, never a UDP socket.
             Via::Stream(_) => None,
         }
@@ -579,25 +675,35 @@ impl Sockets {
 
 /// Queue one datagram on the socket the core named. A datagram whose socket is
 /// gone (closed between the core's decision and now) is counted, not sent.
+/// Returns whether it was queued.
 fn send_via<P: PacketIo>(
     io: &mut P,
     sockets: &mut Sockets,
     via: Via,
     to: SocketAddr,
     payload: &[u8],
-) {
+) -> bool {
     if let Via::Stream(local) = via {
-        match &mut sockets.streams {
-            Some(streams) => streams.send(local, to, payload),
-            None => sockets.unroutable += 1,
-        }
-        return;
+        return match &mut sockets.streams {
+            Some(streams) => {
+                streams.send(local, to, payload);
+                true
+            }
+            None => {
+                sockets.unroutable += 1;
+                false
+            }
+        };
     }
     match sockets.route(via) {
-        Some(id) => io.send(id, to, payload),
+        Some(id) => {
+            io.send(id, to, payload);
+            true
+        }
         None => {
             sockets.unroutable += 1;
             tracing::trace!(?via, "no socket for forward");
+            false
         }
     }
 }
@@ -646,8 +752,9 @@ impl<P: PacketIo> WorkerHost<'_, P> {
     fn adopt(&mut self, addr: SocketAddr, socket: UdpSocket) -> Result<(), BindError> {
         match self.io.add_socket(socket) {
             Ok(id) => {
-                self.sockets.set_role(id, Role::Relay(addr));
-                self.sockets.relays.insert(addr, id);
+                let sockets = &mut *self.sockets;
+                sockets.relays.insert(addr, id, &sockets.roles);
+                sockets.set_role(id, Role::Relay(addr));
                 Ok(())
             }
             Err(e) => {
@@ -659,8 +766,9 @@ impl<P: PacketIo> WorkerHost<'_, P> {
 
     /// Stop receiving on the relay socket bound to `addr` and hand it back.
     fn release(&mut self, addr: SocketAddr) -> Option<UdpSocket> {
-        let id = self.sockets.relays.remove(&addr)?;
-        self.sockets.set_role(id, Role::Free);
+        let sockets = &mut *self.sockets;
+        let id = sockets.relays.remove(addr, &sockets.roles)?;
+        sockets.set_role(id, Role::Free);
         match self.io.remove_socket(id) {
             Ok(socket) => Some(socket),
             Err(e) => {
@@ -743,5 +851,70 @@ impl<P: PacketIo> Host for WorkerHost<'_, P> {
 
     fn bind_data_connection(&mut self, id: ConnectionId, data: tern_turn::FiveTuple) {
         self.sockets.stream_ops.push(StreamOp::BindData(id.0, data));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles_for(entries: &[(u32, SocketAddr)]) -> Vec<Role> {
+        let mut roles = vec![Role::Free; 16];
+        for &(id, addr) in entries {
+            roles[id as usize] = Role::Relay(addr);
+        }
+        roles
+    }
+
+    #[test]
+    fn relay_table_finds_sockets_by_address() {
+        let a: SocketAddr = "10.0.0.1:50000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::1]:50000".parse().unwrap();
+        let mut t = RelayTable::new();
+        let roles = roles_for(&[(3, a), (4, b)]);
+        t.insert(a, SocketId(3), &roles);
+        t.insert(b, SocketId(4), &roles);
+        // Same port, other family: its own table.
+        assert_eq!(t.get(a, &roles), Some(SocketId(3)));
+        assert_eq!(t.get(b, &roles), Some(SocketId(4)));
+        assert_eq!(t.get("10.0.0.1:50001".parse().unwrap(), &roles), None);
+        assert!(t.overflow.is_empty());
+        assert_eq!(t.remove(a, &roles), Some(SocketId(3)));
+        let roles = roles_for(&[(4, b)]);
+        assert_eq!(t.get(a, &roles), None);
+        assert_eq!(t.remove(a, &roles), None);
+        assert_eq!(t.get(b, &roles), Some(SocketId(4)));
+    }
+
+    #[test]
+    fn relay_table_keeps_a_second_ip_on_the_same_port_apart() {
+        let a: SocketAddr = "10.0.0.1:50000".parse().unwrap();
+        let c: SocketAddr = "10.0.0.2:50000".parse().unwrap();
+        let mut t = RelayTable::new();
+        let roles = roles_for(&[(1, a), (2, c)]);
+        t.insert(a, SocketId(1), &roles);
+        t.insert(c, SocketId(2), &roles);
+        assert_eq!(t.get(a, &roles), Some(SocketId(1)));
+        assert_eq!(t.get(c, &roles), Some(SocketId(2)));
+        assert_eq!(t.overflow.len(), 1);
+        assert_eq!(t.remove(c, &roles), Some(SocketId(2)));
+        assert_eq!(t.get(a, &roles), Some(SocketId(1)));
+    }
+
+    #[test]
+    fn relay_table_ignores_a_stale_slot() {
+        let a: SocketAddr = "10.0.0.1:50000".parse().unwrap();
+        let mut t = RelayTable::new();
+        let roles = roles_for(&[(1, a)]);
+        t.insert(a, SocketId(1), &roles);
+        // Socket 1 was freed and reused for another address behind the table's back.
+        let other: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let roles = roles_for(&[(1, other)]);
+        assert_eq!(t.get(a, &roles), None);
+        // A freed slot is simply overwritten.
+        let roles = roles_for(&[(5, a)]);
+        t.insert(a, SocketId(5), &roles);
+        assert_eq!(t.get(a, &roles), Some(SocketId(5)));
+        assert!(t.overflow.is_empty());
     }
 }

@@ -180,7 +180,49 @@ const BAD: &[(&str, &str, &str)] = &[
         "alternate-server",
         "expected IP:PORT",
     ),
+    (
+        "nic-stats = 5",
+        "nic-stats",
+        "expected a string or an array",
+    ),
+    (
+        "nic-stats = [\"auto\", \"eth0\"]",
+        "nic-stats",
+        "cannot be combined",
+    ),
+    ("nic-stats = [\"a/b\"]", "nic-stats", "no '/'"),
+    (
+        "nic-stats-interval = \"10\"",
+        "nic-stats-interval",
+        "expected an integer",
+    ),
 ];
+
+#[test]
+fn nic_stats_selects_interfaces() {
+    assert_eq!(Config::default().nic_stats, NicSelection::Auto);
+    assert_eq!(
+        Config::from_toml_str("nic-stats = \"off\"")
+            .unwrap()
+            .nic_stats,
+        NicSelection::Off
+    );
+    let c =
+        Config::from_toml_str("nic-stats = [\"ens5\", \"ens6\"]\nnic-stats-interval = 30").unwrap();
+    assert_eq!(
+        c.nic_stats,
+        NicSelection::Interfaces(vec!["ens5".to_owned(), "ens6".to_owned()])
+    );
+    assert_eq!(c.nic_stats_interval, 30);
+    let zero = Config {
+        nic_stats_interval: 0,
+        ..base()
+    };
+    assert_eq!(
+        zero.validate().unwrap_err().key(),
+        Some("nic-stats-interval")
+    );
+}
 
 #[test]
 fn every_parse_error_names_its_key() {
