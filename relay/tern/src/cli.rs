@@ -78,6 +78,9 @@ pub struct Flags {
     /// Seconds a TLS client has to finish its handshake [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub tls_handshake_timeout: Option<u64>,
+    /// Offer RFC 6062 TCP allocations (Connect, ConnectionBind) to TCP/TLS clients.
+    #[arg(long)]
+    pub tcp_relay: bool,
     /// Relay port range, inclusive [default: 49152-65535].
     #[arg(long, value_name = "LO-HI", value_parser = config::parse_relay_ports)]
     pub relay_ports: Option<(u16, u16)>,
@@ -239,6 +242,9 @@ impl Flags {
         );
         set(&mut c.stream_idle_timeout, &self.stream_idle_timeout);
         set(&mut c.tls_handshake_timeout, &self.tls_handshake_timeout);
+        if self.tcp_relay {
+            c.tcp_relay = true;
+        }
         set(&mut c.relay_ports, &self.relay_ports);
         replace(&mut c.relay_ip, &self.relay_ip);
         set(&mut c.realm, &self.realm);

@@ -45,6 +45,8 @@ pub struct Config {
     pub stream_idle_timeout: u64,
     /// Seconds a TLS client has to finish its handshake.
     pub tls_handshake_timeout: u64,
+    /// Offer RFC 6062 TCP allocations to TCP/TLS clients (Connect, ConnectionBind).
+    pub tcp_relay: bool,
     /// Relay ports, inclusive (`relay-ports = "49152-65535"`).
     pub relay_ports: (u16, u16),
     /// Local addresses relay sockets bind to, at most one per family.
@@ -218,6 +220,7 @@ impl Default for Config {
             max_connections_per_source: 64,
             stream_idle_timeout: 30,
             tls_handshake_timeout: 10,
+            tcp_relay: false,
             relay_ports: (49152, 65535),
             relay_ip: Vec::new(),
             realm: String::new(),
@@ -327,6 +330,12 @@ impl Config {
             }
         }
         self.validate_tls_files()?;
+        if self.tcp_relay && self.listen_tcp.is_empty() && self.listen_tls.is_empty() {
+            return Err(ConfigError::problem(
+                "tcp-relay",
+                "RFC 6062 needs a listen-tcp or listen-tls address",
+            ));
+        }
         for (key, v) in [
             ("stream-idle-timeout", self.stream_idle_timeout),
             ("tls-handshake-timeout", self.tls_handshake_timeout),
@@ -925,6 +934,7 @@ struct RawConfig {
     max_connections_per_source: Option<toml::Value>,
     stream_idle_timeout: Option<toml::Value>,
     tls_handshake_timeout: Option<toml::Value>,
+    tcp_relay: Option<toml::Value>,
     relay_ports: Option<toml::Value>,
     relay_ip: Option<toml::Value>,
     realm: Option<toml::Value>,
@@ -985,6 +995,9 @@ impl RawConfig {
         }
         if let Some(v) = self.tls_handshake_timeout {
             c.tls_handshake_timeout = integer("tls-handshake-timeout", v)?;
+        }
+        if let Some(v) = self.tcp_relay {
+            c.tcp_relay = boolean("tcp-relay", v)?;
         }
         if let Some(v) = self.relay_ports {
             c.relay_ports = one("relay-ports", v, parse_relay_ports)?;

@@ -188,6 +188,13 @@ impl Relay {
         );
         let (credentials, policy) = credentials_and_policy(&config);
 
+        // RFC 6062: a data connection may land on any worker; it is handed to
+        // the one owning its peer connection over these queues.
+        let (handoff_tx, mut handoff_rx): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| channel::bounded::<stream::Handoff>(256))
+            .map(|(tx, rx)| (tx, Some(rx)))
+            .unzip();
+        let mut wakers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         let mut links = Vec::with_capacity(workers);
         let mut recycle = Vec::with_capacity(workers);
@@ -207,6 +214,8 @@ impl Relay {
             server.max_lifetime = Duration::from_secs(config.max_lifetime);
             server.nonce_lifetime = Duration::from_secs(config.nonce_lifetime);
             server.alternate_server = config.alternate_server;
+            server.tcp_relay = config.tcp_relay;
+            server.shard = index as u8;
 
             let (control_tx, control_rx) = channel::unbounded();
             let (ready_tx, ready_rx) = channel::bounded(1);
@@ -222,6 +231,12 @@ impl Relay {
                 listeners: std::mem::take(&mut listeners[index]),
                 stream_listeners: std::mem::take(&mut tcp_listeners[index]),
                 stream_config: stream_config.clone(),
+                handoffs: (
+                    handoff_rx[index]
+                        .take()
+                        .unwrap_or_else(|| channel::bounded(1).1),
+                    workers,
+                ),
                 server,
                 shared: shared.clone(),
                 control: control_rx,
@@ -243,6 +258,7 @@ impl Relay {
             });
             match ready {
                 Ok(waker) => {
+                    wakers.push(waker.clone());
                     links.push(WorkerLink {
                         control: control_tx,
                         waker,
@@ -257,6 +273,7 @@ impl Relay {
                 }
             }
         }
+        shared.set_handoffs(handoff_tx.into_iter().zip(wakers).collect());
         let pinned: Vec<usize> = (0..workers)
             .filter_map(|i| cores.get(i % cores.len().max(1)).map(|c| c.id))
             .collect();
@@ -799,6 +816,7 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     };
     check(running.listen != new.listen, "listen");
     check(running.listen_tcp != new.listen_tcp, "listen-tcp");
+    check(running.tcp_relay != new.tcp_relay, "tcp-relay");
     check(running.listen_tls != new.listen_tls, "listen-tls");
     check(
         running.max_connections != new.max_connections,
