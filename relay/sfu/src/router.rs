@@ -420,6 +420,7 @@ impl Router {
             ts: TimestampMapper::new(producer.clock_rate, params.initial_timestamp),
             needs_sync: true,
             vp8: (producer.codec == Codec::Vp8).then(Vp8Continuity::default),
+            sr_offset: None,
             history: vec![HistoryEntry::default(); HISTORY].into_boxed_slice(),
             sr_sent: [(0, None); SR_MEMORY],
             sr_next: 0,
@@ -607,7 +608,7 @@ impl Router {
                 switched,
                 picture_id,
                 tl0_pic_idx,
-            }) = c.decide(enc_idx, &pkt, info, now)
+            }) = c.decide(enc_idx, &pkt, info, now, &producer.encodings)
             else {
                 continue;
             };
@@ -1504,6 +1505,9 @@ struct Consumer {
     needs_sync: bool,
     /// VP8 descriptor continuity (VP8 producers only).
     vp8: Option<Vp8Continuity>,
+    /// Timestamp offset for the run a switch starts, from the two
+    /// encodings' sender reports.
+    sr_offset: Option<u32>,
     history: Box<[HistoryEntry]>,
     sr_sent: [(u32, Option<Instant>); SR_MEMORY],
     sr_next: usize,
@@ -1518,6 +1522,7 @@ impl Consumer {
         pkt: &RtpPacket<'_>,
         info: FrameInfo,
         now: Instant,
+        encodings: &[Encoding],
     ) -> Option<Forward> {
         if self.paused {
             return None;
@@ -1528,6 +1533,16 @@ impl Consumer {
                 && self.current_spatial != Some(enc)
                 && info.key_frame_start
             {
+                // From a running encoding: align the new one's timestamps
+                // by both encodings' sender reports where they have them.
+                self.sr_offset = self.current_spatial.and_then(|from| {
+                    aligned_offset(
+                        &encodings[from],
+                        &encodings[enc],
+                        self.ts.clock_rate(),
+                        self.ts.offset(),
+                    )
+                });
                 self.current_spatial = Some(enc);
                 self.current_temporal = self.target_temporal;
                 self.needs_sync = true;
@@ -1575,7 +1590,14 @@ impl Consumer {
         }
         if self.needs_sync {
             self.seq.sync(pkt.seq());
-            self.ts.sync(pkt.timestamp(), now);
+            match self.sr_offset.take() {
+                Some(offset) => {
+                    let tolerance = self.ts.clock_rate(); // one second
+                    self.ts
+                        .sync_with_offset(pkt.timestamp(), offset, now, tolerance);
+                }
+                None => self.ts.sync(pkt.timestamp(), now),
+            }
             if let Some(v) = self.vp8.as_mut() {
                 v.sync(&info);
             }
@@ -1612,6 +1634,29 @@ impl Consumer {
             temporal,
         }
     }
+}
+
+/// The timestamp offset that carries a consumer from encoding `from` (sent
+/// with `from_offset`) to encoding `to` so both map the same capture instant
+/// to the same output time: RTP(to) → NTP by `to`'s last SR → RTP(from) by
+/// `from`'s last SR. `None` unless both have sent an SR.
+fn aligned_offset(
+    from: &Encoding,
+    to: &Encoding,
+    clock_rate: u32,
+    from_offset: u32,
+) -> Option<u32> {
+    let (a, _) = from.last_sr?;
+    let (b, _) = to.last_sr?;
+    // NTP difference in 32.32 fixed-point seconds, then in RTP ticks.
+    let ntp_diff = b.ntp.wrapping_sub(a.ntp) as i64;
+    let tick_diff = ((i128::from(ntp_diff) * i128::from(clock_rate)) >> 32) as i64;
+    Some(
+        a.rtp_timestamp
+            .wrapping_sub(b.rtp_timestamp)
+            .wrapping_add(tick_diff as u32)
+            .wrapping_add(from_offset),
+    )
 }
 
 /// Copy `packet` into `slot` and rewrite its header for a consumer.

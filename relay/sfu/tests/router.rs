@@ -892,3 +892,39 @@ fn producers_get_receiver_reports_with_loss_jitter_and_lsr() {
     assert!(blocks.iter().all(|b| b.ssrc.get() == 0x5));
     assert!(w.router.stats().receiver_reports_sent >= 1);
 }
+
+#[test]
+fn a_switch_aligns_timestamps_by_the_encodings_sender_reports() {
+    let mut w = World::new();
+    let p = w.router.add_producer(video_producer(Codec::Vp8, &[0xA0, 0xA1])).unwrap();
+    let c = w.add_consumer(consumer(p, 10, 0xC0)).unwrap();
+    let mut st = [
+        Stream::new(Codec::Vp8, 0xA0, 0, 100, 7_777),
+        Stream::new(Codec::Vp8, 0xA1, 1, 9, 3_000_000_000),
+    ];
+    // Both encodings share one capture clock: 30 frames/s, 3000 ticks each.
+    let ntp = |frame: u32| (3_900_000_000u64 << 32) + u64::from(frame) * ((1u64 << 32) / 30);
+    for f in 0..20u32 {
+        if f == 8 {
+            w.router.set_preferred_layers(c, Some(0), None).unwrap();
+        }
+        for s in st.iter_mut() {
+            let key = f == 0 || (s.encoding == 0 && f == 12);
+            for pkt in s.frame(key, 2, None, false) {
+                w.input(PUB, &pkt).unwrap();
+            }
+            if f == 4 {
+                let sr = s.sender_report(ntp(s.frame), 1, 1);
+                w.input(PUB, &sr).unwrap();
+            }
+        }
+        // 33 ms, not 33.3: elapsed time alone would make the step 2970.
+        w.advance(FRAME);
+    }
+    let rx = w.rtp_to(TransportId(10));
+    let i = rx.iter().position(|r| r.tag(Codec::Vp8).0 == 0).unwrap();
+    assert_eq!(rx[i].tag(Codec::Vp8).1, 12);
+    assert_eq!(rx[i].ts.wrapping_sub(rx[i - 1].ts), 3000, "exactly one frame later");
+    assert_eq!(rx[i + 2].ts.wrapping_sub(rx[i].ts), 3000);
+    assert_contiguous(&rx);
+}
