@@ -896,7 +896,10 @@ fn producers_get_receiver_reports_with_loss_jitter_and_lsr() {
 #[test]
 fn a_switch_aligns_timestamps_by_the_encodings_sender_reports() {
     let mut w = World::new();
-    let p = w.router.add_producer(video_producer(Codec::Vp8, &[0xA0, 0xA1])).unwrap();
+    let p = w
+        .router
+        .add_producer(video_producer(Codec::Vp8, &[0xA0, 0xA1]))
+        .unwrap();
     let c = w.add_consumer(consumer(p, 10, 0xC0)).unwrap();
     let mut st = [
         Stream::new(Codec::Vp8, 0xA0, 0, 100, 7_777),
@@ -924,7 +927,11 @@ fn a_switch_aligns_timestamps_by_the_encodings_sender_reports() {
     let rx = w.rtp_to(TransportId(10));
     let i = rx.iter().position(|r| r.tag(Codec::Vp8).0 == 0).unwrap();
     assert_eq!(rx[i].tag(Codec::Vp8).1, 12);
-    assert_eq!(rx[i].ts.wrapping_sub(rx[i - 1].ts), 3000, "exactly one frame later");
+    assert_eq!(
+        rx[i].ts.wrapping_sub(rx[i - 1].ts),
+        3000,
+        "exactly one frame later"
+    );
     assert_eq!(rx[i + 2].ts.wrapping_sub(rx[i].ts), 3000);
     assert_contiguous(&rx);
 }
