@@ -49,10 +49,12 @@ pub fn router(data: &[u8], start: Instant) {
             EncodingParams {
                 ssrc: Some(Ssrc::new(1)),
                 rid: None,
+                rtx_ssrc: None,
             },
             EncodingParams {
                 ssrc: None,
                 rid: Some("h".into()),
+                rtx_ssrc: None,
             },
         ],
         rid_extension_id: Some(3),
@@ -61,6 +63,8 @@ pub fn router(data: &[u8], start: Instant) {
         key_frame_request: KeyFrameRequest::Pli,
         retransmit_capacity: 64,
         nack: true,
+        rtx_payload_types: vec![],
+        repaired_rid_extension_id: None,
     }) else {
         return;
     };
@@ -75,6 +79,8 @@ pub fn router(data: &[u8], start: Instant) {
             paused: false,
             initial_seq: SeqNo::new(0),
             initial_timestamp: 0,
+            rtx_ssrc: None,
+            rtx_payload_types: vec![],
         });
     }
     let mut now = start;
