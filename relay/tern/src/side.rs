@@ -18,6 +18,7 @@ use serde::Serialize;
 use tern_io::{BackendKind, Wake};
 
 use crate::metrics::{Collected, Exposition, Report, REPORT_EVERY};
+use crate::nicstats::NicStats;
 use crate::notify::Notifier;
 use crate::worker::Control;
 
@@ -110,6 +111,8 @@ impl WorkerLink {
 pub(crate) struct Side {
     pub(crate) links: Vec<WorkerLink>,
     pub(crate) backend: BackendKind,
+    /// Why the packet I/O back end was chosen (the probe's sentence).
+    backend_reason: String,
     capacity: Option<usize>,
     drain_timeout: Duration,
     alternate_server: Option<SocketAddr>,
@@ -122,6 +125,8 @@ pub(crate) struct Side {
     /// Registry publications that succeeded and failed.
     pub(crate) registry_ok: AtomicU64,
     pub(crate) registry_errors: AtomicU64,
+    /// The newest NIC allowance counters (empty unless `nic-stats` finds some).
+    pub(crate) nic: Arc<NicStats>,
 }
 
 struct SideState {
@@ -182,6 +187,8 @@ pub(crate) struct SideConfig {
     pub(crate) drain_timeout: Duration,
     pub(crate) alternate_server: Option<SocketAddr>,
     pub(crate) admin_token: Option<String>,
+    /// Why the packet I/O back end was chosen, for `tern_io_backend_info`.
+    pub(crate) backend_reason: String,
     /// The registry thread's wake-up channel, when `registry-url` is set.
     pub(crate) registry_wake: Option<Sender<()>>,
 }
@@ -197,6 +204,7 @@ impl Side {
         Side {
             links,
             backend,
+            backend_reason: config.backend_reason,
             capacity: (config.capacity != 0).then_some(config.capacity),
             drain_timeout: config.drain_timeout,
             alternate_server: config.alternate_server,
@@ -218,6 +226,7 @@ impl Side {
             registry_wake: config.registry_wake,
             registry_ok: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
+            nic: Arc::new(NicStats::default()),
         }
     }
 
@@ -367,8 +376,9 @@ impl Side {
         let s = self.lock();
         let states: Vec<&str> = Lifecycle::ALL.iter().map(|l| l.as_str()).collect();
         let allocations = s.collected.totals().allocations;
-        s.collected.render_prometheus(&Exposition {
+        let mut out = s.collected.render_prometheus(&Exposition {
             backend: self.backend,
+            backend_reason: &self.backend_reason,
             state: s.lifecycle.as_str(),
             states: &states,
             allocations,
@@ -381,7 +391,10 @@ impl Side {
                     self.registry_errors.load(Ordering::Relaxed),
                 )
             }),
-        })
+        });
+        drop(s);
+        self.nic.render(&mut out);
+        out
     }
 
     pub(crate) fn render_load(&self) -> String {
@@ -628,6 +641,7 @@ mod tests {
                 drain_timeout: Duration::from_secs(60),
                 alternate_server: None,
                 admin_token: None,
+                backend_reason: "forced".to_owned(),
                 registry_wake: None,
             },
             Some(notifier),
