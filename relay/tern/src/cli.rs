@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use tern_turn::policy::Cidr;
 
 use crate::config::{
-    self, AdminListen, Config, ConfigError, ExternalIp, IoBackend, RegistryUrl, DEV_REALM, DEV_USER,
+    self, AdminListen, Config, ConfigError, ExternalIp, IoBackend, RegistryUrl, XdpMode, DEV_REALM,
+    DEV_USER,
 };
 
 /// tern: a thread-per-core TURN relay (RFC 8656).
@@ -143,6 +144,20 @@ pub struct Flags {
     /// disappears; must exceed --registry-interval [default: 3 x registry-interval].
     #[arg(long, value_name = "SECONDS")]
     pub registry_ttl: Option<u64>,
+    /// XDP pre-filter: off, auto (native where the driver allows, else
+    /// generic; without it when XDP cannot run, saying why), native or generic
+    /// (refuse to start when that mode cannot run) [default: off].
+    #[arg(long, value_name = "MODE", value_parser = config::parse_xdp_mode)]
+    pub xdp: Option<XdpMode>,
+    /// Interface to attach the XDP pre-filter to (repeatable) [default: those carrying --listen addresses].
+    #[arg(long, value_name = "IFNAME", value_parser = config::parse_interface)]
+    pub xdp_interfaces: Vec<String>,
+    /// Unauthenticated STUN requests per second per source (IPv4 address, IPv6 /64) the XDP pre-filter passes; 0 = no limit [default: 100].
+    #[arg(long, value_name = "PER_SECOND")]
+    pub xdp_unauth_rate: Option<u32>,
+    /// Burst of unauthenticated requests a quiet source may send [default: 200].
+    #[arg(long, value_name = "COUNT")]
+    pub xdp_unauth_burst: Option<u32>,
 }
 
 /// Where the configuration in force came from.
@@ -230,6 +245,10 @@ impl Flags {
         if self.registry_ttl.is_some() {
             c.registry_ttl = self.registry_ttl;
         }
+        set(&mut c.xdp, &self.xdp);
+        replace(&mut c.xdp_interfaces, &self.xdp_interfaces);
+        set(&mut c.xdp_unauth_rate, &self.xdp_unauth_rate);
+        set(&mut c.xdp_unauth_burst, &self.xdp_unauth_burst);
     }
 }
 

@@ -21,6 +21,7 @@ use tern_turn::{RelayAddress, RelayAddresses};
 
 use crate::registry::Registry;
 pub use crate::registry::RegistryUrl;
+pub use crate::xdp::{parse_interface, parse_xdp_mode, XdpMode};
 
 /// Everything the relay is configured with. Field names are the TOML keys
 /// (kebab-case there, snake_case here); see `tern --help` for each one.
@@ -87,6 +88,16 @@ pub struct Config {
     /// Seconds each registry entry lives unless refreshed; `None` means
     /// three times `registry-interval`.
     pub registry_ttl: Option<u64>,
+    /// The XDP pre-filter: off, auto, native or generic.
+    pub xdp: XdpMode,
+    /// Interfaces to attach the pre-filter to; empty means those carrying
+    /// the listen addresses.
+    pub xdp_interfaces: Vec<String>,
+    /// Unauthenticated STUN requests per second per source the pre-filter
+    /// lets through; 0 means no limit.
+    pub xdp_unauth_rate: u32,
+    /// How many unauthenticated requests a quiet source may send at once.
+    pub xdp_unauth_burst: u32,
 }
 
 /// Where the admin endpoint listens unless `admin` says otherwise.
@@ -213,6 +224,10 @@ impl Default for Config {
             node: None,
             registry_interval: DEFAULT_REGISTRY_INTERVAL,
             registry_ttl: None,
+            xdp: XdpMode::Off,
+            xdp_interfaces: Vec::new(),
+            xdp_unauth_rate: crate::xdp::DEFAULT_UNAUTH_RATE,
+            xdp_unauth_burst: crate::xdp::DEFAULT_UNAUTH_BURST,
         }
     }
 }
@@ -311,6 +326,12 @@ impl Config {
             return Err(ConfigError::problem(
                 "drain-timeout",
                 "must be at least 1 second",
+            ));
+        }
+        if self.xdp_unauth_rate > 0 && self.xdp_unauth_burst == 0 {
+            return Err(ConfigError::problem(
+                "xdp-unauth-burst",
+                "must be at least 1 when xdp-unauth-rate is set",
             ));
         }
         let relay = self.relay_addresses()?;
@@ -862,6 +883,10 @@ struct RawConfig {
     node: Option<toml::Value>,
     registry_interval: Option<toml::Value>,
     registry_ttl: Option<toml::Value>,
+    xdp: Option<toml::Value>,
+    xdp_interfaces: Option<toml::Value>,
+    xdp_unauth_rate: Option<toml::Value>,
+    xdp_unauth_burst: Option<toml::Value>,
 }
 
 impl RawConfig {
@@ -958,6 +983,18 @@ impl RawConfig {
         }
         if let Some(v) = self.registry_ttl {
             c.registry_ttl = Some(integer("registry-ttl", v)?);
+        }
+        if let Some(v) = self.xdp {
+            c.xdp = one("xdp", v, parse_xdp_mode)?;
+        }
+        if let Some(v) = self.xdp_interfaces {
+            c.xdp_interfaces = each("xdp-interfaces", v, parse_interface, true)?;
+        }
+        if let Some(v) = self.xdp_unauth_rate {
+            c.xdp_unauth_rate = integer("xdp-unauth-rate", v)?;
+        }
+        if let Some(v) = self.xdp_unauth_burst {
+            c.xdp_unauth_burst = integer("xdp-unauth-burst", v)?;
         }
         Ok(())
     }

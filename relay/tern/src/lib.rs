@@ -33,6 +33,7 @@ pub mod registry;
 mod shared;
 mod side;
 mod worker;
+pub mod xdp;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -92,6 +93,9 @@ pub enum StartError {
         /// The kernel's answer.
         source: io::Error,
     },
+    /// A forced XDP mode (`xdp = "native"` or `"generic"`) cannot run.
+    #[error("xdp: {0}")]
+    Xdp(#[from] xdp::XdpError),
     /// A worker could not be started.
     #[error("worker {index}: {source}")]
     Worker {
@@ -156,6 +160,7 @@ impl Relay {
 
         let (listen, mut listeners) = bind_listeners(&config.listen, workers)?;
         let admin_listener = bind_admin(config.admin)?;
+        let xdp = xdp::Xdp::start(&config, &listen)?;
         let shared = Arc::new(Shared::new(
             config.max_allocations,
             config.max_allocations_per_user,
@@ -247,6 +252,8 @@ impl Relay {
             },
             notifier,
         ));
+        // A fresh OnceLock: cannot be set already.
+        let _ = side.xdp.set(xdp);
         let mut relay = RelayHandle {
             workers: handles,
             side_threads: Vec::new(),
@@ -451,6 +458,11 @@ impl RelayHandle {
         running.allow_peer = config.allow_peer.clone();
         running.deny_peer = config.deny_peer.clone();
         running.admin_token = config.admin_token.clone();
+        if let Some(x) = self.side.xdp.get() {
+            x.reconfigure(config);
+        }
+        running.xdp_unauth_rate = config.xdp_unauth_rate;
+        running.xdp_unauth_burst = config.xdp_unauth_burst;
         tracing::info!(
             users = config.user.len(),
             secrets = config.auth_secret.len(),
@@ -486,6 +498,9 @@ impl RelayHandle {
         self.side.shutting_down();
         self.admin_stop.store(true, Ordering::Relaxed);
         stop_all(&self.side.links, &mut self.workers);
+        if let Some(x) = self.side.xdp.get() {
+            x.detach();
+        }
         self.side_stop = None;
         for t in self.side_threads.drain(..) {
             if t.join().is_err() {
@@ -692,6 +707,11 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     );
     check(running.software != new.software, "software");
     check(running.io_backend != new.io_backend, "io-backend");
+    check(running.xdp != new.xdp, "xdp");
+    check(
+        running.xdp_interfaces != new.xdp_interfaces,
+        "xdp-interfaces",
+    );
     check(
         running.default_lifetime != new.default_lifetime,
         "default-lifetime",

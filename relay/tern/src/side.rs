@@ -122,6 +122,8 @@ pub(crate) struct Side {
     /// Registry publications that succeeded and failed.
     pub(crate) registry_ok: AtomicU64,
     pub(crate) registry_errors: AtomicU64,
+    /// The XDP pre-filter (or why there is none), set once at start.
+    pub(crate) xdp: std::sync::OnceLock<crate::xdp::Xdp>,
 }
 
 struct SideState {
@@ -218,6 +220,7 @@ impl Side {
             registry_wake: config.registry_wake,
             registry_ok: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
+            xdp: std::sync::OnceLock::new(),
         }
     }
 
@@ -367,7 +370,7 @@ impl Side {
         let s = self.lock();
         let states: Vec<&str> = Lifecycle::ALL.iter().map(|l| l.as_str()).collect();
         let allocations = s.collected.totals().allocations;
-        s.collected.render_prometheus(&Exposition {
+        let mut text = s.collected.render_prometheus(&Exposition {
             backend: self.backend,
             state: s.lifecycle.as_str(),
             states: &states,
@@ -381,7 +384,12 @@ impl Side {
                     self.registry_errors.load(Ordering::Relaxed),
                 )
             }),
-        })
+        });
+        drop(s);
+        if let Some(x) = self.xdp.get() {
+            x.render_prometheus(&mut text);
+        }
+        text
     }
 
     pub(crate) fn render_load(&self) -> String {
