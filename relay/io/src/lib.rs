@@ -33,6 +33,7 @@ mod mmsg;
 mod sockaddr;
 pub mod socket;
 mod uring;
+pub mod xsk;
 
 #[cfg(test)]
 mod backend_tests;

@@ -1,0 +1,240 @@
+//! An AF_XDP socket on a veth pair between two throwaway namespaces (prefix
+//! `txdp-`): tern's XDP program redirects the relay port range into it, the
+//! socket receives the datagram as a whole frame, and a frame built by the
+//! relay (Ethernet, IPv4/IPv6, UDP, checksums) goes back out through its TX
+//! ring and reaches an ordinary socket, whose kernel checks the checksums.
+#![allow(clippy::disallowed_methods)] // the test waits on the clock
+
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tern_io::xsk::frame::{self, MacPair};
+use tern_io::xsk::{Xsk, XskConfig, XskMode};
+use tern_xdp::{AttachMode, Counter, Filter, FilterConfig};
+
+#[allow(clippy::print_stdout)] // the skip note belongs in the test's output
+fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("TERN_REQUIRE_INTEROP").is_some_and(|v| v == "1") {
+        panic!("{test}: needs root (namespaces, XDP, AF_XDP) and TERN_REQUIRE_INTEROP=1 is set");
+    }
+    println!("skipped: {test} needs root (network namespaces, XDP, AF_XDP)");
+    false
+}
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("txdp-{}-{tag}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.0];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    fn enter(&self) -> Back {
+        let back = File::open("/proc/thread-self/ns/net").unwrap();
+        let ns = File::open(format!("/run/netns/{}", self.0)).unwrap();
+        // SAFETY: setns with an open namespace descriptor; this thread only.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0);
+        Back(back)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+struct Back(File);
+
+impl Drop for Back {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`, back to where the thread came from.
+        let rc = unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0);
+    }
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (i, part) in s.trim().split(':').enumerate() {
+        m[i] = u8::from_str_radix(part, 16).unwrap();
+    }
+    m
+}
+
+#[test]
+fn relay_traffic_through_an_xsk_both_ways_ipv4_and_ipv6() {
+    if !can_run("relay_traffic_through_an_xsk_both_ways_ipv4_and_ipv6") {
+        return;
+    }
+    let a = Netns::new("xa");
+    let b = Netns::new("xb");
+    a.exec(&[
+        "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
+    ]);
+    a.exec(&["ip", "addr", "add", "10.79.0.1/24", "dev", "txdpa"]);
+    a.exec(&["ip", "addr", "add", "fd79::1/64", "dev", "txdpa", "nodad"]);
+    b.exec(&["ip", "addr", "add", "10.79.0.2/24", "dev", "txdpb"]);
+    b.exec(&["ip", "addr", "add", "fd79::2/64", "dev", "txdpb", "nodad"]);
+    a.exec(&["ip", "link", "set", "txdpa", "up"]);
+    b.exec(&["ip", "link", "set", "txdpb", "up"]);
+    // Finished UDP checksums on a's frames, so the XSK sees what a NIC delivers.
+    a.exec(&["ethtool", "-K", "txdpa", "tx", "off"]);
+    let mac_a = parse_mac(&a.exec(&["cat", "/sys/class/net/txdpa/address"]));
+    let mac_b = parse_mac(&b.exec(&["cat", "/sys/class/net/txdpb/address"]));
+    let hex = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    for ip in ["10.79.0.2", "fd79::2"] {
+        a.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &hex(mac_b),
+            "dev",
+            "txdpa",
+            "nud",
+            "permanent",
+        ]);
+    }
+
+    let filter = Filter::load(&FilterConfig {
+        listen_ports: vec![3478],
+        relay_ports: Some(50000..=50999),
+        redirect_relay: true,
+        ..FilterConfig::default()
+    })
+    .unwrap();
+    let (mut xsk, attachment) = {
+        let _in_b = b.enter();
+        let att = filter.attach("txdpb", AttachMode::Native).unwrap();
+        let xsk = Xsk::open("txdpb", 0, XskConfig::default()).unwrap();
+        (xsk, att)
+    };
+    assert_eq!(xsk.mode(), XskMode::Copy, "veth offers copy mode only");
+    filter.register_xsk(0, xsk.fd()).unwrap();
+
+    let (c4, c6) = {
+        let _in_a = a.enter();
+        let c4 = UdpSocket::bind("10.79.0.1:0").unwrap();
+        let c6 = UdpSocket::bind("[fd79::1]:0").unwrap();
+        for s in [&c4, &c6] {
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        }
+        (c4, c6)
+    };
+    let relay4: SocketAddr = "10.79.0.2:50007".parse().unwrap();
+    let relay6: SocketAddr = "[fd79::2]:50008".parse().unwrap();
+    const N: usize = 50;
+    for i in 0..N {
+        c4.send_to(format!("v4 {i}").as_bytes(), relay4).unwrap();
+        c6.send_to(format!("v6 {i}").as_bytes(), relay6).unwrap();
+    }
+
+    // Receive every datagram as a frame; check it and echo it back, built by hand.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < 2 * N && Instant::now() < deadline {
+        let mut replies = Vec::new();
+        xsk.recv(64, |f| {
+            let p = frame::parse(f).expect("a UDP frame");
+            assert!(frame::udp_checksum_ok(&p), "checksum of {p:?}");
+            assert_eq!(p.dst_mac, mac_b);
+            replies.push((p.dst, p.src, p.payload.to_vec()));
+        });
+        for (from, to, payload) in replies {
+            let sent = xsk.send(|buf| {
+                let hl = frame::headers_len(from.ip());
+                buf.get_mut(hl..hl + payload.len())?
+                    .copy_from_slice(&payload);
+                let macs = MacPair {
+                    src: mac_b,
+                    dst: mac_a,
+                };
+                frame::write_udp_frame(buf, macs, from, to, payload.len()).ok()
+            });
+            assert!(sent);
+            got.push(payload);
+        }
+        xsk.flush();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(got.len(), 2 * N, "frames received through the XSK");
+    let counters = filter.counters().unwrap();
+    assert_eq!(counters.get(Counter::RedirectRelay), 2 * N as u64);
+    assert_eq!(counters.get(Counter::PassRelay), 0);
+
+    // The echoes arrive at a's sockets from the relay addresses, intact
+    // (a's kernel drops any datagram whose checksum is wrong).
+    let mut buf = [0u8; 1500];
+    for (sock, relay, tag) in [(&c4, relay4, "v4"), (&c6, relay6, "v6")] {
+        let mut echoed = Vec::new();
+        for _ in 0..N {
+            let (n, from) = sock.recv_from(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "{tag}: {} of {N} echoes: {e} (xsk {:?})",
+                    echoed.len(),
+                    xsk.stats()
+                )
+            });
+            assert_eq!(from, relay);
+            echoed.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+        }
+        echoed.sort();
+        let mut want: Vec<String> = (0..N).map(|i| format!("{tag} {i}")).collect();
+        want.sort();
+        assert_eq!(echoed, want);
+    }
+    let s = xsk.stats();
+    assert_eq!(s.rx_frames, 2 * N as u64);
+    assert_eq!(s.tx_frames, 2 * N as u64);
+    let k = xsk.kernel_stats().unwrap();
+    assert_eq!(k.rx_dropped, 0);
+    assert_eq!(k.tx_invalid_descs, 0);
+
+    // Unregistered, the relay range goes up the stack again.
+    filter.unregister_xsk(0).unwrap();
+    c4.send_to(b"after", relay4).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while filter.counters().unwrap().get(Counter::PassRelay) == 0 {
+        assert!(Instant::now() < deadline, "no pass after unregistering");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(attachment);
+}
