@@ -238,3 +238,121 @@ fn relay_traffic_through_an_xsk_both_ways_ipv4_and_ipv6() {
     }
     drop(attachment);
 }
+
+#[test]
+fn next_hops_come_from_the_kernels_tables() {
+    use tern_io::xsk::neigh::{interface_mac, Netlink, NextHops};
+    if !can_run("next_hops_come_from_the_kernels_tables") {
+        return;
+    }
+    let a = Netns::new("na");
+    let b = Netns::new("nb");
+    a.exec(&[
+        "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
+    ]);
+    a.exec(&["ip", "addr", "add", "10.80.0.1/24", "dev", "txdpa"]);
+    a.exec(&["ip", "addr", "add", "fd80::1/64", "dev", "txdpa", "nodad"]);
+    a.exec(&["ip", "link", "set", "txdpa", "up"]);
+    b.exec(&["ip", "link", "set", "txdpb", "up"]);
+    a.exec(&["ip", "route", "add", "192.0.2.0/24", "via", "10.80.0.254"]);
+    a.exec(&["ip", "route", "add", "2001:db8::/32", "via", "fd80::fe"]);
+    let gw_mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    let on_link_mac = [0x02, 0x66, 0x77, 0x88, 0x99, 0xaa];
+    a.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.80.0.254",
+        "lladdr",
+        "02:11:22:33:44:55",
+        "dev",
+        "txdpa",
+        "nud",
+        "permanent",
+    ]);
+    a.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "fd80::fe",
+        "lladdr",
+        "02:11:22:33:44:55",
+        "dev",
+        "txdpa",
+        "nud",
+        "permanent",
+    ]);
+    a.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.80.0.7",
+        "lladdr",
+        "02:66:77:88:99:aa",
+        "dev",
+        "txdpa",
+        "nud",
+        "reachable",
+    ]);
+    let mac_a = parse_mac(&a.exec(&["cat", "/sys/class/net/txdpa/address"]));
+
+    let _in_a = a.enter();
+    assert_eq!(interface_mac("txdpa").unwrap(), mac_a);
+    let ifindex = {
+        let c = std::ffi::CString::new("txdpa").unwrap();
+        // SAFETY: NUL-terminated string outliving the call.
+        unsafe { libc::if_nametoindex(c.as_ptr()) }
+    };
+    let mut nl = Netlink::open().unwrap();
+    let r = nl.route_get("192.0.2.9".parse().unwrap()).unwrap();
+    assert_eq!(r.oif, ifindex);
+    assert_eq!(r.gateway, Some("10.80.0.254".parse().unwrap()));
+    let r = nl.route_get("10.80.0.7".parse().unwrap()).unwrap();
+    assert_eq!((r.oif, r.gateway), (ifindex, None));
+    let r = nl.route_get("2001:db8::9".parse().unwrap()).unwrap();
+    assert_eq!(r.gateway, Some("fd80::fe".parse().unwrap()));
+    assert_eq!(
+        nl.neigh_get(ifindex, "10.80.0.99".parse().unwrap())
+            .unwrap(),
+        None
+    );
+
+    let mut hops = NextHops::new(ifindex, 8).unwrap();
+    let now = Instant::now();
+    assert_eq!(hops.lookup("192.0.2.9".parse().unwrap(), now), Some(gw_mac));
+    assert_eq!(
+        hops.lookup("2001:db8::9".parse().unwrap(), now),
+        Some(gw_mac)
+    );
+    assert_eq!(
+        hops.lookup("10.80.0.7".parse().unwrap(), now),
+        Some(on_link_mac)
+    );
+    // Not resolved: the kernel's job; asked again only after `retry`.
+    assert_eq!(hops.lookup("10.80.0.99".parse().unwrap(), now), None);
+    a.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.80.0.99",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "txdpa",
+        "nud",
+        "reachable",
+    ]);
+    assert_eq!(
+        hops.lookup("10.80.0.99".parse().unwrap(), now),
+        None,
+        "cached miss"
+    );
+    let later = now + hops.retry;
+    assert_eq!(
+        hops.lookup("10.80.0.99".parse().unwrap(), later),
+        Some([2, 0, 0, 0, 0, 0x99])
+    );
+    // Loopback is not through this interface.
+    assert_eq!(hops.lookup("127.0.0.1".parse().unwrap(), now), None);
+    assert_eq!(hops.len(), 5);
+}

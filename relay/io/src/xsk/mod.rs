@@ -1,8 +1,11 @@
 //! The pieces of the AF_XDP back end: [`Xsk`], one AF_XDP socket with its
-//! own UMEM and rings, and [`frame`], the Ethernet/IP/UDP framing the relay
-//! does itself when it bypasses the kernel's stack.
+//! own UMEM and rings, [`frame`], the Ethernet/IP/UDP framing the relay
+//! does itself when it bypasses the kernel's stack, and [`neigh`], the
+//! next-hop MAC addresses it takes from the kernel's route and neighbour
+//! tables.
 
 pub mod frame;
+pub mod neigh;
 mod socket;
 
 pub use socket::{Xsk, XskConfig, XskMode, XskStats};
