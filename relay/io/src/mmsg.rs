@@ -101,6 +101,17 @@ impl Wake for MioWake {
 }
 
 impl MmsgIo {
+    /// For back ends built on this one (AF_XDP): make [`PacketIo::wait`]
+    /// also return when `fd` becomes readable (edge-triggered; the caller
+    /// drains it). The event itself is not reported.
+    pub(crate) fn watch_fd(&self, fd: RawFd) -> io::Result<()> {
+        self.poll.registry().register(
+            &mut SourceFd(&fd),
+            Token(usize::MAX - 1),
+            Interest::READABLE,
+        )
+    }
+
     /// A back end with its own epoll instance and preallocated buffers.
     pub fn new(config: MmsgConfig) -> io::Result<Self> {
         let poll = Poll::new()?;

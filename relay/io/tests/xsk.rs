@@ -356,3 +356,203 @@ fn next_hops_come_from_the_kernels_tables() {
     assert_eq!(hops.lookup("127.0.0.1".parse().unwrap(), now), None);
     assert_eq!(hops.len(), 5);
 }
+
+#[test]
+fn xdp_io_relays_through_the_xsk_and_falls_back_to_the_kernel() {
+    use tern_io::xsk::{XdpConfig, XdpIo};
+    use tern_io::{PacketIo, RecvBatch};
+    if !can_run("xdp_io_relays_through_the_xsk_and_falls_back_to_the_kernel") {
+        return;
+    }
+    let a = Netns::new("ia");
+    let b = Netns::new("ib");
+    a.exec(&[
+        "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
+    ]);
+    a.exec(&["ip", "addr", "add", "10.81.0.1/24", "dev", "txdpa"]);
+    a.exec(&["ip", "addr", "add", "10.81.0.3/24", "dev", "txdpa"]);
+    a.exec(&["ip", "addr", "add", "10.81.0.4/24", "dev", "txdpa"]);
+    a.exec(&["ip", "addr", "add", "fd81::1/64", "dev", "txdpa", "nodad"]);
+    b.exec(&["ip", "addr", "add", "10.81.0.2/24", "dev", "txdpb"]);
+    b.exec(&["ip", "addr", "add", "fd81::2/64", "dev", "txdpb", "nodad"]);
+    a.exec(&["ip", "link", "set", "txdpa", "up"]);
+    b.exec(&["ip", "link", "set", "txdpb", "up"]);
+    a.exec(&["ethtool", "-K", "txdpa", "tx", "off"]);
+    b.exec(&["ethtool", "-K", "txdpb", "tx", "off"]);
+    let mac_a = a.exec(&["cat", "/sys/class/net/txdpa/address"]);
+    let mac_b = b.exec(&["cat", "/sys/class/net/txdpb/address"]);
+    for ip in ["10.81.0.2", "fd81::2"] {
+        a.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            mac_b.trim(),
+            "dev",
+            "txdpa",
+            "nud",
+            "permanent",
+        ]);
+    }
+    // 10.81.0.3 and .4 are left for b to resolve by ARP.
+    for ip in ["10.81.0.1", "fd81::1"] {
+        b.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            mac_a.trim(),
+            "dev",
+            "txdpb",
+            "nud",
+            "permanent",
+        ]);
+    }
+
+    let filter = Filter::load(&FilterConfig {
+        listen_ports: vec![3478],
+        relay_ports: Some(50000..=50999),
+        redirect_listen: true,
+        redirect_relay: true,
+        ..FilterConfig::default()
+    })
+    .unwrap();
+    let (mut io, att, ids) = {
+        let _in_b = b.enter();
+        let att = filter.attach("txdpb", AttachMode::Native).unwrap();
+        let mut io = XdpIo::new(XdpConfig::new("txdpb", 0)).unwrap();
+        let listen = io
+            .add_socket(UdpSocket::bind("10.81.0.2:3478").unwrap())
+            .unwrap();
+        let relay6 = io
+            .add_socket(UdpSocket::bind("[fd81::2]:50001").unwrap())
+            .unwrap();
+        let wild = io
+            .add_socket(UdpSocket::bind("0.0.0.0:50002").unwrap())
+            .unwrap();
+        (io, att, [listen, relay6, wild])
+    };
+    filter.register_xsk(io.queue(), io.xsk_fd()).unwrap();
+    let (c1, c3, c6) = {
+        let _in_a = a.enter();
+        let socks = (
+            UdpSocket::bind("10.81.0.1:0").unwrap(),
+            UdpSocket::bind("10.81.0.3:0").unwrap(),
+            UdpSocket::bind("[fd81::1]:0").unwrap(),
+        );
+        for s in [&socks.0, &socks.1, &socks.2] {
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        }
+        socks
+    };
+    const N: usize = 20;
+    // STUN-shaped payloads for the listening port (the filter checks them).
+    let stun = |i: usize| {
+        let mut m = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        m.extend_from_slice(&[i as u8; 12]);
+        m
+    };
+    for i in 0..N {
+        c1.send_to(&stun(i), "10.81.0.2:3478").unwrap();
+        c6.send_to(format!("six {i}").as_bytes(), "[fd81::2]:50001")
+            .unwrap();
+        c3.send_to(format!("wild {i}").as_bytes(), "10.81.0.2:50002")
+            .unwrap();
+    }
+    let mut batch = RecvBatch::new(64, 2048, 48, 4);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < 3 * N && Instant::now() < deadline {
+        io.wait(Some(Duration::from_millis(50))).unwrap();
+        while io.recv(&mut batch) > 0 {
+            for (meta, payload) in batch.iter() {
+                got.push((meta.socket, meta.source, payload.to_vec()));
+            }
+            for (meta, payload) in batch.iter() {
+                io.send(meta.socket, meta.source, payload);
+            }
+            io.flush();
+        }
+    }
+    assert_eq!(got.len(), 3 * N, "{:?}", io.xdp_stats());
+    let from = |s: &UdpSocket| s.local_addr().unwrap();
+    assert_eq!(
+        got.iter()
+            .filter(|g| g.0 == ids[0] && g.1 == from(&c1))
+            .count(),
+        N
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|g| g.0 == ids[1] && g.1 == from(&c6))
+            .count(),
+        N
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|g| g.0 == ids[2] && g.1 == from(&c3))
+            .count(),
+        N
+    );
+    let x = io.xdp_stats();
+    assert_eq!(
+        x.rx_xsk,
+        3 * N as u64,
+        "every datagram came through the XSK: {x:?}"
+    );
+    assert_eq!(x.rx_kernel, 0);
+    // Specific-address sockets answer through the XSK, the wildcard one
+    // through the kernel.
+    assert_eq!(x.tx_xsk, 2 * N as u64, "{x:?}");
+    assert_eq!(x.tx_kernel_other, N as u64, "{x:?}");
+    let mut buf = [0u8; 1500];
+    for (sock, to, n) in [
+        (&c1, "10.81.0.2:3478", N),
+        (&c6, "[fd81::2]:50001", N),
+        (&c3, "10.81.0.2:50002", N),
+    ] {
+        for k in 0..n {
+            let (_, src) = sock
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("echo {k} to {to}: {e} ({x:?})"));
+            assert_eq!(src, to.parse().unwrap());
+        }
+    }
+
+    // A peer b has not resolved yet: the first answers go through the kernel
+    // (which resolves it), later ones through the XSK.
+    let c3_specific = {
+        let _in_a = a.enter();
+        let s = UdpSocket::bind("10.81.0.4:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s
+    };
+    let mut echoed = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while echoed < 10 && Instant::now() < deadline {
+        c3_specific.send_to(&stun(99), "10.81.0.2:3478").unwrap();
+        io.wait(Some(Duration::from_millis(50))).unwrap();
+        while io.recv(&mut batch) > 0 {
+            for (meta, payload) in batch.iter() {
+                io.send(meta.socket, meta.source, payload);
+            }
+            io.flush();
+        }
+        if c3_specific.recv_from(&mut buf).is_ok() {
+            echoed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(echoed, 10);
+    let y = io.xdp_stats();
+    assert!(y.tx_kernel_unresolved >= 1, "{y:?}");
+    assert!(
+        y.tx_xsk > x.tx_xsk,
+        "resolved peers go through the XSK: {y:?}"
+    );
+    let s = io.stats();
+    assert_eq!(s.rx_datagrams, y.rx_xsk + y.rx_kernel);
+    drop(att);
+}

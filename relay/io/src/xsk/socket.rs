@@ -215,6 +215,11 @@ impl Xsk {
         self.queue
     }
 
+    /// Whether received frames wait on the RX ring.
+    pub fn rx_ready(&self) -> bool {
+        self.rx.prod().load(Ordering::Acquire) != self.rx.cached_cons
+    }
+
     /// Our counters.
     pub fn stats(&self) -> XskStats {
         self.stats
