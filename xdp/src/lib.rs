@@ -277,6 +277,29 @@ impl Filter {
             })
     }
 
+    /// Redirect relay traffic received on `queue` into its AF_XDP socket only
+    /// for ports in `ports` (the slice of the worker serving that queue);
+    /// other relay ports go up the stack to their worker's socket. `None`
+    /// lifts the restriction.
+    pub fn set_queue_slice(
+        &self,
+        queue: u32,
+        ports: Option<std::ops::RangeInclusive<u16>>,
+    ) -> Result<(), Error> {
+        let (lo, hi) = ports.map_or((0, 0), |r| (*r.start(), *r.end()));
+        let mut value = [0u8; 4];
+        value[..2].copy_from_slice(&lo.to_ne_bytes());
+        value[2..].copy_from_slice(&hi.to_ne_bytes());
+        self.skel()
+            .maps
+            .queue_slices
+            .update(&queue.to_ne_bytes(), &value, MapFlags::ANY)
+            .map_err(|source| Error::Map {
+                map: "queue_slices",
+                source,
+            })
+    }
+
     /// Remove the AF_XDP socket of `queue` from the redirect map (absent is fine).
     pub fn unregister_xsk(&self, queue: u32) -> Result<(), Error> {
         match self.skel().maps.xsks.delete(&queue.to_ne_bytes()) {

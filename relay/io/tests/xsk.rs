@@ -228,11 +228,30 @@ fn relay_traffic_through_an_xsk_both_ways_ipv4_and_ipv6() {
     assert_eq!(k.rx_dropped, 0);
     assert_eq!(k.tx_invalid_descs, 0);
 
+    // A queue serving another worker's slice passes this port up the stack.
+    filter.set_queue_slice(0, Some(50000..=50007)).unwrap();
+    c6.send_to(b"not this worker's", relay6).unwrap();
+    c4.send_to(b"this worker's", relay4).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while filter.counters().unwrap().get(Counter::PassRelay) == 0 {
+        assert!(Instant::now() < deadline, "no pass for the other slice");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut seen = 0;
+    while seen == 0 && Instant::now() < deadline {
+        seen = xsk.recv(64, |f| {
+            assert_eq!(frame::parse(f).unwrap().payload, b"this worker's");
+        });
+    }
+    assert_eq!(seen, 1);
+    filter.set_queue_slice(0, None).unwrap();
+    let before = filter.counters().unwrap().get(Counter::PassRelay);
+
     // Unregistered, the relay range goes up the stack again.
     filter.unregister_xsk(0).unwrap();
     c4.send_to(b"after", relay4).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while filter.counters().unwrap().get(Counter::PassRelay) == 0 {
+    while filter.counters().unwrap().get(Counter::PassRelay) == before {
         assert!(Instant::now() < deadline, "no pass after unregistering");
         std::thread::sleep(Duration::from_millis(10));
     }

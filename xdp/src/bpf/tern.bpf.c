@@ -121,6 +121,22 @@ struct {
 	__type(value, __u64);
 } unauth_tat SEC(".maps");
 
+// Queue index -> the relay ports of the worker whose AF_XDP socket serves
+// that queue. Relay traffic to another worker's port is passed up the stack
+// (to that worker's socket) instead of into this queue's XSK. hi == 0: no
+// restriction.
+struct tern_slice {
+	__u16 lo;
+	__u16 hi;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct tern_slice);
+} queue_slices SEC(".maps");
+
 // Queue index -> AF_XDP socket, filled by the relay's AF_XDP back end.
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -361,9 +377,15 @@ int tern_xdp(struct xdp_md *ctx)
 
 	if (ulen < sizeof(*udp) || ulen > l4_room || (void *)udp + ulen > data_end)
 		return count(R_DROP_UDP_LENGTH, XDP_DROP);
-	if (relay)
-		return deliver(ctx, cfg->flags & TERN_F_REDIRECT_RELAY, R_PASS_RELAY,
-			       R_REDIRECT_RELAY);
+	if (relay) {
+		int redirect = cfg->flags & TERN_F_REDIRECT_RELAY;
+		__u32 queue = ctx->rx_queue_index;
+		struct tern_slice *slice = bpf_map_lookup_elem(&queue_slices, &queue);
+
+		if (slice && slice->hi != 0 && (port < slice->lo || port > slice->hi))
+			redirect = 0;
+		return deliver(ctx, redirect, R_PASS_RELAY, R_REDIRECT_RELAY);
+	}
 	return check_listen(ctx, cfg, payload, data_end, ulen - sizeof(*udp), &src);
 }
 
