@@ -130,6 +130,9 @@ pub enum IoBackend {
     Mmsg,
     /// io_uring (Linux 6.0+); the relay refuses to start when it is unavailable.
     Uring,
+    /// AF_XDP: one socket per worker and interface queue, fed by the XDP
+    /// pre-filter (attached even when `xdp = "off"`); never chosen by `auto`.
+    Xdp,
 }
 
 /// A configuration that cannot be used, naming the key at fault.
@@ -544,7 +547,7 @@ pub struct Validated {
 
 impl IoBackend {
     /// Every back end name accepted by `io-backend`, in variant order.
-    pub const NAMES: &'static [&'static str] = &["auto", "mmsg", "uring"];
+    pub const NAMES: &'static [&'static str] = &["auto", "mmsg", "uring", "xdp"];
 
     /// The back end to insist on, or `None` to let [`tern_io::select_backend`] probe.
     pub fn requested(self) -> Option<tern_io::BackendKind> {
@@ -552,6 +555,7 @@ impl IoBackend {
             IoBackend::Auto => None,
             IoBackend::Mmsg => Some(tern_io::BackendKind::Mmsg),
             IoBackend::Uring => Some(tern_io::BackendKind::Uring),
+            IoBackend::Xdp => Some(tern_io::BackendKind::Xdp),
         }
     }
 
@@ -561,6 +565,7 @@ impl IoBackend {
             IoBackend::Auto => "auto",
             IoBackend::Mmsg => "mmsg",
             IoBackend::Uring => "uring",
+            IoBackend::Xdp => "xdp",
         }
     }
 }
@@ -579,6 +584,7 @@ impl FromStr for IoBackend {
             "auto" => Ok(IoBackend::Auto),
             "mmsg" => Ok(IoBackend::Mmsg),
             "uring" => Ok(IoBackend::Uring),
+            "xdp" => Ok(IoBackend::Xdp),
             _ => Err(format!(
                 "unknown back end; expected one of {}",
                 IoBackend::NAMES.join(", ")

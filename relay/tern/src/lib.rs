@@ -142,6 +142,22 @@ impl Relay {
             0 => cores.len().max(1),
             n => n,
         };
+        // AF_XDP: one worker per receive queue of the one interface.
+        let mut af_xdp = match selection.kind {
+            BackendKind::Xdp => Some(xdp::AfXdpPlan::new(&config)?),
+            _ => None,
+        };
+        let wanted = match &af_xdp {
+            Some(plan) if plan.queues as usize != wanted => {
+                tracing::info!(
+                    interface = %plan.ifname,
+                    queues = plan.queues,
+                    "io-backend xdp: one worker per receive queue"
+                );
+                wanted.min(plan.queues as usize)
+            }
+            _ => wanted,
+        };
         let (lo, hi) = config.relay_ports;
         let range = RelayPortRange::new(lo, hi).map_err(|e| ConfigError::Invalid {
             key: "relay-ports",
@@ -157,10 +173,13 @@ impl Relay {
             );
         }
         let workers = slices.len();
+        if let Some(plan) = af_xdp.as_mut() {
+            plan.slices = slices.iter().map(|s| (s.lo(), s.hi())).collect();
+        }
 
         let (listen, mut listeners) = bind_listeners(&config.listen, workers)?;
         let admin_listener = bind_admin(config.admin)?;
-        let xdp = xdp::Xdp::start(&config, &listen)?;
+        let xdp = Arc::new(xdp::Xdp::start(&config, &listen, af_xdp.as_ref())?);
         let shared = Arc::new(Shared::new(
             config.max_allocations,
             config.max_allocations_per_user,
@@ -204,6 +223,11 @@ impl Relay {
                 control: control_rx,
                 reporter: Reporter::new(report_tx.clone(), recycle_rx),
                 seed,
+                xsk: af_xdp.as_ref().map(|plan| xdp::XskSetup {
+                    ifname: plan.ifname.clone(),
+                    queue: index as u32,
+                    xdp: xdp.clone(),
+                }),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("tern-worker-{index}"))

@@ -123,7 +123,7 @@ pub(crate) struct Side {
     pub(crate) registry_ok: AtomicU64,
     pub(crate) registry_errors: AtomicU64,
     /// The XDP pre-filter (or why there is none), set once at start.
-    pub(crate) xdp: std::sync::OnceLock<crate::xdp::Xdp>,
+    pub(crate) xdp: std::sync::OnceLock<Arc<crate::xdp::Xdp>>,
 }
 
 struct SideState {

@@ -10,9 +10,10 @@
 //! counters are read only when `/metrics` is scraped.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
 
@@ -130,11 +131,84 @@ struct Loaded {
     attachments: Vec<tern_xdp::Attachment>,
 }
 
+/// Where the AF_XDP back end (`io-backend = "xdp"`) runs: one interface,
+/// one worker per receive queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AfXdpPlan {
+    pub(crate) ifname: String,
+    pub(crate) queues: u32,
+    /// Each worker's relay ports (worker i serves queue i), set by the caller.
+    pub(crate) slices: Vec<(u16, u16)>,
+}
+
+impl AfXdpPlan {
+    /// The interface (`xdp-interfaces`, else the one carrying the listen
+    /// addresses: exactly one) and its receive queues.
+    pub(crate) fn new(config: &Config) -> Result<AfXdpPlan, XdpError> {
+        let ifs = if config.xdp_interfaces.is_empty() {
+            interfaces_for(&config.listen).map_err(XdpError)?
+        } else {
+            config.xdp_interfaces.clone()
+        };
+        let [ifname] = ifs.as_slice() else {
+            return Err(XdpError(format!(
+                "io-backend xdp serves one interface; the listen addresses are on {ifs:?} (set xdp-interfaces)"
+            )));
+        };
+        let dir = format!("/sys/class/net/{ifname}/queues");
+        let queues = std::fs::read_dir(&dir)
+            .map_err(|e| XdpError(format!("{dir}: {e}")))?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+            .count() as u32;
+        Ok(AfXdpPlan {
+            ifname: ifname.clone(),
+            queues: queues.max(1),
+            slices: Vec::new(),
+        })
+    }
+}
+
+/// What one worker needs to run the AF_XDP back end.
+pub(crate) struct XskSetup {
+    pub(crate) ifname: String,
+    pub(crate) queue: u32,
+    pub(crate) xdp: Arc<Xdp>,
+}
+
+/// Build worker `s.queue`'s AF_XDP back end and register its socket with the
+/// XDP program.
+pub(crate) fn open_worker_io(s: &XskSetup) -> io::Result<tern_io::xsk::XdpIo> {
+    let io = tern_io::xsk::XdpIo::new(tern_io::xsk::XdpConfig::new(&s.ifname, s.queue))?;
+    s.xdp.register_xsk(s.queue, io.xsk_fd())?;
+    tracing::info!(
+        interface = %s.ifname,
+        queue = s.queue,
+        mode = ?io.mode(),
+        "AF_XDP socket bound and registered"
+    );
+    Ok(io)
+}
+
 impl Xdp {
     /// Load and attach as `config.xdp` says, for a relay bound to `listen`.
     /// `Off` and an `Auto` that cannot run return a filter-less `Xdp`; a
-    /// forced mode that cannot run is an error.
-    pub(crate) fn start(config: &Config, listen: &[SocketAddr]) -> Result<Xdp, XdpError> {
+    /// forced mode that cannot run is an error. With `af_xdp`, the program
+    /// is attached (even with `xdp = "off"`, and failure is an error) and
+    /// redirects tern's traffic into the workers' AF_XDP sockets.
+    pub(crate) fn start(
+        config: &Config,
+        listen: &[SocketAddr],
+        af_xdp: Option<&AfXdpPlan>,
+    ) -> Result<Xdp, XdpError> {
+        if let Some(plan) = af_xdp {
+            let mut c = config.clone();
+            if c.xdp == XdpMode::Off {
+                c.xdp = XdpMode::Native;
+            }
+            return load_and_attach(&c, listen, std::slice::from_ref(&plan.ifname), Some(plan))
+                .map_err(XdpError);
+        }
         let unavailable = |why: String| -> Result<Xdp, XdpError> {
             if config.xdp == XdpMode::Auto {
                 tracing::warn!(reason = %why, "XDP pre-filter not running (xdp = auto)");
@@ -155,7 +229,7 @@ impl Xdp {
         } else {
             config.xdp_interfaces.clone()
         };
-        match load_and_attach(config, listen, &interfaces) {
+        match load_and_attach(config, listen, &interfaces, None) {
             Ok(x) => Ok(x),
             Err(why) => unavailable(why),
         }
@@ -193,6 +267,27 @@ impl Xdp {
         }
         #[cfg(not(feature = "xdp"))]
         let _ = config;
+    }
+
+    /// Put an AF_XDP socket in the program's map for `queue`.
+    pub(crate) fn register_xsk(
+        &self,
+        queue: u32,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        #[cfg(feature = "xdp")]
+        {
+            let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            match loaded.as_ref() {
+                Some(l) => l.filter.register_xsk(queue, fd).map_err(io::Error::other),
+                None => Err(io::Error::other("the XDP program is not loaded")),
+            }
+        }
+        #[cfg(not(feature = "xdp"))]
+        {
+            let _ = (queue, fd);
+            Err(io::Error::other("built without the xdp feature"))
+        }
     }
 
     /// Detach from every interface now (also done when dropped).
@@ -328,6 +423,7 @@ fn load_and_attach(
     config: &Config,
     listen: &[SocketAddr],
     interfaces: &[String],
+    af_xdp: Option<&AfXdpPlan>,
 ) -> Result<Xdp, String> {
     use tern_xdp::{AttachMode, Filter, FilterConfig};
 
@@ -347,12 +443,19 @@ fn load_and_attach(
         },
         unauth_rate: config.xdp_unauth_rate,
         unauth_burst: config.xdp_unauth_burst,
-        redirect_listen: false,
-        redirect_relay: false,
+        redirect_listen: af_xdp.is_some(),
+        redirect_relay: af_xdp.is_some(),
     };
     let filter = Filter::load(&fc).map_err(|e| {
         format!("{e} (needs CAP_BPF and CAP_NET_ADMIN, or root, and a kernel with XDP)")
     })?;
+    if let Some(plan) = af_xdp {
+        for (queue, (lo, hi)) in plan.slices.iter().enumerate() {
+            filter
+                .set_queue_slice(queue as u32, Some(*lo..=*hi))
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let mode = match config.xdp {
         XdpMode::Native => AttachMode::Native,
         XdpMode::Generic => AttachMode::Generic,
@@ -387,7 +490,12 @@ fn load_and_attach(
 }
 
 #[cfg(not(feature = "xdp"))]
-fn load_and_attach(_: &Config, _: &[SocketAddr], _: &[String]) -> Result<Xdp, String> {
+fn load_and_attach(
+    _: &Config,
+    _: &[SocketAddr],
+    _: &[String],
+    _: Option<&AfXdpPlan>,
+) -> Result<Xdp, String> {
     Err("this tern was built without the `xdp` feature".to_owned())
 }
 
@@ -473,7 +581,7 @@ mod tests {
 
     #[test]
     fn off_is_off_and_says_so_in_metrics() {
-        let x = Xdp::start(&Config::default(), &[]).unwrap();
+        let x = Xdp::start(&Config::default(), &[], None).unwrap();
         assert_eq!(x.state, XdpState::Off);
         let mut out = String::new();
         x.render_prometheus(&mut out);
@@ -491,7 +599,7 @@ mod tests {
             ..Config::default()
         };
         let listen = ["192.0.2.123:3478".parse().unwrap()];
-        let x = Xdp::start(&c, &listen).unwrap();
+        let x = Xdp::start(&c, &listen, None).unwrap();
         match &x.state {
             XdpState::Unavailable(why) => assert!(why.contains("192.0.2.123"), "{why}"),
             other => panic!("{other:?}"),
@@ -500,6 +608,6 @@ mod tests {
         x.render_prometheus(&mut out);
         assert!(out.contains("state=\"unavailable\""), "{out}");
         c.xdp = XdpMode::Native;
-        assert!(Xdp::start(&c, &listen).is_err());
+        assert!(Xdp::start(&c, &listen, None).is_err());
     }
 }

@@ -205,13 +205,11 @@ fn stun_binding_request(tid: u8) -> Vec<u8> {
     m
 }
 
-#[test]
-fn junk_dies_at_xdp_while_a_session_flows() {
-    if !can_run("junk_dies_at_xdp_while_a_session_flows") {
-        return;
-    }
-    let a = Netns::new("da");
-    let b = Netns::new("db");
+/// Namespaces `a` (client and peer, CLIENT) and `b` (tern, SERVER) joined
+/// by a veth pair, static neighbours both ways.
+fn topology(tag: &str) -> (Netns, Netns) {
+    let a = Netns::new(&format!("{tag}a"));
+    let b = Netns::new(&format!("{tag}b"));
     a.exec(&[
         "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
     ]);
@@ -250,6 +248,15 @@ fn junk_dies_at_xdp_while_a_session_flows() {
         "permanent",
     ]);
 
+    (a, b)
+}
+
+#[test]
+fn junk_dies_at_xdp_while_a_session_flows() {
+    if !can_run("junk_dies_at_xdp_while_a_session_flows") {
+        return;
+    }
+    let (a, b) = topology("d");
     let mut tern = Tern::start(
         &b,
         &[
@@ -429,4 +436,81 @@ fn xdp_auto_without_privilege_or_interface_runs_without_and_says_why() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("xdp") && err.contains("txdp-none"), "{err}");
+}
+
+#[test]
+fn a_turn_session_through_the_af_xdp_back_end() {
+    if !can_run("a_turn_session_through_the_af_xdp_back_end") {
+        return;
+    }
+    let (a, b) = topology("f");
+    let mut tern = Tern::start(&b, &["--io-backend", "xdp"]);
+    let line = tern.expect("AF_XDP socket bound and registered");
+    assert!(
+        line.contains("interface=txdpb") && line.contains("queue=0"),
+        "{line}"
+    );
+    let started = tern.expect("relay started");
+    assert!(
+        started.contains("workers=1"),
+        "one worker per veth queue: {started}"
+    );
+
+    let server: SocketAddr = format!("{SERVER}:3478").parse().unwrap();
+    let (mut client, peer) = {
+        let _in_a = a.enter();
+        let mut client = Turn::new(server);
+        client.socket = UdpSocket::bind(format!("{CLIENT}:0")).unwrap();
+        client
+            .socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let peer = UdpSocket::bind(format!("{CLIENT}:0")).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        (client, peer)
+    };
+    let relayed = client.allocate().relayed.expect("a relayed address");
+    assert_eq!(
+        client
+            .channel_bind(0x4000, peer.local_addr().unwrap())
+            .error,
+        None
+    );
+    for round in ["af_xdp 1", "af_xdp 2", "af_xdp 3"] {
+        relay_both_ways(&client, 0x4000, &peer, relayed, round);
+    }
+
+    let metrics = {
+        let _in_b = b.enter();
+        get("127.0.0.1:9641".parse().unwrap(), "/metrics")
+    };
+    let m = parse_prometheus(&metrics.body);
+    let xdp = |verdict: &str, reason: &str| {
+        m.get(&format!(
+            "tern_xdp_packets_total{{verdict=\"{verdict}\",reason=\"{reason}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    // Every client and peer datagram went through the AF_XDP socket.
+    assert_eq!(
+        xdp("redirect", "channel_data"),
+        3.0 * PACKETS as f64,
+        "{}",
+        metrics.body
+    );
+    assert_eq!(xdp("redirect", "relay_port"), 3.0 * PACKETS as f64);
+    assert!(xdp("redirect", "stun") >= 3.0);
+    assert_eq!(xdp("pass", "channel_data") + xdp("pass", "relay_port"), 0.0);
+    assert!(
+        metrics.body.contains("backend=\"xdp\""),
+        "build info names the back end: {}",
+        metrics.body
+    );
+    tern.stop();
+    let left = b.exec(&["ip", "-d", "link", "show", "txdpb"]);
+    assert!(
+        !left.contains("prog/xdp"),
+        "still attached after exit: {left}"
+    );
 }
