@@ -300,6 +300,46 @@ impl Filter {
             })
     }
 
+    /// Put AF_XDP socket `xsk_fd`, bound to queue `queue` of interface
+    /// `ifindex`, in the redirect map (for relays with sockets on several
+    /// interfaces; the interface gets a slot the first time). At most 16
+    /// interfaces and 256 queues.
+    pub fn register_xsk_on(
+        &self,
+        ifindex: u32,
+        queue: u32,
+        xsk_fd: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        let slots = &self.skel().maps.if_slots;
+        let key = ifindex.to_ne_bytes();
+        let slot = match slots.lookup(&key, MapFlags::ANY) {
+            Ok(Some(v)) if v.len() == 4 => u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+            Ok(_) => {
+                let next = slots.keys().count() as u32;
+                slots
+                    .update(&key, &next.to_ne_bytes(), MapFlags::NO_EXIST)
+                    .map_err(|source| Error::Map {
+                        map: "if_slots",
+                        source,
+                    })?;
+                next
+            }
+            Err(source) => {
+                return Err(Error::Map {
+                    map: "if_slots",
+                    source,
+                })
+            }
+        };
+        if queue >= 256 || slot >= 16 {
+            return Err(Error::Sys {
+                what: "register_xsk_on",
+                source: std::io::Error::from_raw_os_error(libc::E2BIG),
+            });
+        }
+        self.register_xsk(slot * 256 + queue, xsk_fd)
+    }
+
     /// Remove the AF_XDP socket of `queue` from the redirect map (absent is fine).
     pub fn unregister_xsk(&self, queue: u32) -> Result<(), Error> {
         match self.skel().maps.xsks.delete(&queue.to_ne_bytes()) {

@@ -336,16 +336,19 @@ fn next_hops_come_from_the_kernels_tables() {
         None
     );
 
-    let mut hops = NextHops::new(ifindex, 8).unwrap();
+    let mut hops = NextHops::new(vec![ifindex], 8).unwrap();
     let now = Instant::now();
-    assert_eq!(hops.lookup("192.0.2.9".parse().unwrap(), now), Some(gw_mac));
+    assert_eq!(
+        hops.lookup("192.0.2.9".parse().unwrap(), now),
+        Some((ifindex, gw_mac))
+    );
     assert_eq!(
         hops.lookup("2001:db8::9".parse().unwrap(), now),
-        Some(gw_mac)
+        Some((ifindex, gw_mac))
     );
     assert_eq!(
         hops.lookup("10.80.0.7".parse().unwrap(), now),
-        Some(on_link_mac)
+        Some((ifindex, on_link_mac))
     );
     // Not resolved: the kernel's job; asked again only after `retry`.
     assert_eq!(hops.lookup("10.80.0.99".parse().unwrap(), now), None);
@@ -369,7 +372,7 @@ fn next_hops_come_from_the_kernels_tables() {
     let later = now + hops.retry;
     assert_eq!(
         hops.lookup("10.80.0.99".parse().unwrap(), later),
-        Some([2, 0, 0, 0, 0, 0x99])
+        Some((ifindex, [2, 0, 0, 0, 0, 0x99]))
     );
     // Loopback is not through this interface.
     assert_eq!(hops.lookup("127.0.0.1".parse().unwrap(), now), None);

@@ -144,13 +144,22 @@ impl Relay {
         };
         // AF_XDP: one worker per receive queue of the one interface.
         let mut af_xdp = match selection.kind {
-            BackendKind::Xdp => Some(xdp::AfXdpPlan::new(&config)?),
+            BackendKind::Xdp => {
+                let relay_ips: Vec<std::net::IpAddr> = [
+                    validated.relay.v4.map(|a| std::net::IpAddr::V4(a.bind)),
+                    validated.relay.v6.map(|a| std::net::IpAddr::V6(a.bind)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Some(xdp::AfXdpPlan::new(&config, &relay_ips)?)
+            }
             _ => None,
         };
         let wanted = match &af_xdp {
             Some(plan) if plan.queues as usize != wanted => {
                 tracing::info!(
-                    interface = %plan.ifname,
+                    interfaces = ?plan.interfaces,
                     queues = plan.queues,
                     "io-backend xdp: one worker per receive queue"
                 );
@@ -224,7 +233,7 @@ impl Relay {
                 reporter: Reporter::new(report_tx.clone(), recycle_rx),
                 seed,
                 xsk: af_xdp.as_ref().map(|plan| xdp::XskSetup {
-                    ifname: plan.ifname.clone(),
+                    interfaces: plan.interfaces.clone(),
                     queue: index as u32,
                     xdp: xdp.clone(),
                 }),

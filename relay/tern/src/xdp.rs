@@ -131,39 +131,47 @@ struct Loaded {
     attachments: Vec<tern_xdp::Attachment>,
 }
 
-/// Where the AF_XDP back end (`io-backend = "xdp"`) runs: one interface,
-/// one worker per receive queue.
+/// Where the AF_XDP back end (`io-backend = "xdp"`) runs: the interfaces
+/// carrying the listen and relay addresses, one worker per receive queue
+/// (the fewest any of them has).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct AfXdpPlan {
-    pub(crate) ifname: String,
+    pub(crate) interfaces: Vec<String>,
     pub(crate) queues: u32,
     /// Each worker's relay ports (worker i serves queue i), set by the caller.
     pub(crate) slices: Vec<(u16, u16)>,
 }
 
 impl AfXdpPlan {
-    /// The interface (`xdp-interfaces`, else the one carrying the listen
-    /// addresses: exactly one) and its receive queues.
-    pub(crate) fn new(config: &Config) -> Result<AfXdpPlan, XdpError> {
-        let ifs = if config.xdp_interfaces.is_empty() {
-            interfaces_for(&config.listen).map_err(XdpError)?
+    /// The interfaces (`xdp-interfaces`, else those carrying the listen
+    /// addresses and the relay addresses `relay`) and their receive queues.
+    pub(crate) fn new(config: &Config, relay: &[std::net::IpAddr]) -> Result<AfXdpPlan, XdpError> {
+        let interfaces = if config.xdp_interfaces.is_empty() {
+            let mut addrs = config.listen.clone();
+            addrs.extend(relay.iter().map(|ip| SocketAddr::new(*ip, 0)));
+            interfaces_for(&addrs).map_err(XdpError)?
         } else {
             config.xdp_interfaces.clone()
         };
-        let [ifname] = ifs.as_slice() else {
+        if interfaces.len() > 16 {
             return Err(XdpError(format!(
-                "io-backend xdp serves one interface; the listen addresses are on {ifs:?} (set xdp-interfaces)"
+                "io-backend xdp serves at most 16 interfaces, not {}",
+                interfaces.len()
             )));
-        };
-        let dir = format!("/sys/class/net/{ifname}/queues");
-        let queues = std::fs::read_dir(&dir)
-            .map_err(|e| XdpError(format!("{dir}: {e}")))?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-            .count() as u32;
+        }
+        let mut queues = u32::MAX;
+        for ifname in &interfaces {
+            let dir = format!("/sys/class/net/{ifname}/queues");
+            let n = std::fs::read_dir(&dir)
+                .map_err(|e| XdpError(format!("{dir}: {e}")))?
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32;
+            queues = queues.min(n.max(1));
+        }
         Ok(AfXdpPlan {
-            ifname: ifname.clone(),
-            queues: queues.max(1),
+            interfaces,
+            queues: queues.clamp(1, 256),
             slices: Vec::new(),
         })
     }
@@ -171,21 +179,24 @@ impl AfXdpPlan {
 
 /// What one worker needs to run the AF_XDP back end.
 pub(crate) struct XskSetup {
-    pub(crate) ifname: String,
+    pub(crate) interfaces: Vec<String>,
     pub(crate) queue: u32,
     pub(crate) xdp: Arc<Xdp>,
 }
 
-/// Build worker `s.queue`'s AF_XDP back end and register its socket with the
-/// XDP program.
+/// Build worker `s.queue`'s AF_XDP back end and register its sockets with
+/// the XDP program.
 pub(crate) fn open_worker_io(s: &XskSetup) -> io::Result<tern_io::xsk::XdpIo> {
-    let io = tern_io::xsk::XdpIo::new(tern_io::xsk::XdpConfig::new(&s.ifname, s.queue))?;
-    s.xdp.register_xsk(s.queue, io.xsk_fd())?;
+    let names: Vec<&str> = s.interfaces.iter().map(String::as_str).collect();
+    let io = tern_io::xsk::XdpIo::new(tern_io::xsk::XdpConfig::on(&names, s.queue))?;
+    for (ifindex, fd) in io.xsks() {
+        s.xdp.register_xsk(ifindex, s.queue, fd)?;
+    }
     tracing::info!(
-        interface = %s.ifname,
+        interfaces = ?s.interfaces,
         queue = s.queue,
         mode = ?io.mode(),
-        "AF_XDP socket bound and registered"
+        "AF_XDP sockets bound and registered"
     );
     Ok(io)
 }
@@ -206,8 +217,7 @@ impl Xdp {
             if c.xdp == XdpMode::Off {
                 c.xdp = XdpMode::Native;
             }
-            return load_and_attach(&c, listen, std::slice::from_ref(&plan.ifname), Some(plan))
-                .map_err(XdpError);
+            return load_and_attach(&c, listen, &plan.interfaces, Some(plan)).map_err(XdpError);
         }
         let unavailable = |why: String| -> Result<Xdp, XdpError> {
             if config.xdp == XdpMode::Auto {
@@ -269,9 +279,11 @@ impl Xdp {
         let _ = config;
     }
 
-    /// Put an AF_XDP socket in the program's map for `queue`.
+    /// Put the AF_XDP socket of `queue` on interface `ifindex` in the
+    /// program's map.
     pub(crate) fn register_xsk(
         &self,
+        ifindex: u32,
         queue: u32,
         fd: std::os::fd::BorrowedFd<'_>,
     ) -> io::Result<()> {
@@ -279,13 +291,16 @@ impl Xdp {
         {
             let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
             match loaded.as_ref() {
-                Some(l) => l.filter.register_xsk(queue, fd).map_err(io::Error::other),
+                Some(l) => l
+                    .filter
+                    .register_xsk_on(ifindex, queue, fd)
+                    .map_err(io::Error::other),
                 None => Err(io::Error::other("the XDP program is not loaded")),
             }
         }
         #[cfg(not(feature = "xdp"))]
         {
-            let _ = (queue, fd);
+            let _ = (ifindex, queue, fd);
             Err(io::Error::other("built without the xdp feature"))
         }
     }

@@ -104,13 +104,23 @@ struct Tern {
 
 impl Tern {
     fn start(ns: &Netns, extra: &[&str]) -> Tern {
+        let listen = format!("{SERVER}:3478");
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--relay-ip",
+            SERVER,
+            "--allow-peer",
+            "10.78.0.0/24",
+        ];
+        args.extend_from_slice(extra);
+        Tern::spawn(ns, &args)
+    }
+
+    fn spawn(ns: &Netns, extra: &[&str]) -> Tern {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_tern")])
             .args([
-                "--listen",
-                &format!("{SERVER}:3478"),
-                "--relay-ip",
-                SERVER,
                 "--realm",
                 REALM,
                 "--user",
@@ -121,8 +131,6 @@ impl Tern {
                 "1",
                 "--admin",
                 "127.0.0.1:9641",
-                "--allow-peer",
-                "10.78.0.0/24",
                 "--drain-timeout",
                 "1",
             ])
@@ -445,9 +453,9 @@ fn a_turn_session_through_the_af_xdp_back_end() {
     }
     let (a, b) = topology("f");
     let mut tern = Tern::start(&b, &["--io-backend", "xdp"]);
-    let line = tern.expect("AF_XDP socket bound and registered");
+    let line = tern.expect("AF_XDP sockets bound and registered");
     assert!(
-        line.contains("interface=txdpb") && line.contains("queue=0"),
+        line.contains("[\"txdpb\"]") && line.contains("queue=0"),
         "{line}"
     );
     let started = tern.expect("relay started");
@@ -513,4 +521,131 @@ fn a_turn_session_through_the_af_xdp_back_end() {
         !left.contains("prog/xdp"),
         "still attached after exit: {left}"
     );
+}
+
+#[test]
+fn a_turn_session_through_af_xdp_on_two_interfaces_in_three_namespaces() {
+    if !can_run("a_turn_session_through_af_xdp_on_two_interfaces_in_three_namespaces") {
+        return;
+    }
+    // client (a) 10.78.1.2 -- 10.78.1.1 relay (b) 10.78.2.1 -- 10.78.2.2 peer (c)
+    let a = Netns::new("ta");
+    let b = Netns::new("tb");
+    let c = Netns::new("tc");
+    a.exec(&[
+        "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
+    ]);
+    c.exec(&[
+        "ip", "link", "add", "txdpd", "type", "veth", "peer", "name", "txdpc", "netns", &b.0,
+    ]);
+    for (ns, dev, addr) in [
+        (&a, "txdpa", "10.78.1.2/24"),
+        (&b, "txdpb", "10.78.1.1/24"),
+        (&b, "txdpc", "10.78.2.1/24"),
+        (&c, "txdpd", "10.78.2.2/24"),
+    ] {
+        ns.exec(&["ip", "addr", "add", addr, "dev", dev]);
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+        ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
+    }
+    let mac = |ns: &Netns, dev: &str| ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    let (ma, mb, mc, md) = (
+        mac(&a, "txdpa"),
+        mac(&b, "txdpb"),
+        mac(&b, "txdpc"),
+        mac(&c, "txdpd"),
+    );
+    for (ns, ip, m, dev) in [
+        (&a, "10.78.1.1", &mb, "txdpa"),
+        (&b, "10.78.1.2", &ma, "txdpb"),
+        (&b, "10.78.2.2", &md, "txdpc"),
+        (&c, "10.78.2.1", &mc, "txdpd"),
+    ] {
+        ns.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            m.trim(),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+    let mut tern = Tern::spawn(
+        &b,
+        &[
+            "--listen",
+            "10.78.1.1:3478",
+            "--relay-ip",
+            "10.78.2.1",
+            "--allow-peer",
+            "10.78.2.0/24",
+            "--io-backend",
+            "xdp",
+        ],
+    );
+    let line = tern.expect("AF_XDP sockets bound and registered");
+    assert!(line.contains("[\"txdpb\", \"txdpc\"]"), "{line}");
+    tern.expect("relay started");
+
+    let mut client = {
+        let _in_a = a.enter();
+        let mut client = Turn::new("10.78.1.1:3478".parse().unwrap());
+        client.socket = UdpSocket::bind("10.78.1.2:0").unwrap();
+        client
+            .socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        client
+    };
+    let peer = {
+        let _in_c = c.enter();
+        let peer = UdpSocket::bind("10.78.2.2:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        peer
+    };
+    let relayed = client.allocate().relayed.expect("a relayed address");
+    assert_eq!(relayed.ip().to_string(), "10.78.2.1");
+    assert_eq!(
+        client
+            .channel_bind(0x4000, peer.local_addr().unwrap())
+            .error,
+        None
+    );
+    for round in ["3ns 1", "3ns 2"] {
+        relay_both_ways(&client, 0x4000, &peer, relayed, round);
+    }
+    let metrics = {
+        let _in_b = b.enter();
+        get("127.0.0.1:9641".parse().unwrap(), "/metrics")
+    };
+    let m = parse_prometheus(&metrics.body);
+    let xdp = |verdict: &str, reason: &str| {
+        m.get(&format!(
+            "tern_xdp_packets_total{{verdict=\"{verdict}\",reason=\"{reason}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        xdp("redirect", "channel_data"),
+        2.0 * PACKETS as f64,
+        "{}",
+        metrics.body
+    );
+    assert_eq!(xdp("redirect", "relay_port"), 2.0 * PACKETS as f64);
+    for dev in ["txdpb", "txdpc"] {
+        assert_eq!(
+            m.get(&format!(
+                "tern_xdp_attached{{interface=\"{dev}\",mode=\"native\"}}"
+            )),
+            Some(&1.0),
+            "{}",
+            metrics.body
+        );
+    }
+    tern.stop();
 }

@@ -137,10 +137,23 @@ struct {
 	__type(value, struct tern_slice);
 } queue_slices SEC(".maps");
 
-// Queue index -> AF_XDP socket, filled by the relay's AF_XDP back end.
+// Interface index -> slot, for relays with AF_XDP sockets on several
+// interfaces: the XSK of queue q on the interface in slot s sits at key
+// s * TERN_MAX_QUEUES + q. An interface without a slot uses slot 0.
+#define TERN_MAX_QUEUES 256
+#define TERN_MAX_XSK_IFS 16
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TERN_MAX_XSK_IFS);
+	__type(key, __u32);
+	__type(value, __u32);
+} if_slots SEC(".maps");
+
+// (slot, queue) -> AF_XDP socket, filled by the relay's AF_XDP back end.
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, 256);
+	__uint(max_entries, TERN_MAX_XSK_IFS * TERN_MAX_QUEUES);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
@@ -165,10 +178,17 @@ static __always_inline int count(__u32 reason, int action)
 static __always_inline int deliver(struct xdp_md *ctx, int redirect, __u32 pass_reason,
 				   __u32 redirect_reason)
 {
-	__u32 queue = ctx->rx_queue_index;
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 key = ctx->rx_queue_index;
+	__u32 *slot;
 
-	if (redirect && bpf_map_lookup_elem(&xsks, &queue))
-		return count(redirect_reason, bpf_redirect_map(&xsks, queue, XDP_PASS));
+	if (!redirect || key >= TERN_MAX_QUEUES)
+		return count(pass_reason, XDP_PASS);
+	slot = bpf_map_lookup_elem(&if_slots, &ifindex);
+	if (slot && *slot < TERN_MAX_XSK_IFS)
+		key += *slot * TERN_MAX_QUEUES;
+	if (bpf_map_lookup_elem(&xsks, &key))
+		return count(redirect_reason, bpf_redirect_map(&xsks, key, XDP_PASS));
 	return count(pass_reason, XDP_PASS);
 }
 

@@ -1,5 +1,6 @@
-//! [`XdpIo`], the AF_XDP back end of one worker: one [`Xsk`] on one
-//! interface queue for the fast path, and an [`MmsgIo`] holding the worker's
+//! [`XdpIo`], the AF_XDP back end of one worker: one [`Xsk`] per interface
+//! on the worker's queue for the fast path (a relay may face clients on one
+//! interface and peers on another), and an [`MmsgIo`] holding the worker's
 //! UDP sockets for everything else.
 //!
 //! The sockets stay bound (they reserve the ports, and receive what the XDP
@@ -13,8 +14,8 @@
 //! bound to a wildcard, the datagram goes through the kernel instead (which
 //! also resolves the neighbour), and that is counted.
 //!
-//! Owns the XSK and the socket table; does not own the XDP program or its
-//! XSK map: the caller registers [`XdpIo::xsk_fd`] for [`XdpIo::queue`].
+//! Owns the XSKs and the socket table; does not own the XDP program or its
+//! XSK map: the caller registers each of [`XdpIo::xsks`] for [`XdpIo::queue`].
 
 use std::collections::HashMap;
 use std::io;
@@ -33,8 +34,8 @@ use crate::{
 /// How to build an [`XdpIo`].
 #[derive(Clone, Debug)]
 pub struct XdpConfig {
-    /// The interface whose queue the socket binds.
-    pub ifname: String,
+    /// The interfaces whose queue `queue` gets an AF_XDP socket.
+    pub interfaces: Vec<String>,
     /// The queue.
     pub queue: u32,
     /// UMEM and ring sizes.
@@ -51,8 +52,13 @@ pub struct XdpConfig {
 impl XdpConfig {
     /// Defaults for `ifname` queue `queue`.
     pub fn new(ifname: &str, queue: u32) -> XdpConfig {
+        XdpConfig::on(&[ifname], queue)
+    }
+
+    /// Defaults for queue `queue` of each of `interfaces`.
+    pub fn on(interfaces: &[&str], queue: u32) -> XdpConfig {
         XdpConfig {
-            ifname: ifname.to_owned(),
+            interfaces: interfaces.iter().map(|s| (*s).to_owned()).collect(),
             queue,
             xsk: XskConfig::default(),
             mmsg: MmsgConfig::default(),
@@ -86,8 +92,7 @@ pub struct XdpIoStats {
 /// The AF_XDP back end of one worker. See the module docs.
 pub struct XdpIo {
     inner: MmsgIo,
-    xsk: Xsk,
-    mac: [u8; 6],
+    ports: Vec<Port>,
     hops: NextHops,
     by_addr: HashMap<SocketAddr, SocketId>,
     by_port: HashMap<(u16, bool), SocketId>,
@@ -100,33 +105,55 @@ pub struct XdpIo {
     stats: IoStats,
 }
 
+/// One interface's socket and addresses.
+struct Port {
+    xsk: Xsk,
+    ifindex: u32,
+    mac: [u8; 6],
+}
+
 impl std::fmt::Debug for XdpIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XdpIo")
-            .field("xsk", &self.xsk)
+            .field(
+                "xsks",
+                &self.ports.iter().map(|p| &p.xsk).collect::<Vec<_>>(),
+            )
             .field("xdp", &self.xdp)
             .finish_non_exhaustive()
     }
 }
 
 impl XdpIo {
-    /// Open the XSK on `config.ifname` queue `config.queue` and the
-    /// kernel-path back end.
+    /// Open an XSK on queue `config.queue` of every interface in
+    /// `config.interfaces`, and the kernel-path back end.
     pub fn new(config: XdpConfig) -> io::Result<XdpIo> {
+        if config.interfaces.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no interface for AF_XDP",
+            ));
+        }
         let inner = MmsgIo::new(config.mmsg)?;
-        let xsk = Xsk::open(&config.ifname, config.queue, config.xsk)?;
-        inner.watch_fd(xsk.fd().as_raw_fd())?;
-        let ifindex = {
-            let c = std::ffi::CString::new(config.ifname.as_str())
+        let mut ports = Vec::with_capacity(config.interfaces.len());
+        for ifname in &config.interfaces {
+            let xsk = Xsk::open(ifname, config.queue, config.xsk)?;
+            inner.watch_fd(xsk.fd().as_raw_fd())?;
+            let c = std::ffi::CString::new(ifname.as_str())
                 .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
             // SAFETY: NUL-terminated string outliving the call.
-            unsafe { libc::if_nametoindex(c.as_ptr()) }
-        };
+            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            ports.push(Port {
+                xsk,
+                ifindex,
+                mac: interface_mac(ifname)?,
+            });
+        }
+        let ifindexes = ports.iter().map(|p| p.ifindex).collect();
         Ok(XdpIo {
             inner,
-            mac: interface_mac(&config.ifname)?,
-            hops: NextHops::new(ifindex, config.neighbours)?,
-            xsk,
+            hops: NextHops::new(ifindexes, config.neighbours)?,
+            ports,
             by_addr: HashMap::new(),
             by_port: HashMap::new(),
             verify: config.verify_checksums,
@@ -137,19 +164,26 @@ impl XdpIo {
         })
     }
 
-    /// The XSK, to register in the XDP program's map for [`XdpIo::queue`].
+    /// The first interface's XSK, to register in the XDP program's map for
+    /// [`XdpIo::queue`].
     pub fn xsk_fd(&self) -> BorrowedFd<'_> {
-        self.xsk.fd()
+        self.ports[0].xsk.fd()
     }
 
-    /// The queue the XSK is bound to.
+    /// Every XSK with its interface index, to register in the XDP
+    /// program's map (`tern_xdp::Filter::register_xsk_on`).
+    pub fn xsks(&self) -> impl Iterator<Item = (u32, BorrowedFd<'_>)> + '_ {
+        self.ports.iter().map(|p| (p.ifindex, p.xsk.fd()))
+    }
+
+    /// The queue the XSKs are bound to.
     pub fn queue(&self) -> u32 {
-        self.xsk.queue()
+        self.ports[0].xsk.queue()
     }
 
-    /// Zero-copy or copy mode.
+    /// Zero-copy or copy mode (of the first interface's XSK).
     pub fn mode(&self) -> XskMode {
-        self.xsk.mode()
+        self.ports[0].xsk.mode()
     }
 
     /// Where datagrams went.
@@ -164,46 +198,51 @@ impl XdpIo {
     }
 
     fn recv_xsk(&mut self, batch: &mut RecvBatch) -> usize {
-        let cap = batch.capacity() as u32;
         let verify = self.verify;
         let (by_addr, by_port) = (&self.by_addr, &self.by_port);
         let xdp = &mut self.xdp;
         let stats = &mut self.own;
-        self.xsk.recv(cap, |f| {
-            let Ok(p) = frame::parse(f) else {
-                xdp.rx_not_ours += 1;
-                return;
-            };
-            let Some(id) = by_addr
-                .get(&p.dst)
-                .or_else(|| by_port.get(&(p.dst.port(), p.dst.is_ipv4())))
-                .copied()
-            else {
-                xdp.rx_not_ours += 1;
-                return;
-            };
-            if verify && !frame::udp_checksum_ok(&p) {
-                xdp.rx_bad_checksum += 1;
-                return;
+        for port in &mut self.ports {
+            let cap = (batch.capacity() - batch.len()) as u32;
+            if cap == 0 {
+                break;
             }
-            let i = batch.len();
-            let (area, room) = batch.recv_area(i);
-            if p.payload.len() > room {
-                stats.rx_truncated += 1;
-                return;
-            }
-            // SAFETY: `area` is writable for `room` >= payload bytes (recv_area's
-            // contract) and cannot overlap the UMEM frame.
-            unsafe { std::ptr::copy_nonoverlapping(p.payload.as_ptr(), area, p.payload.len()) };
-            batch.push(RecvMeta {
-                socket: id,
-                source: p.src,
-                len: p.payload.len(),
+            port.xsk.recv(cap, |f| {
+                let Ok(p) = frame::parse(f) else {
+                    xdp.rx_not_ours += 1;
+                    return;
+                };
+                let Some(id) = by_addr
+                    .get(&p.dst)
+                    .or_else(|| by_port.get(&(p.dst.port(), p.dst.is_ipv4())))
+                    .copied()
+                else {
+                    xdp.rx_not_ours += 1;
+                    return;
+                };
+                if verify && !frame::udp_checksum_ok(&p) {
+                    xdp.rx_bad_checksum += 1;
+                    return;
+                }
+                let i = batch.len();
+                let (area, room) = batch.recv_area(i);
+                if p.payload.len() > room {
+                    stats.rx_truncated += 1;
+                    return;
+                }
+                // SAFETY: `area` is writable for `room` >= payload bytes (recv_area's
+                // contract) and cannot overlap the UMEM frame.
+                unsafe { std::ptr::copy_nonoverlapping(p.payload.as_ptr(), area, p.payload.len()) };
+                batch.push(RecvMeta {
+                    socket: id,
+                    source: p.src,
+                    len: p.payload.len(),
+                });
+                xdp.rx_xsk += 1;
+                stats.rx_datagrams += 1;
+                stats.rx_bytes += p.payload.len() as u64;
             });
-            xdp.rx_xsk += 1;
-            stats.rx_datagrams += 1;
-            stats.rx_bytes += p.payload.len() as u64;
-        });
+        }
         if !batch.is_empty() {
             self.own.rx_batches += 1;
         }
@@ -247,7 +286,7 @@ impl PacketIo for XdpIo {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let timeout = if self.xsk.rx_ready() {
+        let timeout = if self.ports.iter().any(|p| p.xsk.rx_ready()) {
             Some(Duration::ZERO)
         } else {
             timeout
@@ -269,7 +308,7 @@ impl PacketIo for XdpIo {
     }
 
     fn has_pending(&self) -> bool {
-        self.xsk.rx_ready() || self.inner.has_pending()
+        self.ports.iter().any(|p| p.xsk.rx_ready()) || self.inner.has_pending()
     }
 
     fn send(&mut self, from: SocketId, to: SocketAddr, payload: &[u8]) {
@@ -281,16 +320,20 @@ impl PacketIo for XdpIo {
             self.xdp.tx_kernel_other += 1;
             return self.send_kernel(from, to, payload);
         }
-        let Some(dst_mac) = self.hops.lookup(to.ip(), self.now) else {
+        let Some((oif, dst_mac)) = self.hops.lookup(to.ip(), self.now) else {
             self.xdp.tx_kernel_unresolved += 1;
             return self.send_kernel(from, to, payload);
         };
+        let Some(port) = self.ports.iter_mut().find(|p| p.ifindex == oif) else {
+            self.xdp.tx_kernel_other += 1;
+            return self.send_kernel(from, to, payload);
+        };
         let macs = MacPair {
-            src: self.mac,
+            src: port.mac,
             dst: dst_mac,
         };
         let hl = frame::headers_len(local.ip());
-        let sent = self.xsk.send(|buf| {
+        let sent = port.xsk.send(|buf| {
             buf.get_mut(hl..hl + payload.len())?
                 .copy_from_slice(payload);
             frame::write_udp_frame(buf, macs, local, to, payload.len()).ok()
@@ -306,9 +349,11 @@ impl PacketIo for XdpIo {
     }
 
     fn flush(&mut self) {
-        let before = self.xsk.stats().tx_kicks;
-        self.xsk.flush();
-        self.own.tx_syscalls += self.xsk.stats().tx_kicks - before;
+        for port in &mut self.ports {
+            let before = port.xsk.stats().tx_kicks;
+            port.xsk.flush();
+            self.own.tx_syscalls += port.xsk.stats().tx_kicks - before;
+        }
         self.inner.flush();
         self.refresh_stats();
     }

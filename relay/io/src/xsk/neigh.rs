@@ -236,11 +236,12 @@ pub fn interface_mac(ifname: &str) -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// Per-destination next-hop MACs for one interface, cached.
+/// Per-destination next hops (outgoing interface and MAC) through a set of
+/// interfaces, cached.
 #[derive(Debug)]
 pub struct NextHops {
     netlink: Netlink,
-    ifindex: u32,
+    ifindexes: Vec<u32>,
     entries: HashMap<IpAddr, Entry>,
     capacity: usize,
     /// A resolved entry is re-checked after this long.
@@ -251,16 +252,17 @@ pub struct NextHops {
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
-    mac: Option<[u8; 6]>,
+    hop: Option<(u32, [u8; 6])>,
     checked: Instant,
 }
 
 impl NextHops {
-    /// A cache of at most `capacity` destinations reached through `ifindex`.
-    pub fn new(ifindex: u32, capacity: usize) -> io::Result<NextHops> {
+    /// A cache of at most `capacity` destinations reached through one of
+    /// `ifindexes`.
+    pub fn new(ifindexes: Vec<u32>, capacity: usize) -> io::Result<NextHops> {
         Ok(NextHops {
             netlink: Netlink::open()?,
-            ifindex,
+            ifindexes,
             entries: HashMap::with_capacity(capacity.min(4096)),
             capacity: capacity.max(1),
             refresh: Duration::from_secs(30),
@@ -268,13 +270,14 @@ impl NextHops {
         })
     }
 
-    /// The MAC to send a frame for `dst` to, or `None` (send it through the
-    /// kernel): not resolved yet, not via our interface, or the cache is full.
-    pub fn lookup(&mut self, dst: IpAddr, now: Instant) -> Option<[u8; 6]> {
+    /// The interface and MAC to send a frame for `dst` to, or `None` (send
+    /// it through the kernel): not resolved yet, not via one of our
+    /// interfaces, or the cache is full.
+    pub fn lookup(&mut self, dst: IpAddr, now: Instant) -> Option<(u32, [u8; 6])> {
         if let Some(e) = self.entries.get(&dst) {
             let age = now.saturating_duration_since(e.checked);
-            match e.mac {
-                Some(mac) if age < self.refresh => return Some(mac),
+            match e.hop {
+                Some(hop) if age < self.refresh => return Some(hop),
                 None if age < self.retry => return None,
                 _ => {}
             }
@@ -284,9 +287,9 @@ impl NextHops {
                 return None;
             }
         }
-        let mac = self.resolve(dst);
-        self.entries.insert(dst, Entry { mac, checked: now });
-        mac
+        let hop = self.resolve(dst);
+        self.entries.insert(dst, Entry { hop, checked: now });
+        hop
     }
 
     /// Destinations cached.
@@ -299,15 +302,17 @@ impl NextHops {
         self.entries.is_empty()
     }
 
-    fn resolve(&mut self, dst: IpAddr) -> Option<[u8; 6]> {
+    fn resolve(&mut self, dst: IpAddr) -> Option<(u32, [u8; 6])> {
         let route = self.netlink.route_get(dst).ok()?;
-        if route.oif != self.ifindex {
+        if !self.ifindexes.contains(&route.oif) {
             return None;
         }
-        self.netlink
+        let mac = self
+            .netlink
             .neigh_get(route.oif, route.next_hop(dst))
             .ok()
-            .flatten()
+            .flatten()?;
+        Some((route.oif, mac))
     }
 
     fn evict(&mut self, now: Instant) {
