@@ -523,15 +523,12 @@ fn a_turn_session_through_the_af_xdp_back_end() {
     );
 }
 
-#[test]
-fn a_turn_session_through_af_xdp_on_two_interfaces_in_three_namespaces() {
-    if !can_run("a_turn_session_through_af_xdp_on_two_interfaces_in_three_namespaces") {
-        return;
-    }
-    // client (a) 10.78.1.2 -- 10.78.1.1 relay (b) 10.78.2.1 -- 10.78.2.2 peer (c)
-    let a = Netns::new("ta");
-    let b = Netns::new("tb");
-    let c = Netns::new("tc");
+/// client (a) 10.78.1.2 -- 10.78.1.1 relay (b) 10.78.2.1 -- 10.78.2.2 peer (c),
+/// static neighbours, transmit checksums finished in software.
+fn three_namespaces(tag: &str) -> (Netns, Netns, Netns) {
+    let a = Netns::new(&format!("{tag}a"));
+    let b = Netns::new(&format!("{tag}b"));
+    let c = Netns::new(&format!("{tag}c"));
     a.exec(&[
         "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
     ]);
@@ -574,8 +571,13 @@ fn a_turn_session_through_af_xdp_on_two_interfaces_in_three_namespaces() {
             "permanent",
         ]);
     }
+    (a, b, c)
+}
+
+/// tern `--io-backend xdp` in `b` of [`three_namespaces`].
+fn tern_af_xdp_between(b: &Netns) -> Tern {
     let mut tern = Tern::spawn(
-        &b,
+        b,
         &[
             "--listen",
             "10.78.1.1:3478",
@@ -590,6 +592,16 @@ fn a_turn_session_through_af_xdp_on_two_interfaces_in_three_namespaces() {
     let line = tern.expect("AF_XDP sockets bound and registered");
     assert!(line.contains("[\"txdpb\", \"txdpc\"]"), "{line}");
     tern.expect("relay started");
+    tern
+}
+
+#[test]
+fn a_turn_session_through_af_xdp_on_two_interfaces_in_three_namespaces() {
+    if !can_run("a_turn_session_through_af_xdp_on_two_interfaces_in_three_namespaces") {
+        return;
+    }
+    let (a, b, c) = three_namespaces("t");
+    let mut tern = tern_af_xdp_between(&b);
 
     let mut client = {
         let _in_a = a.enter();
@@ -647,5 +659,111 @@ fn a_turn_session_through_af_xdp_on_two_interfaces_in_three_namespaces() {
             metrics.body
         );
     }
+    tern.stop();
+}
+
+/// A tool of coturn's, or `None` (skipped; a failure under TERN_REQUIRE_INTEROP=1).
+#[allow(clippy::print_stdout)] // the skip note belongs in the test's output
+fn tool(name: &str) -> Option<String> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p.to_string_lossy().into_owned()),
+        None if std::env::var_os("TERN_REQUIRE_INTEROP").is_some_and(|v| v == "1") => {
+            panic!("{name} not installed (apt-get install coturn) and TERN_REQUIRE_INTEROP=1")
+        }
+        None => {
+            println!("skipped: {name} not installed (apt-get install coturn)");
+            None
+        }
+    }
+}
+
+#[test]
+fn coturn_uclient_through_af_xdp_in_three_namespaces() {
+    if !can_run("coturn_uclient_through_af_xdp_in_three_namespaces") {
+        return;
+    }
+    let (Some(uclient), Some(peer_bin)) = (tool("turnutils_uclient"), tool("turnutils_peer"))
+    else {
+        return;
+    };
+    let (a, b, c) = three_namespaces("u");
+    let mut tern = tern_af_xdp_between(&b);
+    let mut peer = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.0,
+            &peer_bin,
+            "-p",
+            "3480",
+            "-L",
+            "10.78.2.2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(peer.try_wait().unwrap().is_none(), "turnutils_peer exited");
+    // As in tests/tests/interop_uclient.rs (with -m 5, uclient ran 6 sessions).
+    const CLIENTS: u64 = 10;
+    const MESSAGES: u64 = 40;
+    let run = Command::new("ip")
+        .args(["netns", "exec", &a.0, &uclient])
+        .args(["-u", USER, "-w", PASSWORD])
+        .args(["-e", "10.78.2.2", "-r", "3480"])
+        .args(["-m", &CLIENTS.to_string(), "-n", &MESSAGES.to_string()])
+        .args(["-l", "160", "-z", "20", "-p", "3478", "10.78.1.1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = peer.kill();
+    let _ = peer.wait();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "uclient: {log}");
+    let totals = log
+        .lines()
+        .filter(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+        .last()
+        .unwrap_or_else(|| panic!("no totals in {log}"));
+    let expected = CLIENTS * MESSAGES;
+    assert!(
+        totals.contains(&format!(
+            "tot_send_msgs={expected}, tot_recv_msgs={expected}"
+        )),
+        "{totals}"
+    );
+    assert!(log.contains("Total lost packets 0 "), "{log}");
+
+    let metrics = {
+        let _in_b = b.enter();
+        get("127.0.0.1:9641".parse().unwrap(), "/metrics")
+    };
+    let m = parse_prometheus(&metrics.body);
+    let redirected: f64 = ["channel_data", "relay_port"]
+        .iter()
+        .map(|r| {
+            m.get(&format!(
+                "tern_xdp_packets_total{{verdict=\"redirect\",reason=\"{r}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(
+        redirected >= 2.0 * expected as f64,
+        "every relayed datagram through AF_XDP: {redirected}\n{}",
+        metrics.body
+    );
     tern.stop();
 }
