@@ -733,8 +733,8 @@ fn coturn_uclient_through_af_xdp_in_three_namespaces() {
     assert!(run.status.success(), "uclient: {log}");
     let totals = log
         .lines()
-        .filter(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
-        .last()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
         .unwrap_or_else(|| panic!("no totals in {log}"));
     let expected = CLIENTS * MESSAGES;
     assert!(
