@@ -99,8 +99,8 @@ pub struct Flags {
     /// SOFTWARE attribute in responses; empty sends none [default: tern VERSION].
     #[arg(long, value_name = "TEXT")]
     pub software: Option<String>,
-    /// Packet I/O back end: auto (probe, fastest available), uring or mmsg [default: auto].
-    #[arg(long, value_name = "BACKEND", value_parser = config::parse_io_backend)]
+    /// Packet I/O back end: auto (probe, fastest available), uring, mmsg, or xdp (AF_XDP, never chosen by auto) [default: auto].
+    #[arg(long, value_name = "BACKEND", env = "TERN_IO_BACKEND", value_parser = config::parse_io_backend)]
     pub io_backend: Option<IoBackend>,
     /// Allocation lifetime in seconds when the client asks for none [default: 600].
     #[arg(long, value_name = "SECONDS")]
@@ -158,6 +158,9 @@ pub struct Flags {
     /// Burst of unauthenticated requests a quiet source may send [default: 200].
     #[arg(long, value_name = "COUNT")]
     pub xdp_unauth_burst: Option<u32>,
+    /// io-backend xdp: drop received datagrams with a wrong UDP checksum (XDP sees frames before the kernel checks them) [default: true].
+    #[arg(long, value_name = "BOOL", env = "TERN_XDP_VERIFY_CHECKSUMS")]
+    pub xdp_verify_checksums: Option<bool>,
 }
 
 /// Where the configuration in force came from.
@@ -249,6 +252,7 @@ impl Flags {
         replace(&mut c.xdp_interfaces, &self.xdp_interfaces);
         set(&mut c.xdp_unauth_rate, &self.xdp_unauth_rate);
         set(&mut c.xdp_unauth_burst, &self.xdp_unauth_burst);
+        set(&mut c.xdp_verify_checksums, &self.xdp_verify_checksums);
     }
 }
 

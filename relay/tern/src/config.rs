@@ -98,6 +98,9 @@ pub struct Config {
     pub xdp_unauth_rate: u32,
     /// How many unauthenticated requests a quiet source may send at once.
     pub xdp_unauth_burst: u32,
+    /// `io-backend = "xdp"`: drop received datagrams whose UDP checksum is
+    /// wrong (XDP sees frames before the kernel has checked them).
+    pub xdp_verify_checksums: bool,
 }
 
 /// Where the admin endpoint listens unless `admin` says otherwise.
@@ -231,6 +234,7 @@ impl Default for Config {
             xdp_interfaces: Vec::new(),
             xdp_unauth_rate: crate::xdp::DEFAULT_UNAUTH_RATE,
             xdp_unauth_burst: crate::xdp::DEFAULT_UNAUTH_BURST,
+            xdp_verify_checksums: true,
         }
     }
 }
@@ -893,6 +897,7 @@ struct RawConfig {
     xdp_interfaces: Option<toml::Value>,
     xdp_unauth_rate: Option<toml::Value>,
     xdp_unauth_burst: Option<toml::Value>,
+    xdp_verify_checksums: Option<toml::Value>,
 }
 
 impl RawConfig {
@@ -1001,6 +1006,9 @@ impl RawConfig {
         }
         if let Some(v) = self.xdp_unauth_burst {
             c.xdp_unauth_burst = integer("xdp-unauth-burst", v)?;
+        }
+        if let Some(v) = self.xdp_verify_checksums {
+            c.xdp_verify_checksums = boolean("xdp-verify-checksums", v)?;
         }
         Ok(())
     }

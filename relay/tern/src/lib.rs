@@ -234,6 +234,7 @@ impl Relay {
                 seed,
                 xsk: af_xdp.as_ref().map(|plan| xdp::XskSetup {
                     interfaces: plan.interfaces.clone(),
+                    verify_checksums: config.xdp_verify_checksums,
                     queue: index as u32,
                     xdp: xdp.clone(),
                 }),

@@ -181,6 +181,7 @@ impl AfXdpPlan {
 pub(crate) struct XskSetup {
     pub(crate) interfaces: Vec<String>,
     pub(crate) queue: u32,
+    pub(crate) verify_checksums: bool,
     pub(crate) xdp: Arc<Xdp>,
 }
 
@@ -188,7 +189,9 @@ pub(crate) struct XskSetup {
 /// the XDP program.
 pub(crate) fn open_worker_io(s: &XskSetup) -> io::Result<tern_io::xsk::XdpIo> {
     let names: Vec<&str> = s.interfaces.iter().map(String::as_str).collect();
-    let io = tern_io::xsk::XdpIo::new(tern_io::xsk::XdpConfig::on(&names, s.queue))?;
+    let mut config = tern_io::xsk::XdpConfig::on(&names, s.queue);
+    config.verify_checksums = s.verify_checksums;
+    let io = tern_io::xsk::XdpIo::new(config)?;
     for (ifindex, fd) in io.xsks() {
         s.xdp.register_xsk(ifindex, s.queue, fd)?;
     }
@@ -537,6 +540,9 @@ mod tests {
         assert_eq!(c.xdp, XdpMode::Native);
         assert_eq!(c.xdp_interfaces, vec!["eth0", "eth1"]);
         assert_eq!((c.xdp_unauth_rate, c.xdp_unauth_burst), (5, 9));
+        assert!(c.xdp_verify_checksums);
+        let c = Config::from_toml_str("xdp-verify-checksums = false").unwrap();
+        assert!(!c.xdp_verify_checksums);
         let d = Config::default();
         assert_eq!(d.xdp, XdpMode::Off);
         assert_eq!(
@@ -559,6 +565,8 @@ mod tests {
             "0",
             "--xdp-unauth-burst",
             "3",
+            "--xdp-verify-checksums",
+            "false",
         ])
         .unwrap();
         let mut c = Config::default();
@@ -566,6 +574,7 @@ mod tests {
         assert_eq!(c.xdp, XdpMode::Generic);
         assert_eq!(c.xdp_interfaces, vec!["veth0"]);
         assert_eq!((c.xdp_unauth_rate, c.xdp_unauth_burst), (0, 3));
+        assert!(!c.xdp_verify_checksums);
         assert!(crate::cli::Cli::try_parse_from(["tern", "--xdp", "fast"]).is_err());
     }
 
