@@ -161,13 +161,9 @@ impl AfXdpPlan {
         }
         let mut queues = u32::MAX;
         for ifname in &interfaces {
-            let dir = format!("/sys/class/net/{ifname}/queues");
-            let n = std::fs::read_dir(&dir)
-                .map_err(|e| XdpError(format!("{dir}: {e}")))?
-                .filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-                .count() as u32;
-            queues = queues.min(n.max(1));
+            let n = tern_io::xsk::neigh::rx_queues(ifname)
+                .map_err(|e| XdpError(format!("{ifname}: receive queues: {e}")))?;
+            queues = queues.min(n);
         }
         Ok(AfXdpPlan {
             interfaces,

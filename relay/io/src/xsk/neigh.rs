@@ -236,6 +236,58 @@ pub fn interface_mac(ifname: &str) -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// How many receive queues `ifname` has (ethtool's channel count; 1 when the
+/// driver does not report channels). Asks the kernel of the calling thread's
+/// network namespace, unlike /sys, which shows the mounting namespace's.
+pub fn rx_queues(ifname: &str) -> io::Result<u32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct EthtoolChannels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    // SAFETY: plain socket(2), closed by OwnedFd.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..EthtoolChannels::default()
+    };
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = ifname.as_bytes();
+    if name.is_empty() || name.len() >= req.ifr_name.len() {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut ch as *mut EthtoolChannels).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GCHANNELS reads the name and writes
+    // the ethtool_channels `ifru_data` points to, which outlives the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => Ok(1),
+            _ => Err(e),
+        };
+    }
+    Ok((ch.rx_count + ch.combined_count).max(1))
+}
+
 /// Per-destination next hops (outgoing interface and MAC) through a set of
 /// interfaces, cached.
 #[derive(Debug)]
@@ -386,6 +438,12 @@ mod tests {
                 (99, vec![1, 2, 3])
             ]
         );
+    }
+
+    #[test]
+    fn loopback_has_one_queue() {
+        assert_eq!(rx_queues("lo").unwrap(), 1);
+        assert!(rx_queues("txdp-none").is_err());
     }
 
     #[test]
