@@ -16,7 +16,7 @@ if [[ -n ${TERN_DEB_PROFILE:-} ]]; then
     cargo deb -p tern --profile "$TERN_DEB_PROFILE" -o "$out/" "$@"
     exit
 fi
-cargo build -q -p tern --bin tern
+cargo build -q -p tern --features xdp --bin tern
 target=$(cargo metadata -q --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 # cargo deb --no-build takes the binary from <target>/release/: a scratch one.

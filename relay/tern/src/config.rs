@@ -22,6 +22,7 @@ use tern_turn::{RelayAddress, RelayAddresses};
 pub use crate::nicstats::NicSelection;
 use crate::registry::Registry;
 pub use crate::registry::RegistryUrl;
+pub use crate::xdp::{parse_interface, parse_xdp_mode, XdpMode};
 
 /// Everything the relay is configured with. Field names are the TOML keys
 /// (kebab-case there, snake_case here); see `tern --help` for each one.
@@ -111,6 +112,19 @@ pub struct Config {
     pub nic_stats: NicSelection,
     /// Seconds between two readings of the NIC allowance counters.
     pub nic_stats_interval: u64,
+    /// The XDP pre-filter: off, auto, native or generic.
+    pub xdp: XdpMode,
+    /// Interfaces to attach the pre-filter to; empty means those carrying
+    /// the listen addresses.
+    pub xdp_interfaces: Vec<String>,
+    /// Unauthenticated STUN requests per second per source the pre-filter
+    /// lets through; 0 means no limit.
+    pub xdp_unauth_rate: u32,
+    /// How many unauthenticated requests a quiet source may send at once.
+    pub xdp_unauth_burst: u32,
+    /// `io-backend = "xdp"`: drop received datagrams whose UDP checksum is
+    /// wrong (XDP sees frames before the kernel has checked them).
+    pub xdp_verify_checksums: bool,
 }
 
 /// Where the admin endpoint listens unless `admin` says otherwise.
@@ -146,6 +160,9 @@ pub enum IoBackend {
     Mmsg,
     /// io_uring (Linux 6.0+); the relay refuses to start when it is unavailable.
     Uring,
+    /// AF_XDP: one socket per worker and interface queue, fed by the XDP
+    /// pre-filter (attached even when `xdp = "off"`); never chosen by `auto`.
+    Xdp,
 }
 
 /// A configuration that cannot be used, naming the key at fault.
@@ -251,6 +268,11 @@ impl Default for Config {
             registry_ttl: None,
             nic_stats: NicSelection::Auto,
             nic_stats_interval: DEFAULT_NIC_STATS_INTERVAL,
+            xdp: XdpMode::Off,
+            xdp_interfaces: Vec::new(),
+            xdp_unauth_rate: crate::xdp::DEFAULT_UNAUTH_RATE,
+            xdp_unauth_burst: crate::xdp::DEFAULT_UNAUTH_BURST,
+            xdp_verify_checksums: true,
         }
     }
 }
@@ -382,6 +404,12 @@ impl Config {
             return Err(ConfigError::problem(
                 "nic-stats-interval",
                 "must be at least 1 second",
+            ));
+        }
+        if self.xdp_unauth_rate > 0 && self.xdp_unauth_burst == 0 {
+            return Err(ConfigError::problem(
+                "xdp-unauth-burst",
+                "must be at least 1 when xdp-unauth-rate is set",
             ));
         }
         let relay = self.relay_addresses()?;
@@ -615,7 +643,7 @@ pub struct Validated {
 
 impl IoBackend {
     /// Every back end name accepted by `io-backend`, in variant order.
-    pub const NAMES: &'static [&'static str] = &["auto", "mmsg", "uring"];
+    pub const NAMES: &'static [&'static str] = &["auto", "mmsg", "uring", "xdp"];
 
     /// The back end to insist on, or `None` to let [`tern_io::select_backend`] probe.
     pub fn requested(self) -> Option<tern_io::BackendKind> {
@@ -623,6 +651,7 @@ impl IoBackend {
             IoBackend::Auto => None,
             IoBackend::Mmsg => Some(tern_io::BackendKind::Mmsg),
             IoBackend::Uring => Some(tern_io::BackendKind::Uring),
+            IoBackend::Xdp => Some(tern_io::BackendKind::Xdp),
         }
     }
 
@@ -632,6 +661,7 @@ impl IoBackend {
             IoBackend::Auto => "auto",
             IoBackend::Mmsg => "mmsg",
             IoBackend::Uring => "uring",
+            IoBackend::Xdp => "xdp",
         }
     }
 }
@@ -650,6 +680,7 @@ impl FromStr for IoBackend {
             "auto" => Ok(IoBackend::Auto),
             "mmsg" => Ok(IoBackend::Mmsg),
             "uring" => Ok(IoBackend::Uring),
+            "xdp" => Ok(IoBackend::Xdp),
             _ => Err(format!(
                 "unknown back end; expected one of {}",
                 IoBackend::NAMES.join(", ")
@@ -965,6 +996,11 @@ struct RawConfig {
     registry_ttl: Option<toml::Value>,
     nic_stats: Option<toml::Value>,
     nic_stats_interval: Option<toml::Value>,
+    xdp: Option<toml::Value>,
+    xdp_interfaces: Option<toml::Value>,
+    xdp_unauth_rate: Option<toml::Value>,
+    xdp_unauth_burst: Option<toml::Value>,
+    xdp_verify_checksums: Option<toml::Value>,
 }
 
 impl RawConfig {
@@ -1096,6 +1132,21 @@ impl RawConfig {
         }
         if let Some(v) = self.nic_stats_interval {
             c.nic_stats_interval = integer("nic-stats-interval", v)?;
+        }
+        if let Some(v) = self.xdp {
+            c.xdp = one("xdp", v, parse_xdp_mode)?;
+        }
+        if let Some(v) = self.xdp_interfaces {
+            c.xdp_interfaces = each("xdp-interfaces", v, parse_interface, true)?;
+        }
+        if let Some(v) = self.xdp_unauth_rate {
+            c.xdp_unauth_rate = integer("xdp-unauth-rate", v)?;
+        }
+        if let Some(v) = self.xdp_unauth_burst {
+            c.xdp_unauth_burst = integer("xdp-unauth-burst", v)?;
+        }
+        if let Some(v) = self.xdp_verify_checksums {
+            c.xdp_verify_checksums = boolean("xdp-verify-checksums", v)?;
         }
         Ok(())
     }

@@ -35,6 +35,7 @@ mod shared;
 mod side;
 mod stream;
 mod worker;
+pub mod xdp;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -100,6 +101,9 @@ pub enum StartError {
         /// The kernel's answer.
         source: io::Error,
     },
+    /// A forced XDP mode (`xdp = "native"` or `"generic"`) cannot run.
+    #[error("xdp: {0}")]
+    Xdp(#[from] xdp::XdpError),
     /// A worker could not be started.
     #[error("worker {index}: {source}")]
     Worker {
@@ -146,6 +150,31 @@ impl Relay {
             0 => cores.len().max(1),
             n => n,
         };
+        // AF_XDP: one worker per receive queue of the one interface.
+        let mut af_xdp = match selection.kind {
+            BackendKind::Xdp => {
+                let relay_ips: Vec<std::net::IpAddr> = [
+                    validated.relay.v4.map(|a| std::net::IpAddr::V4(a.bind)),
+                    validated.relay.v6.map(|a| std::net::IpAddr::V6(a.bind)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Some(xdp::AfXdpPlan::new(&config, &relay_ips)?)
+            }
+            _ => None,
+        };
+        let wanted = match &af_xdp {
+            Some(plan) if plan.queues as usize != wanted => {
+                tracing::info!(
+                    interfaces = ?plan.interfaces,
+                    queues = plan.queues,
+                    "io-backend xdp: one worker per receive queue"
+                );
+                wanted.min(plan.queues as usize)
+            }
+            _ => wanted,
+        };
         let (lo, hi) = config.relay_ports;
         let range = RelayPortRange::new(lo, hi).map_err(|e| ConfigError::Invalid {
             key: "relay-ports",
@@ -161,6 +190,9 @@ impl Relay {
             );
         }
         let workers = slices.len();
+        if let Some(plan) = af_xdp.as_mut() {
+            plan.slices = slices.iter().map(|s| (s.lo(), s.hi())).collect();
+        }
 
         let (listen, mut listeners) = bind_listeners(&config.listen, workers)?;
         let tls = match (&config.tls_cert, &config.tls_key) {
@@ -182,6 +214,7 @@ impl Relay {
             tls,
         };
         let admin_listener = bind_admin(config.admin)?;
+        let xdp = Arc::new(xdp::Xdp::start(&config, &listen, af_xdp.as_ref())?);
         let shared = Arc::new(
             Shared::new(config.max_allocations, config.max_allocations_per_user)
                 .with_connection_limits(config.max_connections, config.max_connections_per_source),
@@ -242,6 +275,12 @@ impl Relay {
                 control: control_rx,
                 reporter: Reporter::new(report_tx.clone(), recycle_rx),
                 seed,
+                xsk: af_xdp.as_ref().map(|plan| xdp::XskSetup {
+                    interfaces: plan.interfaces.clone(),
+                    verify_checksums: config.xdp_verify_checksums,
+                    queue: index as u32,
+                    xdp: xdp.clone(),
+                }),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("tern-worker-{index}"))
@@ -297,6 +336,8 @@ impl Relay {
             config.nic_stats.clone(),
             Duration::from_secs(config.nic_stats_interval),
         );
+        // A fresh OnceLock: cannot be set already.
+        let _ = side.xdp.set(xdp);
         let mut relay = RelayHandle {
             workers: handles,
             side_threads: Vec::new(),
@@ -563,6 +604,11 @@ impl RelayHandle {
             running.tls_cert.clone_from(&config.tls_cert);
             running.tls_key.clone_from(&config.tls_key);
         }
+        if let Some(x) = self.side.xdp.get() {
+            x.reconfigure(config);
+        }
+        running.xdp_unauth_rate = config.xdp_unauth_rate;
+        running.xdp_unauth_burst = config.xdp_unauth_burst;
         tracing::info!(
             users = config.user.len(),
             secrets = config.auth_secret.len(),
@@ -598,6 +644,9 @@ impl RelayHandle {
         self.side.shutting_down();
         self.admin_stop.store(true, Ordering::Relaxed);
         stop_all(&self.side.links, &mut self.workers);
+        if let Some(x) = self.side.xdp.get() {
+            x.detach();
+        }
         self.side_stop = None;
         for t in self.side_threads.drain(..) {
             if t.join().is_err() {
@@ -858,6 +907,11 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     );
     check(running.software != new.software, "software");
     check(running.io_backend != new.io_backend, "io-backend");
+    check(running.xdp != new.xdp, "xdp");
+    check(
+        running.xdp_interfaces != new.xdp_interfaces,
+        "xdp-interfaces",
+    );
     check(
         running.default_lifetime != new.default_lifetime,
         "default-lifetime",

@@ -127,6 +127,8 @@ pub(crate) struct Side {
     pub(crate) registry_errors: AtomicU64,
     /// The newest NIC allowance counters (empty unless `nic-stats` finds some).
     pub(crate) nic: Arc<NicStats>,
+    /// The XDP pre-filter (or why there is none), set once at start.
+    pub(crate) xdp: std::sync::OnceLock<Arc<crate::xdp::Xdp>>,
 }
 
 struct SideState {
@@ -227,6 +229,7 @@ impl Side {
             registry_ok: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
             nic: Arc::new(NicStats::default()),
+            xdp: std::sync::OnceLock::new(),
         }
     }
 
@@ -394,6 +397,9 @@ impl Side {
         });
         drop(s);
         self.nic.render(&mut out);
+        if let Some(x) = self.xdp.get() {
+            x.render_prometheus(&mut out);
+        }
         out
     }
 

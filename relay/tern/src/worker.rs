@@ -92,6 +92,8 @@ pub(crate) struct Setup {
     pub(crate) control: Receiver<Control>,
     pub(crate) reporter: Reporter,
     pub(crate) seed: [u8; 32],
+    /// The AF_XDP socket's interface and queue (`io-backend = "xdp"`).
+    pub(crate) xsk: Option<crate::xdp::XskSetup>,
 }
 
 /// The thread body: build the back end, report readiness (the waker) on
@@ -123,6 +125,18 @@ pub(crate) fn run(setup: Setup, ready: Sender<io::Result<Arc<dyn Wake>>>) {
                 let _receiver_may_be_gone = ready.send(Err(e));
             }
         },
+        BackendKind::Xdp => {
+            let built = match &setup.xsk {
+                Some(s) => crate::xdp::open_worker_io(s),
+                None => Err(io::Error::other("io-backend xdp without an XDP interface")),
+            };
+            match built {
+                Ok(io) => start(io, setup, ready),
+                Err(e) => {
+                    let _receiver_may_be_gone = ready.send(Err(e));
+                }
+            }
+        }
         other => {
             let e = io::Error::other(format!("back end {other} not built into this worker"));
             let _receiver_may_be_gone = ready.send(Err(e));
