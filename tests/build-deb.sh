@@ -24,4 +24,4 @@ scratch=$(mktemp -d /tmp/tern-build-deb.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$scratch/release"
 cp "$target/debug/tern" "$scratch/release/tern"
-CARGO_TARGET_DIR=$scratch cargo deb -p tern --no-build --strip --fast -o "$out/" "$@"
+CARGO_TARGET_DIR=$scratch cargo deb -p tern --no-build --strip --no-dbgsym --fast -o "$out/" "$@"
