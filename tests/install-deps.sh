@@ -6,10 +6,16 @@
 #   redis-server  the load-registry test (relay/tern/tests/registry.rs)
 #   ShellCheck    the tuning suite lints its scripts with it
 #   python3 aioice  tests/interop/aioice_relay.py
+#   curl          tests/package.sh and tests/operating.sh talk to the admin endpoint
+#   cargo-deb     builds the .deb (tests/package.sh); pinned, built from crates.io
+#                 without default features (xz through the xz tool): ~3 min of CPU
 #   clang libelf-dev zlib1g-dev pkg-config make linux-libc-dev libbpf-dev
 #                 build the XDP pre-filter (xdp/: clang -target bpf, the UAPI and
 #                 bpf_helpers.h headers; libbpf-sys's vendored libbpf needs libelf/zlib)
 set -euo pipefail
+
+# The cargo-deb version the package is built with.
+CARGO_DEB_VERSION=3.8.0
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
@@ -18,6 +24,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v ip >/dev/null || need+=(iproute2)
+command -v curl >/dev/null || need+=(curl)
+command -v xz >/dev/null || need+=(xz-utils)
 command -v clang >/dev/null || need+=(clang)
 command -v make >/dev/null || need+=(make)
 command -v pkg-config >/dev/null || need+=(pkg-config)
@@ -39,5 +47,12 @@ if ! python3 -c 'import aioice' 2>/dev/null; then
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages aioice
 fi
 
-command -v turnutils_uclient turnutils_peer redis-server shellcheck clang
+if [[ $(cargo deb --version 2>/dev/null) != *"$CARGO_DEB_VERSION"* ]]; then
+    start=$SECONDS
+    cargo install --quiet --locked --no-default-features cargo-deb --version "$CARGO_DEB_VERSION"
+    echo "cargo-deb $CARGO_DEB_VERSION installed in $((SECONDS - start)) s"
+fi
+
+command -v turnutils_uclient turnutils_peer redis-server shellcheck curl clang
+cargo deb --version
 python3 -c 'import aioice; print("aioice", getattr(aioice, "__version__", "?"))'

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tern's full check, the README's test command and what CI runs after installing the
 # interop tools (.ci/run): formatting, clippy with warnings as errors, every test of the
-# workspace. With CI set, missing interop tools fail the interop tests instead of skipping
-# them (TERN_REQUIRE_INTEROP=1). Prints the time each phase took.
+# workspace, the tuning suite, the Debian package and the README's operating commands.
+# With CI set, missing interop tools fail the interop tests instead of skipping them
+# (TERN_REQUIRE_INTEROP=1). Prints the time each phase took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,8 @@ if [[ $EUID -eq 0 && -z "${TERN_NO_INSTALL:-}" ]]; then
     if ! command -v turnutils_uclient >/dev/null || ! command -v redis-server >/dev/null \
         || ! command -v shellcheck >/dev/null || ! python3 -c 'import aioice' 2>/dev/null \
         || ! command -v clang >/dev/null || [[ ! -e /usr/include/bpf/bpf_helpers.h ]] \
-        || [[ ! -e /usr/include/gelf.h ]]; then
+        || [[ ! -e /usr/include/gelf.h ]] \
+        || ! command -v curl >/dev/null || ! cargo deb --version >/dev/null 2>&1; then
         tests/install-deps.sh
     fi
 fi
@@ -34,6 +36,20 @@ tuning_suite() {
         return 0
     fi
     tuning/tests/run.sh
+}
+
+# The Debian package (tests/package.sh) and the README's "Operating tern" commands
+# (tests/operating.sh) install, run and purge the package on this machine: root only.
+root_phase() {
+    if [[ $EUID -ne 0 ]]; then
+        if [[ -n "${TERN_REQUIRE_INTEROP:-}" ]]; then
+            echo "$1 needs root" >&2
+            return 1
+        fi
+        echo "skipped: $1 needs root (dpkg -i, a system user, network namespaces)"
+        return 0
+    fi
+    "$@"
 }
 
 declare -a timings=()
@@ -63,6 +79,8 @@ phase test cargo test --workspace --no-fail-fast
 # it); the daemon's and the end-to-end/interop tests run again on the portable one.
 phase test-mmsg env TERN_TEST_IO_BACKEND=mmsg cargo test -p tern -p tern-tests --no-fail-fast
 phase tuning tuning_suite
+phase package root_phase tests/package.sh
+phase operating root_phase tests/operating.sh
 printf '=== phase times (TERN_REQUIRE_INTEROP=%s)\n' "${TERN_REQUIRE_INTEROP:-0}"
 printf '  %s\n' "${timings[@]}"
 echo "=== all phases passed in $((SECONDS - total_start)) s"

@@ -111,6 +111,48 @@ enum Cmd {
         /// I/O path: the harness's own recvmmsg forwarder, or tern-io's mmsg or io_uring back end.
         #[arg(long, value_enum, default_value = "harness")]
         io: tern_bench::null_io::NullIo,
+        /// Send each source's datagrams from a socket of its own, out of this
+        /// many opened at start (tern-io paths only; 0: from the listening socket).
+        #[arg(long, default_value_t = 0)]
+        egress_sockets: usize,
+    },
+    /// TURN over TCP or TLS: tern and/or coturn with a stream listener, one
+    /// connection and allocation per flow, paced ChannelData echoed by a UDP
+    /// peer; delivered rate, loss, round trip and relay CPU per packet.
+    Stream {
+        /// Targets, comma-separated, alternated per repetition.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "tern,coturn")]
+        targets: Vec<tern_bench::stream::StreamTarget>,
+        /// Client transport.
+        #[arg(long, value_enum, default_value = "tcp")]
+        transport: tern_bench::stream::StreamTransport,
+        /// Client connections (one allocation each, at most 2000).
+        #[arg(long, default_value_t = 100)]
+        flows: usize,
+        /// Payload bytes per message (16-1200).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Messages per second over all flows (each is relayed twice: out and echoed back).
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        /// Seconds of each window (at most 60).
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Repetitions of each target.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Relay threads (tern --workers, coturn --relay-threads).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// The tern binary.
+        #[arg(long, default_value = "target/release/tern")]
+        tern_bin: PathBuf,
+        /// coturn's turnserver.
+        #[arg(long, default_value = "/usr/bin/turnserver")]
+        coturn_bin: PathBuf,
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// The impairment proxy: the null relay plus deterministic drop and fixed delay.
     Proxy {
@@ -243,6 +285,11 @@ struct ScenarioArgs {
     /// tern-io's mmsg or uring back end, for a floor on the same path as tern.
     #[arg(long, value_enum, default_value = "harness")]
     null_io: tern_bench::null_io::NullIo,
+    /// The null relay sends each flow from a socket of its own, as a TURN
+    /// relay sends each allocation's datagrams from its relayed socket
+    /// (needs --null-io mmsg or uring).
+    #[arg(long)]
+    null_per_flow: bool,
 }
 
 fn parse_mix(s: &str) -> Result<PayloadMix, String> {
@@ -319,6 +366,7 @@ impl ScenarioArgs {
             idle_wait: Duration::from_secs(self.idle_wait),
             topology: self.topology,
             null_io: self.null_io,
+            null_per_flow: self.null_per_flow,
         })
     }
 }
@@ -421,7 +469,7 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
         Cmd::Compare { targets, reps, sc } => {
             let s = sc.scenario()?;
             eprintln!(
-                "compare: {} flows, {:.0} pps, {} flood flows at {:.0} pps each, {:.1} s windows, payload {}, {:?}, {} rep(s) of {:?}",
+                "compare: {} flows, {:.0} pps, {} flood flows at {:.0} pps each, {:.1} s windows, payload {}, {:?}, {} rep(s) of {:?}; null relay on {}{}",
                 s.flows,
                 s.load.rate_pps,
                 s.load.flood_flows,
@@ -430,7 +478,13 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
                 payload_desc(&s.load),
                 s.path,
                 reps,
-                targets.iter().map(|t| t.name()).collect::<Vec<_>>()
+                targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
+                s.null_io.name(),
+                if s.null_per_flow {
+                    ", one egress socket per flow"
+                } else {
+                    ", one socket"
+                }
             );
             let rep = compare(&s, &targets, reps.max(1), |line| eprintln!("{line}"));
             json_file(sc.json_out.as_deref(), &rep)?;
@@ -438,6 +492,46 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
                 json(&rep)?;
             } else {
                 out(&table(&rep.summary));
+            }
+        }
+        Cmd::Stream {
+            targets,
+            transport,
+            flows,
+            payload,
+            rate,
+            duration,
+            reps,
+            workers,
+            tern_bin,
+            coturn_bin,
+            json: as_json,
+        } => {
+            let sc = tern_bench::stream::StreamScenario {
+                transport,
+                flows,
+                payload,
+                rate,
+                duration: Duration::from_secs(duration.clamp(1, 60)),
+                workers: workers.max(1),
+                tern_bin,
+                coturn_bin,
+            };
+            let mut reports = Vec::new();
+            for rep in 0..reps.max(1) {
+                for &target in &targets {
+                    let r = tern_bench::stream::run(target, &sc)?;
+                    eprintln!(
+                        "rep {rep} {target:?}/{transport:?}: {:.0}/s delivered, loss {:.3} %, rtt p50 {:.1} µs",
+                        r.delivered_rate, r.loss_pct, r.rtt_p50_us
+                    );
+                    reports.push(r);
+                }
+            }
+            if as_json {
+                json(&reports)?;
+            } else {
+                out(&tern_bench::stream::table(&reports));
             }
         }
         Cmd::Sweep {
@@ -527,7 +621,16 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
             drop(f);
             eprintln!("filter removed");
         }
-        Cmd::NullRelay { f, io } => match io {
+        Cmd::NullRelay {
+            f,
+            io,
+            egress_sockets,
+        } => match io {
+            tern_bench::null_io::NullIo::Harness if egress_sockets > 0 => {
+                return Err(tern_bench::Error(
+                    "--egress-sockets needs --io mmsg or uring".into(),
+                ))
+            }
             tern_bench::null_io::NullIo::Harness => forward(&f, 0.0, 0.0)?,
             io => {
                 check_forward_addrs(&f)?;
@@ -538,6 +641,7 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
                     f.to,
                     f.max_packets,
                     Duration::from_secs(f.time_limit),
+                    egress_sockets,
                 )?;
                 eprintln!("{stats:?}");
             }

@@ -5,11 +5,14 @@
 //! io_uring" in one invocation. (The harness's own forwarder, `forwarder.rs`,
 //! stays the floor of the plain recvmmsg path and the base of the proxy.)
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tern_io::{BackendKind, MmsgConfig, MmsgIo, PacketIo, RecvBatch, UringConfig, UringIo};
+use tern_io::{
+    BackendKind, MmsgConfig, MmsgIo, PacketIo, RecvBatch, SocketId, UringConfig, UringIo,
+};
 
 use crate::Result;
 
@@ -47,12 +50,21 @@ pub struct NullIoStats {
 
 /// Forward everything `socket` receives to `to` on back end `io` until
 /// `max_packets` have been received or `time_limit` has passed.
+///
+/// With `egress_sockets` > 0 the relay opens that many sockets (on the
+/// listening address's IP, registered with the back end like a TURN relay's
+/// relayed sockets) before it starts, and sends each source's datagrams from
+/// a socket of its own, assigned in order of first appearance (round robin
+/// past the last): the structure of TURN relaying, where every allocation
+/// sends from its own relayed transport address, without the TURN work.
+/// With 0 everything leaves from the listening socket.
 pub fn run(
     io: NullIo,
     socket: UdpSocket,
     to: SocketAddr,
     max_packets: u64,
     time_limit: Duration,
+    egress_sockets: usize,
 ) -> Result<NullIoStats> {
     let kind = match io {
         NullIo::Harness => {
@@ -63,38 +75,45 @@ pub fn run(
         NullIo::Mmsg => BackendKind::Mmsg,
         NullIo::Uring => BackendKind::Uring,
     };
+    let limits = Limits {
+        max_packets,
+        time_limit,
+        egress_sockets,
+    };
     kind.probe()
         .map_err(|e| crate::Error(format!("{} back end unavailable: {e}", io.name())))?;
     match kind {
-        BackendKind::Uring => forward(
-            UringIo::new(UringConfig::default())?,
-            socket,
-            to,
-            max_packets,
-            time_limit,
-        ),
-        _ => forward(
-            MmsgIo::new(MmsgConfig::default())?,
-            socket,
-            to,
-            max_packets,
-            time_limit,
-        ),
+        BackendKind::Uring => forward(UringIo::new(UringConfig::default())?, socket, to, limits),
+        _ => forward(MmsgIo::new(MmsgConfig::default())?, socket, to, limits),
     }
+}
+
+struct Limits {
+    max_packets: u64,
+    time_limit: Duration,
+    egress_sockets: usize,
 }
 
 fn forward<P: PacketIo>(
     mut io: P,
     socket: UdpSocket,
     to: SocketAddr,
-    max_packets: u64,
-    time_limit: Duration,
+    limits: Limits,
 ) -> Result<NullIoStats> {
     socket.set_nonblocking(true)?;
+    let ip = socket.local_addr()?.ip();
     let id = io.add_socket(socket)?;
+    let mut egress = Vec::with_capacity(limits.egress_sockets);
+    for _ in 0..limits.egress_sockets {
+        let s = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        s.set_nonblocking(true)?;
+        egress.push(io.add_socket(s)?);
+    }
+    let mut by_source: HashMap<SocketAddr, SocketId> = HashMap::with_capacity(egress.len());
     let mut batch = RecvBatch::new(64, 2048, 0, 0);
     let mut stats = NullIoStats::default();
-    let deadline = Instant::now() + time_limit;
+    let max_packets = limits.max_packets;
+    let deadline = Instant::now() + limits.time_limit;
     while stats.received < max_packets {
         let now = Instant::now();
         if now >= deadline {
@@ -106,14 +125,21 @@ fn forward<P: PacketIo>(
             if io.recv(&mut batch) == 0 {
                 break;
             }
-            for (_, payload) in batch.iter() {
-                io.send(id, to, payload);
+            for (meta, payload) in batch.iter() {
+                let from = if egress.is_empty() {
+                    id
+                } else {
+                    let next = egress[by_source.len() % egress.len()];
+                    *by_source.entry(meta.source).or_insert(next)
+                };
+                io.send(from, to, payload);
             }
             let n = batch.len() as u64;
             stats.received += n;
             stats.forwarded += n;
         }
-        io.flush();
+        // Like tern's workers: the sends ride on the next wait where the back end can.
+        io.flush_before_wait();
     }
     io.flush();
     Ok(stats)
@@ -133,8 +159,9 @@ mod tests {
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         sink.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let to = sink.local_addr().unwrap();
-        let worker =
-            std::thread::spawn(move || run(io, relay, to, 500, Duration::from_secs(10)).unwrap());
+        let worker = std::thread::spawn(move || {
+            run(io, relay, to, 500, Duration::from_secs(10), 0).unwrap()
+        });
         let src = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut got = 0u64;
         let mut buf = [0u8; 64];
@@ -169,6 +196,49 @@ mod tests {
     fn harness_is_not_a_tern_io_back_end() {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = s.local_addr().unwrap();
-        assert!(run(NullIo::Harness, s, to, 1, Duration::from_millis(10)).is_err());
+        assert!(run(NullIo::Harness, s, to, 1, Duration::from_millis(10), 0).is_err());
+    }
+
+    /// With egress sockets, each source's datagrams leave from a socket of
+    /// their own, the same one every time, and distinct sources get distinct sockets.
+    fn each_source_gets_its_own_egress_socket(io: NullIo) {
+        if io == NullIo::Uring && BackendKind::Uring.probe().is_err() {
+            eprintln!("skipped: io_uring unavailable here");
+            return;
+        }
+        let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let to = sink.local_addr().unwrap();
+        let worker =
+            std::thread::spawn(move || run(io, relay, to, 30, Duration::from_secs(10), 8).unwrap());
+        let sources: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut seen: HashMap<u8, SocketAddr> = HashMap::new();
+        let mut buf = [0u8; 8];
+        for round in 0..10 {
+            for (k, s) in sources.iter().enumerate() {
+                s.send_to(&[k as u8, round], relay_addr).unwrap();
+                let (n, from) = sink.recv_from(&mut buf).expect("forwarded");
+                assert_eq!(&buf[..n], &[k as u8, round]);
+                assert_ne!(from, relay_addr, "sent from the listening socket");
+                assert_eq!(*seen.entry(k as u8).or_insert(from), from);
+            }
+        }
+        let distinct: std::collections::HashSet<_> = seen.values().collect();
+        assert_eq!(distinct.len(), 3);
+        assert_eq!(worker.join().unwrap().forwarded, 30);
+    }
+
+    #[test]
+    fn mmsg_egress_per_source() {
+        each_source_gets_its_own_egress_socket(NullIo::Mmsg);
+    }
+
+    #[test]
+    fn uring_egress_per_source() {
+        each_source_gets_its_own_egress_socket(NullIo::Uring);
     }
 }

@@ -91,6 +91,8 @@ pub struct Scenario {
     pub topology: TopologyKind,
     /// The null relay's I/O path (`--null-io`).
     pub null_io: crate::null_io::NullIo,
+    /// The null relay sends each flow from its own socket (`--null-per-flow`).
+    pub null_per_flow: bool,
 }
 
 impl Scenario {
@@ -190,7 +192,22 @@ impl Bench {
                 let exe = std::env::current_exe()?;
                 let to = peers[0].local_addr()?;
                 let limit = sc.load.duration * 50 + Duration::from_secs(600);
-                let s = spawn_null(&exe, ip, to, limit, sc.null_io, netns_path.as_deref())?;
+                if sc.null_per_flow && sc.null_io == crate::null_io::NullIo::Harness {
+                    bail!("--null-per-flow needs --null-io mmsg or uring");
+                }
+                let egress = if sc.null_per_flow {
+                    sc.total_flows()
+                } else {
+                    0
+                };
+                let s = spawn_null(
+                    &exe,
+                    ip,
+                    to,
+                    limit,
+                    (sc.null_io, egress),
+                    netns_path.as_deref(),
+                )?;
                 let listen = s.listen;
                 let mut b = match topo {
                     Some(t) => in_netns(&t.client, || {

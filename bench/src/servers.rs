@@ -277,7 +277,7 @@ pub fn spawn_null(
     ip: IpAddr,
     to: SocketAddr,
     time_limit: Duration,
-    io: crate::null_io::NullIo,
+    (io, egress_sockets): (crate::null_io::NullIo, usize),
     netns: Option<&Path>,
 ) -> Result<Spawned> {
     let port = match netns {
@@ -294,7 +294,9 @@ pub fn spawn_null(
         .arg("--time-limit")
         .arg(time_limit.as_secs().max(1).to_string())
         .arg("--io")
-        .arg(io.name());
+        .arg(io.name())
+        .arg("--egress-sockets")
+        .arg(egress_sockets.to_string());
     Spawned::start_in("null-relay", cmd, listen, false, netns)
 }
 

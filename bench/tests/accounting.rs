@@ -139,6 +139,7 @@ fn real_turn_sessions_through_coturn_when_installed() {
             idle_wait: Duration::ZERO,
             topology: TopologyKind::Loopback,
             null_io: Default::default(),
+            null_per_flow: false,
         };
         let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
         assert_eq!(b.flows.len(), 20);
@@ -272,6 +273,7 @@ fn mix_and_flood_through_real_coturn_sessions_when_installed() {
             idle_wait: Duration::ZERO,
             topology: TopologyKind::Loopback,
             null_io: Default::default(),
+            null_per_flow: false,
         };
         let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
         assert_eq!(b.flows.len(), 12, "flood flows are sessions too");

@@ -202,6 +202,7 @@ fn coturn_across_the_netns_topology_when_installed() {
         idle_wait: Duration::ZERO,
         topology: TopologyKind::Netns,
         null_io: Default::default(),
+        null_per_flow: false,
     };
     let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
     let r = b.window(&sc.load, 100.0, Duration::ZERO);

@@ -396,6 +396,45 @@ fn waker_interrupts_wait<B: Harness>() {
     t.join().unwrap();
 }
 
+/// A nested epoll (what tern's workers watch for their TCP connections)
+/// wakes `wait` on every new readiness, edge after edge.
+fn watched_epoll_wakes_wait<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
+    let mut inner = mio::Poll::new().unwrap();
+    let mut listener = mio::net::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    inner
+        .registry()
+        .register(&mut listener, mio::Token(7), mio::Interest::READABLE)
+        .unwrap();
+    io.watch(inner.as_raw_fd()).unwrap();
+    assert_eq!(
+        io.watch(inner.as_raw_fd()).unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
+    io.wait(Some(Duration::from_millis(20))).unwrap();
+    let _ = io.take_watch_ready();
+    let mut events = mio::Events::with_capacity(8);
+    let mut clients = Vec::new();
+    for round in 0..3 {
+        assert!(!io.take_watch_ready(), "round {round}: nothing new yet");
+        clients.push(std::net::TcpStream::connect(addr).unwrap());
+        let start = Instant::now();
+        while !io.take_watch_ready() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "round {round}: wait never saw the watched fd"
+            );
+            io.wait(Some(Duration::from_secs(5))).unwrap();
+        }
+        inner.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        assert_eq!(events.iter().count(), 1);
+        listener.accept().unwrap();
+    }
+}
+
 fn ipv6_loopback_round_trip<B: Harness>() {
     let Ok(s) = bind_udp("[::1]:0".parse().unwrap(), &SocketOptions::LISTENER) else {
         return; // no IPv6 loopback here
@@ -414,6 +453,68 @@ fn ipv6_loopback_round_trip<B: Harness>() {
     io.send(id, got[0].0.source, b"back");
     io.flush();
     assert_eq!(recv_plain(&peer, 1), vec![b"back".to_vec()]);
+}
+
+/// A relay loop's turn: echo what arrived, hand the sends over with
+/// `flush_before_wait`, wait. Every echo arrives, in order, and the wait
+/// still sleeps until the next datagram (the sends' own completions do not
+/// end it): one ring entry per turn on io_uring.
+fn flush_before_wait_sends_with_the_next_wait<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(true) else {
+        return;
+    };
+    let (id, addr) = registered(&mut io);
+    let client = plain_socket();
+    let mut batch = RecvBatch::new(16, 1500, 0, 0);
+    for round in 0..20u8 {
+        for k in 0..3u8 {
+            client.send_to(&[round, k], addr).unwrap();
+        }
+        let mut got = 0;
+        while got < 3 {
+            io.wait(Some(Duration::from_secs(2))).unwrap();
+            let n = io.recv(&mut batch);
+            for (meta, payload) in batch.iter() {
+                let echo = [payload[0], payload[1], 0xEE];
+                io.send(id, meta.source, &echo);
+            }
+            got += n;
+            io.flush_before_wait();
+        }
+        // The echoes leave with the next wait at the latest; this one times out
+        // (nothing else arrives) and must not return early for the sends' sake.
+        io.wait(Some(Duration::from_millis(100))).unwrap();
+        for k in 0..3u8 {
+            let mut buf = [0u8; 8];
+            let n = client.recv(&mut buf).expect("echo");
+            assert_eq!(&buf[..n], &[round, k, 0xEE]);
+        }
+        assert_eq!(io.recv(&mut batch), 0, "nothing else arrived");
+    }
+    assert_eq!(io.stats().tx_datagrams, 60);
+}
+
+/// Sends handed over with `flush_before_wait` leave even when the next call
+/// is another send, a flush or dropping the back end instead of a wait.
+fn flush_before_wait_completes_without_a_wait<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(false) else {
+        return;
+    };
+    let (id, _) = registered(&mut io);
+    let sink = plain_socket();
+    let to = sink.local_addr().unwrap();
+    io.send(id, to, b"one");
+    io.flush_before_wait();
+    io.send(id, to, b"two");
+    io.flush_before_wait();
+    io.flush();
+    io.send(id, to, b"three");
+    io.flush_before_wait();
+    drop(io);
+    assert_eq!(
+        recv_plain(&sink, 3),
+        vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
 }
 
 /// Instantiate every generic test above once per back end.
@@ -442,5 +543,8 @@ on_every_backend!(
     full_queue_flushes_by_itself,
     removed_socket_comes_back_bound_and_id_is_reused,
     waker_interrupts_wait,
+    watched_epoll_wakes_wait,
     ipv6_loopback_round_trip,
+    flush_before_wait_sends_with_the_next_wait,
+    flush_before_wait_completes_without_a_wait,
 );

@@ -41,6 +41,7 @@ mod backend_tests;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,8 +120,32 @@ pub trait PacketIo {
     /// Send everything queued. Call once per loop turn, and before waiting.
     fn flush(&mut self);
 
+    /// Send everything queued no later than the next [`PacketIo::wait`]: a
+    /// loop that waits right after its turn calls this instead of
+    /// [`PacketIo::flush`]. The io_uring back end hands the sends to the kernel
+    /// in the wait's own system call (one `io_uring_enter` per turn instead of
+    /// two); the others send at once. Any later `send`, `flush`, `recv` or
+    /// `remove_socket` also completes them.
+    fn flush_before_wait(&mut self) {
+        self.flush();
+    }
+
     /// A handle other threads use to interrupt [`PacketIo::wait`].
     fn waker(&self) -> Arc<dyn Wake>;
+
+    /// Watch one more pollable descriptor (tern's workers pass the epoll
+    /// instance of their TCP/TLS connections): from now on [`PacketIo::wait`]
+    /// also returns when `fd` becomes readable, and
+    /// [`PacketIo::take_watch_ready`] says that it did. The caller keeps `fd`
+    /// open for as long as the back end lives; one watched descriptor per back
+    /// end (a second call fails with `AlreadyExists`). Readiness is reported on
+    /// edges: the caller drains what `fd` signals, or remembers itself that it
+    /// left something behind.
+    fn watch(&mut self, fd: RawFd) -> io::Result<()>;
+
+    /// Whether the watched descriptor signalled readiness since the last call
+    /// (and clear that). Costs no syscall.
+    fn take_watch_ready(&mut self) -> bool;
 
     /// The back end's counters.
     fn stats(&self) -> &IoStats;

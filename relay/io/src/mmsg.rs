@@ -28,6 +28,10 @@ use crate::sockaddr;
 use crate::{BackendKind, IoStats, PacketIo, SocketId, Wake, MAX_BATCH, MAX_UDP_PAYLOAD};
 
 const WAKE_TOKEN: Token = Token(usize::MAX);
+/// The descriptor given to [`PacketIo::watch`].
+const WATCH_TOKEN: Token = Token(usize::MAX - 1);
+/// The AF_XDP sockets of an `XdpIo` built on this back end: they only wake `wait`.
+const XSK_TOKEN: Token = Token(usize::MAX - 2);
 
 /// Tuning of an [`MmsgIo`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +69,10 @@ pub struct MmsgIo {
     stats: IoStats,
     rx: RxScratch,
     tx: TxQueue,
+    /// The watched descriptor (nested in this epoll, edge-triggered) and
+    /// whether it signalled since the caller last asked.
+    watched: Option<RawFd>,
+    watch_ready: bool,
 }
 
 struct Slot {
@@ -105,11 +113,9 @@ impl MmsgIo {
     /// also return when `fd` becomes readable (edge-triggered; the caller
     /// drains it). The event itself is not reported.
     pub(crate) fn watch_fd(&self, fd: RawFd) -> io::Result<()> {
-        self.poll.registry().register(
-            &mut SourceFd(&fd),
-            Token(usize::MAX - 1),
-            Interest::READABLE,
-        )
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), XSK_TOKEN, Interest::READABLE)
     }
 
     /// A back end with its own epoll instance and preallocated buffers.
@@ -125,6 +131,8 @@ impl MmsgIo {
             sockets: Vec::new(),
             free: Vec::new(),
             ready: VecDeque::new(),
+            watched: None,
+            watch_ready: false,
             gso,
             stats: IoStats::default(),
             rx: RxScratch {
@@ -426,6 +434,13 @@ impl PacketIo for MmsgIo {
             if event.token() == WAKE_TOKEN {
                 continue;
             }
+            if event.token() == WATCH_TOKEN {
+                self.watch_ready = true;
+                continue;
+            }
+            if event.token() == XSK_TOKEN {
+                continue;
+            }
             if let Ok(index) = u32::try_from(event.token().0) {
                 enqueue(&mut self.sockets, &mut self.ready, SocketId(index));
             }
@@ -485,6 +500,24 @@ impl PacketIo for MmsgIo {
 
     fn waker(&self) -> Arc<dyn Wake> {
         self.waker.clone()
+    }
+
+    fn watch(&mut self, fd: RawFd) -> io::Result<()> {
+        if self.watched.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "this back end already watches a descriptor",
+            ));
+        }
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), WATCH_TOKEN, Interest::READABLE)?;
+        self.watched = Some(fd);
+        Ok(())
+    }
+
+    fn take_watch_ready(&mut self) -> bool {
+        mem::take(&mut self.watch_ready)
     }
 
     fn stats(&self) -> &IoStats {

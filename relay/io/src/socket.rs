@@ -1,9 +1,11 @@
 //! Making the UDP sockets the back ends drive: nonblocking, `SO_REUSEPORT` for
 //! listeners shared by every worker, `IPV6_V6ONLY` for IPv6 (so an IPv6
-//! wildcard never shadows the IPv4 one), and large kernel buffers.
+//! wildcard never shadows the IPv4 one), and large kernel buffers. Also the
+//! TCP listening sockets of TURN over TCP/TLS, made the same way
+//! ([`bind_tcp_listener`]).
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
@@ -69,6 +71,23 @@ pub fn bind_udp(addr: SocketAddr, options: &SocketOptions) -> io::Result<UdpSock
     Ok(socket.into())
 }
 
+/// Make a nonblocking TCP listening socket on `addr` with `SO_REUSEPORT`, so
+/// every worker has its own listener on one address and the kernel spreads
+/// new connections across them by flow hash (`IPV6_V6ONLY` for IPv6, like
+/// [`bind_udp`]). `backlog` is the accept queue's length.
+pub fn bind_tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
 /// The buffer sizes the kernel granted `socket`.
 pub fn buffer_sizes(socket: &UdpSocket) -> io::Result<BufferSizes> {
     let s = SockRef::from(socket);
@@ -90,6 +109,28 @@ mod tests {
         assert_eq!(b.local_addr().unwrap(), addr);
         let sizes = buffer_sizes(&a).unwrap();
         assert!(sizes.recv > 0 && sizes.send > 0);
+    }
+
+    #[test]
+    fn tcp_listeners_share_an_address_and_accept() {
+        let a = bind_tcp_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = bind_tcp_listener(addr, 16).unwrap();
+        assert_eq!(b.local_addr().unwrap(), addr);
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        // Nonblocking: one of the two has the connection, neither blocks.
+        let start = std::time::Instant::now();
+        loop {
+            if a.accept().is_ok() || b.accept().is_ok() {
+                break;
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            a.accept().map(|_| ()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use crate::attr;
 use crate::attributes::*;
 use crate::channel_data::ChannelData;
+use crate::framing;
 use crate::header::{Class, Method, TransactionId};
 use crate::message::Message;
 use crate::writer::MessageWriter;
@@ -47,6 +48,61 @@ pub fn channel_data(data: &[u8]) {
     if crate::write_channel_data_header(&mut hdr, cd.channel, len).is_ok() {
         assert_eq!(data.get(..4), Some(&hdr[..]));
     }
+}
+
+/// Fuzz target `stream_frames`: byte 0 chooses a read size (1..=64), the rest
+/// is a byte stream. It is framed twice — all at once, and fed in reads of
+/// that size into a bounded buffer the way a worker does — and both must find
+/// the same frames and the same error; no frame exceeds the limit.
+pub fn stream_frames(data: &[u8]) {
+    const MAX: usize = 512;
+    let Some((&chunk, stream)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(chunk % 64) + 1;
+    // All at once.
+    let mut whole = Vec::new();
+    let mut at = 0;
+    let whole_end = loop {
+        match framing::frame_len(&stream[at..], MAX) {
+            Ok(framing::Frame::Complete(n)) => {
+                assert!((4..=MAX).contains(&n) && at + n <= stream.len());
+                whole.push(&stream[at..at + n]);
+                at += n;
+            }
+            Ok(framing::Frame::Incomplete { needed }) => {
+                assert!(needed > stream.len() - at && needed <= MAX.max(4));
+                break Ok(at);
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    // In reads of `chunk` bytes into a buffer of MAX bytes.
+    let mut buf = [0u8; MAX];
+    let (mut filled, mut fed, mut found) = (0usize, 0usize, 0usize);
+    let incremental_end = 'outer: loop {
+        loop {
+            match framing::frame_len(&buf[..filled], MAX) {
+                Ok(framing::Frame::Complete(n)) => {
+                    assert_eq!(Some(&&buf[..n]), whole.get(found));
+                    found += 1;
+                    buf.copy_within(n..filled, 0);
+                    filled -= n;
+                }
+                Ok(framing::Frame::Incomplete { .. }) => break,
+                Err(e) => break 'outer Err(e),
+            }
+        }
+        if fed == stream.len() {
+            break Ok(fed - filled);
+        }
+        let take = chunk.min(stream.len() - fed).min(MAX - filled);
+        buf[filled..filled + take].copy_from_slice(&stream[fed..fed + take]);
+        filled += take;
+        fed += take;
+    };
+    assert_eq!(found, whole.len());
+    assert_eq!(incremental_end, whole_end);
 }
 
 /// Fuzz target `attributes`: byte 0 picks an attribute type, bytes 1..13
@@ -322,6 +378,47 @@ mod tests {
             b.extend_from_slice(&len.to_be_bytes());
             b.extend_from_slice(&data);
             channel_data(&b);
+        }
+
+        #[test]
+        fn stream_frames_never_panic(data in prop::collection::vec(any::<u8>(), 0..600)) {
+            stream_frames(&data);
+        }
+
+        /// Valid STUN and ChannelData messages back to back, read in arbitrary
+        /// pieces, come out as exactly the messages that went in.
+        #[test]
+        fn stream_frames_recover_every_message(
+            chunk in any::<u8>(),
+            msgs in prop::collection::vec(
+                prop_oneof![
+                    arb_attrs().prop_map(|a| valid_message(&a, false, true)),
+                    (0x4000u16..0x8000, prop::collection::vec(any::<u8>(), 0..60)).prop_map(|(c, d)| {
+                        let mut m = c.to_be_bytes().to_vec();
+                        m.extend_from_slice(&(d.len() as u16).to_be_bytes());
+                        m.extend_from_slice(&d);
+                        m.resize(framing::padded(m.len()), 0);
+                        m
+                    }),
+                ],
+                0..8,
+            ),
+        ) {
+            let mut stream = vec![chunk];
+            for m in &msgs {
+                stream.extend_from_slice(m);
+            }
+            stream_frames(&stream);
+            let mut at = 1;
+            for m in &msgs {
+                prop_assert_eq!(framing::frame_len(&stream[at..], 8192), Ok(framing::Frame::Complete(m.len())));
+                if m[0] < 0x40 {
+                    prop_assert!(Message::parse(&stream[at..at + m.len()]).is_ok());
+                } else {
+                    prop_assert!(ChannelData::parse(&stream[at..at + m.len()]).is_ok());
+                }
+                at += m.len();
+            }
         }
 
         #[test]

@@ -47,6 +47,7 @@ mod attributes;
 mod channel_data;
 mod credentials;
 mod error;
+pub mod framing;
 #[doc(hidden)]
 pub mod fuzz;
 mod header;

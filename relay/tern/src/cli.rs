@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use tern_turn::policy::Cidr;
 
 use crate::config::{
-    self, AdminListen, Config, ConfigError, ExternalIp, IoBackend, RegistryUrl, XdpMode, DEV_REALM,
-    DEV_USER,
+    self, AdminListen, Config, ConfigError, ExternalIp, IoBackend, NicSelection, RegistryUrl,
+    XdpMode, DEV_REALM, DEV_USER,
 };
 
 /// tern: a thread-per-core TURN relay (RFC 8656).
@@ -54,6 +54,30 @@ pub struct Flags {
     /// Client-facing UDP address (repeatable; IPv4 and IPv6, e.g. 0.0.0.0:3478, [::]:3478).
     #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_listen)]
     pub listen: Vec<SocketAddr>,
+    /// Client-facing TCP address for TURN over TCP (repeatable).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_listen)]
+    pub listen_tcp: Vec<SocketAddr>,
+    /// Client-facing TLS address for TURN over TLS, turns: (repeatable; needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_listen)]
+    pub listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain for --listen-tls (re-read on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --listen-tls (re-read on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Relay-wide cap on open TCP/TLS connections; 0 = none [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Cap on open TCP/TLS connections from one client IP; 0 = none [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
+    /// Seconds a TCP/TLS connection without an allocation may stay silent [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub stream_idle_timeout: Option<u64>,
+    /// Seconds a TLS client has to finish its handshake [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub tls_handshake_timeout: Option<u64>,
     /// Relay port range, inclusive [default: 49152-65535].
     #[arg(long, value_name = "LO-HI", value_parser = config::parse_relay_ports)]
     pub relay_ports: Option<(u16, u16)>,
@@ -161,6 +185,14 @@ pub struct Flags {
     /// io-backend xdp: drop received datagrams with a wrong UDP checksum (XDP sees frames before the kernel checks them) [default: true].
     #[arg(long, value_name = "BOOL", env = "TERN_XDP_VERIFY_CHECKSUMS")]
     pub xdp_verify_checksums: Option<bool>,
+    /// NICs whose allowance counters (ethtool -S *_allowance_exceeded, AWS ENA)
+    /// /metrics exports: auto (every interface that has them), off, or
+    /// interface names (repeatable) [default: auto].
+    #[arg(long, value_name = "auto|off|IFACE")]
+    pub nic_stats: Vec<String>,
+    /// Seconds between readings of the NIC allowance counters [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub nic_stats_interval: Option<u64>,
 }
 
 /// Where the configuration in force came from.
@@ -178,7 +210,16 @@ impl Flags {
     /// The configuration these flags describe: base (dev default or
     /// [`Config::default`]), then `--config`'s file, then the flags.
     pub fn resolve(&self) -> Result<(Config, Origin), ConfigError> {
-        let (mut config, origin) = match (&self.config, self.listen.is_empty()) {
+        if !self.nic_stats.is_empty() {
+            NicSelection::parse(&self.nic_stats).map_err(|problem| ConfigError::Invalid {
+                key: "nic-stats",
+                value: Some(self.nic_stats.join(",")),
+                problem,
+            })?;
+        }
+        let no_listen =
+            self.listen.is_empty() && self.listen_tcp.is_empty() && self.listen_tls.is_empty();
+        let (mut config, origin) = match (&self.config, no_listen) {
             (Some(path), _) => (Config::load(path)?, Origin::File(path.clone())),
             (None, false) => (Config::default(), Origin::Flags),
             (None, true) => (Config::dev_default(), Origin::DevDefault),
@@ -200,6 +241,21 @@ impl Flags {
             }
         }
         replace(&mut c.listen, &self.listen);
+        replace(&mut c.listen_tcp, &self.listen_tcp);
+        replace(&mut c.listen_tls, &self.listen_tls);
+        if self.tls_cert.is_some() {
+            c.tls_cert.clone_from(&self.tls_cert);
+        }
+        if self.tls_key.is_some() {
+            c.tls_key.clone_from(&self.tls_key);
+        }
+        set(&mut c.max_connections, &self.max_connections);
+        set(
+            &mut c.max_connections_per_source,
+            &self.max_connections_per_source,
+        );
+        set(&mut c.stream_idle_timeout, &self.stream_idle_timeout);
+        set(&mut c.tls_handshake_timeout, &self.tls_handshake_timeout);
         set(&mut c.relay_ports, &self.relay_ports);
         replace(&mut c.relay_ip, &self.relay_ip);
         set(&mut c.realm, &self.realm);
@@ -253,6 +309,11 @@ impl Flags {
         set(&mut c.xdp_unauth_rate, &self.xdp_unauth_rate);
         set(&mut c.xdp_unauth_burst, &self.xdp_unauth_burst);
         set(&mut c.xdp_verify_checksums, &self.xdp_verify_checksums);
+        // An invalid list is refused by `resolve`; here it leaves the key alone.
+        if let Ok(selection) = NicSelection::parse(&self.nic_stats) {
+            c.nic_stats = selection;
+        }
+        set(&mut c.nic_stats_interval, &self.nic_stats_interval);
     }
 }
 
@@ -413,6 +474,12 @@ relay-ports = "50000-50100""#
             "7",
             "--registry-ttl",
             "30",
+            "--nic-stats",
+            "ens5",
+            "--nic-stats",
+            "ens6",
+            "--nic-stats-interval",
+            "3",
         ]);
         let mut c = Config::default();
         cli.flags.apply(&mut c);
@@ -445,6 +512,19 @@ relay-ports = "50000-50100""#
         assert_eq!(c.region, "eu-west");
         assert_eq!(c.node.as_deref(), Some("n1"));
         assert_eq!((c.registry_interval, c.registry_ttl), (7, Some(30)));
+        assert_eq!(
+            c.nic_stats,
+            NicSelection::Interfaces(vec!["ens5".to_owned(), "ens6".to_owned()])
+        );
+        assert_eq!(c.nic_stats_interval, 3);
+    }
+
+    #[test]
+    fn bad_nic_stats_flags_name_the_key() {
+        let cli = parse(&["--nic-stats", "auto", "--nic-stats", "eth0"]);
+        let err = cli.flags.resolve().unwrap_err();
+        assert_eq!(err.key(), Some("nic-stats"), "{err}");
+        assert!(err.to_string().contains("cannot be combined"), "{err}");
     }
 
     #[test]
@@ -476,5 +556,41 @@ relay-ports = "50000-50100""#
         assert!(
             matches!(cli.command, Some(Command::CheckConfig { ref file }) if file.to_str() == Some("/x.toml"))
         );
+    }
+
+    #[test]
+    fn stream_flags_set_their_keys() {
+        let (c, origin) = parse(&[
+            "--listen-tcp",
+            "127.0.0.1:3478",
+            "--listen-tls",
+            "127.0.0.1:5349",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--max-connections",
+            "7",
+            "--max-connections-per-source",
+            "3",
+            "--stream-idle-timeout",
+            "9",
+            "--tls-handshake-timeout",
+            "2",
+            "--realm",
+            "r",
+        ])
+        .flags
+        .resolve()
+        .unwrap();
+        // A stream listener alone is a listen address: not the development default.
+        assert_eq!(origin, Origin::Flags);
+        assert!(c.listen.is_empty());
+        assert_eq!(c.listen_tcp, vec!["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(c.listen_tls, vec!["127.0.0.1:5349".parse().unwrap()]);
+        assert_eq!(c.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("k.pem")));
+        assert_eq!((c.max_connections, c.max_connections_per_source), (7, 3));
+        assert_eq!((c.stream_idle_timeout, c.tls_handshake_timeout), (9, 2));
     }
 }

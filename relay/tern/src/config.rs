@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tern_turn::policy::Cidr;
 use tern_turn::{RelayAddress, RelayAddresses};
 
+pub use crate::nicstats::NicSelection;
 use crate::registry::Registry;
 pub use crate::registry::RegistryUrl;
 pub use crate::xdp::{parse_interface, parse_xdp_mode, XdpMode};
@@ -29,6 +30,22 @@ pub use crate::xdp::{parse_interface, parse_xdp_mode, XdpMode};
 pub struct Config {
     /// Client-facing UDP addresses (IPv4 and IPv6); port 0 picks a free port.
     pub listen: Vec<SocketAddr>,
+    /// Client-facing TCP addresses (TURN over TCP, RFC 8656 §3.1).
+    pub listen_tcp: Vec<SocketAddr>,
+    /// Client-facing TLS addresses (TURN over TLS, `turns:`; needs `tls-cert` and `tls-key`).
+    pub listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain for `listen-tls`, re-read on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `listen-tls`, re-read on SIGHUP.
+    pub tls_key: Option<PathBuf>,
+    /// Relay-wide cap on open TCP/TLS connections; 0 means none.
+    pub max_connections: usize,
+    /// Cap on open TCP/TLS connections from one client IP; 0 means none.
+    pub max_connections_per_source: usize,
+    /// Seconds a TCP/TLS connection without an allocation may stay silent.
+    pub stream_idle_timeout: u64,
+    /// Seconds a TLS client has to finish its handshake.
+    pub tls_handshake_timeout: u64,
     /// Relay ports, inclusive (`relay-ports = "49152-65535"`).
     pub relay_ports: (u16, u16),
     /// Local addresses relay sockets bind to, at most one per family.
@@ -101,6 +118,11 @@ pub struct Config {
     /// `io-backend = "xdp"`: drop received datagrams whose UDP checksum is
     /// wrong (XDP sees frames before the kernel has checked them).
     pub xdp_verify_checksums: bool,
+    /// Which NICs' allowance counters (`ethtool -S *_allowance_exceeded`,
+    /// AWS ENA) `/metrics` exports: `auto`, `off` or interface names.
+    pub nic_stats: NicSelection,
+    /// Seconds between two readings of the NIC allowance counters.
+    pub nic_stats_interval: u64,
 }
 
 /// Where the admin endpoint listens unless `admin` says otherwise.
@@ -108,6 +130,9 @@ pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCAL
 
 /// `registry-interval` unless set, in seconds.
 pub const DEFAULT_REGISTRY_INTERVAL: u64 = 5;
+
+/// `nic-stats-interval` unless set, in seconds.
+pub const DEFAULT_NIC_STATS_INTERVAL: u64 = 10;
 
 /// A public address to advertise, optionally with the private address it maps
 /// to (1:1 NAT, e.g. an EC2 Elastic IP): `PUBLIC[/PRIVATE]`.
@@ -202,6 +227,14 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: Vec::new(),
+            listen_tcp: Vec::new(),
+            listen_tls: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            max_connections: 10_000,
+            max_connections_per_source: 64,
+            stream_idle_timeout: 30,
+            tls_handshake_timeout: 10,
             relay_ports: (49152, 65535),
             relay_ip: Vec::new(),
             realm: String::new(),
@@ -235,6 +268,8 @@ impl Default for Config {
             xdp_unauth_rate: crate::xdp::DEFAULT_UNAUTH_RATE,
             xdp_unauth_burst: crate::xdp::DEFAULT_UNAUTH_BURST,
             xdp_verify_checksums: true,
+            nic_stats: NicSelection::Auto,
+            nic_stats_interval: DEFAULT_NIC_STATS_INTERVAL,
         }
     }
 }
@@ -289,16 +324,37 @@ impl Config {
     /// work out what follows from the settings (relay addresses). Called by
     /// [`crate::Relay::start`] and `tern check-config`.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
-        if self.listen.is_empty() {
+        if self.listen.is_empty() && self.listen_tcp.is_empty() && self.listen_tls.is_empty() {
             return Err(ConfigError::problem("listen", "no address to listen on"));
         }
-        for (i, a) in self.listen.iter().enumerate() {
-            if self.listen[..i].contains(a) {
+        for (key, list) in [
+            ("listen", &self.listen),
+            ("listen-tcp", &self.listen_tcp),
+            ("listen-tls", &self.listen_tls),
+        ] {
+            for (i, a) in list.iter().enumerate() {
+                if list[..i].contains(a) {
+                    return Err(ConfigError::invalid(key, a.to_string(), "listed twice"));
+                }
+            }
+        }
+        for a in &self.listen_tls {
+            // Port 0 picks a free port for each: no clash.
+            if a.port() != 0 && self.listen_tcp.contains(a) {
                 return Err(ConfigError::invalid(
-                    "listen",
+                    "listen-tls",
                     a.to_string(),
-                    "listed twice",
+                    "also in listen-tcp: one TCP port serves one of them",
                 ));
+            }
+        }
+        self.validate_tls_files()?;
+        for (key, v) in [
+            ("stream-idle-timeout", self.stream_idle_timeout),
+            ("tls-handshake-timeout", self.tls_handshake_timeout),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::problem(key, "must be at least 1 second"));
             }
         }
         check_relay_ports(self.relay_ports)
@@ -339,6 +395,12 @@ impl Config {
             return Err(ConfigError::problem(
                 "xdp-unauth-burst",
                 "must be at least 1 when xdp-unauth-rate is set",
+            ));
+        }
+        if self.nic_stats_interval == 0 {
+            return Err(ConfigError::problem(
+                "nic-stats-interval",
+                "must be at least 1 second",
             ));
         }
         let relay = self.relay_addresses()?;
@@ -414,6 +476,21 @@ impl Config {
         }))
     }
 
+    /// `tls-cert` and `tls-key` go together, and with `listen-tls`.
+    pub(crate) fn validate_tls_files(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key, self.listen_tls.is_empty()) {
+            (Some(_), Some(_), false) | (None, None, true) => Ok(()),
+            (_, _, false) => Err(ConfigError::problem(
+                "listen-tls",
+                "needs both tls-cert and tls-key",
+            )),
+            (Some(_), _, true) | (_, Some(_), true) => Err(ConfigError::problem(
+                "tls-cert",
+                "tls-cert and tls-key are set but there is no listen-tls address",
+            )),
+        }
+    }
+
     /// Check what [`crate::RelayHandle::reload`] applies: secrets and users.
     pub(crate) fn validate_credentials(&self) -> Result<(), ConfigError> {
         for s in &self.auth_secret {
@@ -444,6 +521,8 @@ impl Config {
         let listen_ip = |v4: bool| {
             self.listen
                 .iter()
+                .chain(&self.listen_tcp)
+                .chain(&self.listen_tls)
                 .map(|a| a.ip())
                 .find(|ip| ip.is_ipv4() == v4 && !ip.is_unspecified())
         };
@@ -494,7 +573,9 @@ impl Config {
 
     /// A one-line description for logs and `check-config`.
     pub fn summary(&self, validated: &Validated) -> String {
-        let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+        let mut listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+        listen.extend(self.listen_tcp.iter().map(|a| format!("tcp {a}")));
+        listen.extend(self.listen_tls.iter().map(|a| format!("tls {a}")));
         let mut relay = Vec::new();
         if let Some(a) = validated.relay.v4 {
             relay.push(relay_text(IpAddr::V4(a.bind), IpAddr::V4(a.advertised)));
@@ -523,7 +604,8 @@ impl Config {
         };
         format!(
             "listen {}; relay {} ports {}; realm {:?}; {} user(s), {} secret(s); \
-             {} allow-peer, {} deny-peer; workers {}; io-backend {}; admin {}; registry {}",
+             {} allow-peer, {} deny-peer; workers {}; io-backend {}; admin {}; registry {}; \
+             nic-stats {}",
             listen.join(", "),
             relay.join(", "),
             fmt_ports(self.relay_ports),
@@ -536,6 +618,7 @@ impl Config {
             self.io_backend,
             admin,
             registry,
+            self.nic_stats,
         )
     }
 }
@@ -865,6 +948,14 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
     listen: Option<toml::Value>,
+    listen_tcp: Option<toml::Value>,
+    listen_tls: Option<toml::Value>,
+    tls_cert: Option<toml::Value>,
+    tls_key: Option<toml::Value>,
+    max_connections: Option<toml::Value>,
+    max_connections_per_source: Option<toml::Value>,
+    stream_idle_timeout: Option<toml::Value>,
+    tls_handshake_timeout: Option<toml::Value>,
     relay_ports: Option<toml::Value>,
     relay_ip: Option<toml::Value>,
     realm: Option<toml::Value>,
@@ -898,12 +989,38 @@ struct RawConfig {
     xdp_unauth_rate: Option<toml::Value>,
     xdp_unauth_burst: Option<toml::Value>,
     xdp_verify_checksums: Option<toml::Value>,
+    nic_stats: Option<toml::Value>,
+    nic_stats_interval: Option<toml::Value>,
 }
 
 impl RawConfig {
     fn apply(self, c: &mut Config) -> Result<(), ConfigError> {
         if let Some(v) = self.listen {
             c.listen = each("listen", v, parse_listen, true)?;
+        }
+        if let Some(v) = self.listen_tcp {
+            c.listen_tcp = each("listen-tcp", v, parse_listen, true)?;
+        }
+        if let Some(v) = self.listen_tls {
+            c.listen_tls = each("listen-tls", v, parse_listen, true)?;
+        }
+        if let Some(v) = self.tls_cert {
+            c.tls_cert = Some(PathBuf::from(string("tls-cert", v)?));
+        }
+        if let Some(v) = self.tls_key {
+            c.tls_key = Some(PathBuf::from(string("tls-key", v)?));
+        }
+        if let Some(v) = self.max_connections {
+            c.max_connections = integer("max-connections", v)?;
+        }
+        if let Some(v) = self.max_connections_per_source {
+            c.max_connections_per_source = integer("max-connections-per-source", v)?;
+        }
+        if let Some(v) = self.stream_idle_timeout {
+            c.stream_idle_timeout = integer("stream-idle-timeout", v)?;
+        }
+        if let Some(v) = self.tls_handshake_timeout {
+            c.tls_handshake_timeout = integer("tls-handshake-timeout", v)?;
         }
         if let Some(v) = self.relay_ports {
             c.relay_ports = one("relay-ports", v, parse_relay_ports)?;
@@ -1009,6 +1126,14 @@ impl RawConfig {
         }
         if let Some(v) = self.xdp_verify_checksums {
             c.xdp_verify_checksums = boolean("xdp-verify-checksums", v)?;
+        }
+        if let Some(v) = self.nic_stats {
+            let names = each("nic-stats", v, |s| Ok(s.to_owned()), true)?;
+            c.nic_stats = NicSelection::parse(&names)
+                .map_err(|p| ConfigError::invalid("nic-stats", names.join(","), p))?;
+        }
+        if let Some(v) = self.nic_stats_interval {
+            c.nic_stats_interval = integer("nic-stats-interval", v)?;
         }
         Ok(())
     }

@@ -28,10 +28,12 @@ pub mod cli;
 pub mod config;
 mod http;
 mod metrics;
+pub mod nicstats;
 pub mod notify;
 pub mod registry;
 mod shared;
 mod side;
+mod stream;
 mod worker;
 pub mod xdp;
 
@@ -46,14 +48,17 @@ use std::time::Duration;
 use crossbeam::channel;
 use hdrhistogram::Histogram;
 use rand::RngCore;
-use tern_io::socket::{bind_udp, buffer_sizes, SocketOptions};
+use tern_io::socket::{bind_tcp_listener, bind_udp, buffer_sizes, SocketOptions};
 use tern_io::{BackendKind, BackendUnavailable, IoStats};
 use tern_turn::policy::PeerPolicy;
-use tern_turn::{Credentials, RelayPortRange, ServerConfig, Stats};
+use tern_turn::{Credentials, RelayPortRange, ServerConfig, Stats, Transport};
 
 pub use config::{Config, ConfigError};
+use nicstats::NicSelection;
 pub use notify::Notifier;
 pub use side::{DrainCause, Lifecycle, UndrainError};
+pub use stream::tls::TlsError;
+pub use stream::{CloseReason, StreamStats};
 
 use metrics::{Report, Reporter};
 use shared::Shared;
@@ -85,6 +90,9 @@ pub enum StartError {
         /// The kernel's answer.
         source: io::Error,
     },
+    /// The TLS certificate or key of `listen-tls` could not be loaded.
+    #[error("tls-cert/tls-key: {0}")]
+    Tls(#[from] TlsError),
     /// The admin endpoint could not be bound.
     #[error("admin: cannot bind {addr}: {source}")]
     Admin {
@@ -187,12 +195,30 @@ impl Relay {
         }
 
         let (listen, mut listeners) = bind_listeners(&config.listen, workers)?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) if !config.listen_tls.is_empty() => {
+                Some(stream::tls::load(cert, key)?)
+            }
+            _ => None,
+        };
+        let (listen_tcp, mut tcp_listeners) =
+            bind_stream_listeners(&config.listen_tcp, Transport::Tcp, workers)?;
+        let (listen_tls, tls_listeners) =
+            bind_stream_listeners(&config.listen_tls, Transport::Tls, workers)?;
+        for (all, more) in tcp_listeners.iter_mut().zip(tls_listeners) {
+            all.extend(more);
+        }
+        let stream_config = stream::StreamConfig {
+            idle_timeout: Duration::from_secs(config.stream_idle_timeout),
+            handshake_timeout: Duration::from_secs(config.tls_handshake_timeout),
+            tls,
+        };
         let admin_listener = bind_admin(config.admin)?;
         let xdp = Arc::new(xdp::Xdp::start(&config, &listen, af_xdp.as_ref())?);
-        let shared = Arc::new(Shared::new(
-            config.max_allocations,
-            config.max_allocations_per_user,
-        ));
+        let shared = Arc::new(
+            Shared::new(config.max_allocations, config.max_allocations_per_user)
+                .with_connection_limits(config.max_connections, config.max_connections_per_source),
+        );
         let (credentials, policy) = credentials_and_policy(&config);
 
         let mut handles = Vec::with_capacity(workers);
@@ -227,6 +253,8 @@ impl Relay {
                 core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
                 backend: selection.kind,
                 listeners: std::mem::take(&mut listeners[index]),
+                stream_listeners: std::mem::take(&mut tcp_listeners[index]),
+                stream_config: stream_config.clone(),
                 server,
                 shared: shared.clone(),
                 control: control_rx,
@@ -282,12 +310,17 @@ impl Relay {
                 drain_timeout: Duration::from_secs(config.drain_timeout),
                 alternate_server: config.alternate_server,
                 admin_token: config.admin_token.clone(),
+                backend_reason: selection.reason.clone(),
                 registry_wake: registry.is_some().then_some(registry_wake),
             },
             notifier,
         ));
         // A fresh OnceLock: cannot be set already.
         let _ = side.xdp.set(xdp);
+        let config_nic = (
+            config.nic_stats.clone(),
+            Duration::from_secs(config.nic_stats_interval),
+        );
         let mut relay = RelayHandle {
             workers: handles,
             side_threads: Vec::new(),
@@ -295,6 +328,8 @@ impl Relay {
             admin_stop: Arc::new(AtomicBool::new(false)),
             admin_addr: None,
             listen,
+            listen_tcp,
+            listen_tls,
             backend: selection.kind,
             shared,
             side: side.clone(),
@@ -308,6 +343,23 @@ impl Relay {
             let spawned = std::thread::Builder::new()
                 .name("tern-registry".to_owned())
                 .spawn(move || registry::run(side, registry, registry_woken, stop));
+            match spawned {
+                Ok(t) => relay.side_threads.push(t),
+                Err(source) => {
+                    return Err(StartError::Worker {
+                        index: workers,
+                        source,
+                    })
+                }
+            }
+        }
+        if config_nic.0 != NicSelection::Off {
+            let stats = side.nic.clone();
+            let stop = stop_rx.clone();
+            let (selection, every) = config_nic;
+            let spawned = std::thread::Builder::new()
+                .name("tern-nicstats".to_owned())
+                .spawn(move || nicstats::run(stats, selection, every, stop));
             match spawned {
                 Ok(t) => relay.side_threads.push(t),
                 Err(source) => {
@@ -352,6 +404,8 @@ impl Relay {
         }
         tracing::info!(
             listen = ?relay.listen,
+            listen_tcp = ?relay.listen_tcp,
+            listen_tls = ?relay.listen_tls,
             workers,
             cores = ?pinned,
             relay_ports = %format_args!("{lo}-{hi}"),
@@ -373,6 +427,8 @@ pub struct RelayHandle {
     admin_stop: Arc<AtomicBool>,
     admin_addr: Option<SocketAddr>,
     listen: Vec<SocketAddr>,
+    listen_tcp: Vec<SocketAddr>,
+    listen_tls: Vec<SocketAddr>,
     backend: BackendKind,
     shared: Arc<Shared>,
     side: Arc<Side>,
@@ -395,6 +451,16 @@ impl RelayHandle {
     /// The addresses actually bound (port 0 resolved), in `listen` order.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.listen.clone()
+    }
+
+    /// The TCP addresses actually bound (port 0 resolved), in `listen-tcp` order.
+    pub fn listen_tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.listen_tcp.clone()
+    }
+
+    /// The TLS addresses actually bound (port 0 resolved), in `listen-tls` order.
+    pub fn listen_tls_addrs(&self) -> Vec<SocketAddr> {
+        self.listen_tls.clone()
     }
 
     /// How many workers run.
@@ -458,6 +524,8 @@ impl RelayHandle {
             unroutable: 0,
             stalls: 0,
             loop_turn_ns: None,
+            streams: StreamStats::default(),
+            connections: self.shared.connections(),
         };
         for rx in replies {
             let Ok(w) = rx.recv_timeout(STATS_TIMEOUT) else {
@@ -474,6 +542,23 @@ impl RelayHandle {
     /// configuration are logged as needing a restart.
     pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
         config.validate_credentials()?;
+        // The certificate is re-read when the relay serves TLS; live
+        // connections keep the session they have, new ones get the new pair.
+        // A pair that does not load is logged and the old one stays.
+        let tls = match (
+            &config.tls_cert,
+            &config.tls_key,
+            self.listen_tls.is_empty(),
+        ) {
+            (Some(cert), Some(key), false) => match stream::tls::load(cert, key) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays");
+                    None
+                }
+            },
+            _ => None,
+        };
         let (credentials, policy) = credentials_and_policy(config);
         self.side.set_admin_token(config.admin_token.clone());
         for w in &self.side.links {
@@ -481,6 +566,12 @@ impl RelayHandle {
                 credentials: credentials.clone(),
                 policy: policy.clone(),
             });
+            if let Some(tls) = &tls {
+                w.send(Control::Tls(tls.clone()));
+            }
+        }
+        if tls.is_some() {
+            tracing::info!("reloaded the TLS certificate and key");
         }
         let mut running = self.config();
         let restart: Vec<&str> = restart_keys(&running, config);
@@ -497,6 +588,10 @@ impl RelayHandle {
         }
         running.xdp_unauth_rate = config.xdp_unauth_rate;
         running.xdp_unauth_burst = config.xdp_unauth_burst;
+        if tls.is_some() {
+            running.tls_cert.clone_from(&config.tls_cert);
+            running.tls_key.clone_from(&config.tls_key);
+        }
         tracing::info!(
             users = config.user.len(),
             secrets = config.auth_secret.len(),
@@ -611,6 +706,10 @@ pub struct StatsSnapshot {
     pub stalls: u64,
     /// Durations of loop turns in nanoseconds, all workers merged.
     pub loop_turn_ns: Option<Histogram<u64>>,
+    /// TCP/TLS client connections, all workers merged.
+    pub streams: StreamStats,
+    /// TCP/TLS connections counted by the relay-wide limit.
+    pub connections: usize,
 }
 
 impl StatsSnapshot {
@@ -626,6 +725,7 @@ impl StatsSnapshot {
         self.allocations += w.allocations;
         self.unroutable += w.unroutable;
         self.stalls += w.stalls;
+        self.streams.merge(&w.streams);
         self.workers_reporting += 1;
         match &mut self.loop_turn_ns {
             Some(h) => {
@@ -690,6 +790,36 @@ fn bind_listeners(
     Ok((bound, per_worker))
 }
 
+/// Bind every stream listen address once per worker (SO_REUSEPORT), like
+/// [`bind_listeners`] for UDP.
+#[allow(clippy::type_complexity)]
+fn bind_stream_listeners(
+    addrs: &[SocketAddr],
+    transport: Transport,
+    workers: usize,
+) -> Result<(Vec<SocketAddr>, Vec<Vec<(TcpListener, Transport)>>), StartError> {
+    /// The kernel caps it at net.core.somaxconn.
+    const BACKLOG: i32 = 1024;
+    let mut per_worker: Vec<Vec<(TcpListener, Transport)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let bind = |a: SocketAddr| {
+            bind_tcp_listener(a, BACKLOG).map_err(|source| StartError::Bind { addr: a, source })
+        };
+        let first = bind(addr)?;
+        let local = first
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        per_worker[0].push((first, transport));
+        for sockets in per_worker.iter_mut().skip(1) {
+            sockets.push((bind(local)?, transport));
+        }
+        bound.push(local);
+    }
+    Ok((bound, per_worker))
+}
+
 fn credentials_and_policy(config: &Config) -> (Credentials, PeerPolicy) {
     let mut credentials = Credentials::new();
     for (name, password) in &config.user {
@@ -717,6 +847,24 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         }
     };
     check(running.listen != new.listen, "listen");
+    check(running.listen_tcp != new.listen_tcp, "listen-tcp");
+    check(running.listen_tls != new.listen_tls, "listen-tls");
+    check(
+        running.max_connections != new.max_connections,
+        "max-connections",
+    );
+    check(
+        running.max_connections_per_source != new.max_connections_per_source,
+        "max-connections-per-source",
+    );
+    check(
+        running.stream_idle_timeout != new.stream_idle_timeout,
+        "stream-idle-timeout",
+    );
+    check(
+        running.tls_handshake_timeout != new.tls_handshake_timeout,
+        "tls-handshake-timeout",
+    );
     check(running.relay_ports != new.relay_ports, "relay-ports");
     check(running.relay_ip != new.relay_ip, "relay-ip");
     check(running.realm != new.realm, "realm");
@@ -769,5 +917,10 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         "registry-interval",
     );
     check(running.registry_ttl != new.registry_ttl, "registry-ttl");
+    check(running.nic_stats != new.nic_stats, "nic-stats");
+    check(
+        running.nic_stats_interval != new.nic_stats_interval,
+        "nic-stats-interval",
+    );
     keys
 }

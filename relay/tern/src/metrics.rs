@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 use tern_io::{BackendKind, IoStats};
-use tern_turn::{AuthFailure, DropReason, Stats};
+use tern_turn::{AuthFailure, DropReason, Stats, Transport};
+
+use crate::stream::{CloseReason, StreamStats};
 
 /// How often a worker reports (and so the longest an idle worker sleeps).
 pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -72,12 +74,17 @@ pub(crate) struct Report {
     pub(crate) allocations: usize,
     pub(crate) unroutable: u64,
     pub(crate) stalls: u64,
+    pub(crate) streams: StreamStats,
     /// Loop-turn durations (ns) since the previous delivered report, and their sum.
     pub(crate) loop_ns: Histogram<u64>,
     pub(crate) loop_ns_sum: u64,
     /// Allocate latencies (ns) since the previous delivered report, and their sum.
     pub(crate) alloc_ns: Histogram<u64>,
     pub(crate) alloc_ns_sum: u64,
+    /// Relay latencies (ns, one count per relayed datagram) since the previous
+    /// delivered report, and their sum.
+    pub(crate) relay_ns: Histogram<u64>,
+    pub(crate) relay_ns_sum: u64,
 }
 
 impl Report {
@@ -92,10 +99,13 @@ impl Report {
             allocations: 0,
             unroutable: 0,
             stalls: 0,
+            streams: StreamStats::default(),
             loop_ns: latency_histogram(),
             loop_ns_sum: 0,
             alloc_ns: latency_histogram(),
             alloc_ns_sum: 0,
+            relay_ns: latency_histogram(),
+            relay_ns_sum: 0,
         })
     }
 }
@@ -109,6 +119,7 @@ pub(crate) struct Counters<'a> {
     pub(crate) allocations: usize,
     pub(crate) unroutable: u64,
     pub(crate) stalls: u64,
+    pub(crate) streams: StreamStats,
 }
 
 /// The worker's end: its histograms and the two channels.
@@ -120,6 +131,8 @@ pub(crate) struct Reporter {
     loop_ns_sum: u64,
     alloc_ns: Histogram<u64>,
     alloc_ns_sum: u64,
+    relay_ns: Histogram<u64>,
+    relay_ns_sum: u64,
     next: Instant,
     /// Intervals skipped because the side thread still held the report.
     skipped: u64,
@@ -136,6 +149,8 @@ impl Reporter {
             loop_ns_sum: 0,
             alloc_ns: latency_histogram(),
             alloc_ns_sum: 0,
+            relay_ns: latency_histogram(),
+            relay_ns_sum: 0,
             next: Instant::now(),
             skipped: 0,
         }
@@ -150,6 +165,12 @@ impl Reporter {
     pub(crate) fn record_allocation(&mut self, ns: u64) {
         self.alloc_ns.saturating_record(ns);
         self.alloc_ns_sum = self.alloc_ns_sum.saturating_add(ns);
+    }
+
+    /// `count` datagrams relayed `ns` after their batch was read.
+    pub(crate) fn record_relay(&mut self, ns: u64, count: u64) {
+        self.relay_ns.saturating_record_n(ns, count);
+        self.relay_ns_sum = self.relay_ns_sum.saturating_add(ns.saturating_mul(count));
     }
 
     /// When the next report is due.
@@ -180,12 +201,15 @@ impl Reporter {
         r.allocations = counters.allocations;
         r.unroutable = counters.unroutable;
         r.stalls = counters.stalls;
+        r.streams = counters.streams;
         // The side thread hands reports back with empty histograms: swap, so the
         // worker goes on recording into empty ones.
         std::mem::swap(&mut r.loop_ns, &mut self.loop_ns);
         r.loop_ns_sum = std::mem::take(&mut self.loop_ns_sum);
         std::mem::swap(&mut r.alloc_ns, &mut self.alloc_ns);
         r.alloc_ns_sum = std::mem::take(&mut self.alloc_ns_sum);
+        std::mem::swap(&mut r.relay_ns, &mut self.relay_ns);
+        r.relay_ns_sum = std::mem::take(&mut self.relay_ns_sum);
         match self.tx.try_send(r) {
             Ok(()) => {}
             // Cannot be full (one report per worker); disconnected means the side
@@ -220,6 +244,7 @@ pub(crate) struct Totals {
     pub(crate) io: IoStats,
     pub(crate) allocations: usize,
     pub(crate) unroutable: u64,
+    pub(crate) streams: StreamStats,
 }
 
 impl Totals {
@@ -236,6 +261,8 @@ impl Totals {
 #[derive(Debug)]
 pub(crate) struct Exposition<'a> {
     pub(crate) backend: BackendKind,
+    /// Why the back end was chosen.
+    pub(crate) backend_reason: &'a str,
     /// Label of the current lifecycle state, one of `states`.
     pub(crate) state: &'a str,
     pub(crate) states: &'a [&'a str],
@@ -279,11 +306,16 @@ impl Collected {
         last.allocations = r.allocations;
         last.unroutable = r.unroutable;
         last.stalls = r.stalls;
+        last.streams = r.streams;
         // Same bounds everywhere, so adding cannot fail.
         let _ = last.loop_ns.add(&r.loop_ns);
         last.loop_ns_sum = last.loop_ns_sum.saturating_add(r.loop_ns_sum);
         let _ = last.alloc_ns.add(&r.alloc_ns);
         last.alloc_ns_sum = last.alloc_ns_sum.saturating_add(r.alloc_ns_sum);
+        let _ = last.relay_ns.add(&r.relay_ns);
+        last.relay_ns_sum = last.relay_ns_sum.saturating_add(r.relay_ns_sum);
+        r.relay_ns.reset();
+        r.relay_ns_sum = 0;
         r.loop_ns.reset();
         r.loop_ns_sum = 0;
         r.alloc_ns.reset();
@@ -297,6 +329,7 @@ impl Collected {
             t.io.merge(&w.last.io);
             t.allocations += w.last.allocations;
             t.unroutable += w.last.unroutable;
+            t.streams.merge(&w.last.streams);
         }
         t
     }
@@ -329,6 +362,18 @@ impl Collected {
                 ("version", env!("CARGO_PKG_VERSION")),
                 ("backend", &backend),
             ],
+            1,
+        );
+        header(
+            o,
+            "tern_io_backend_info",
+            "gauge",
+            "The packet I/O back end in use and why start-up probing chose it.",
+        );
+        sample(
+            o,
+            "tern_io_backend_info",
+            &[("backend", &backend), ("reason", x.backend_reason)],
             1,
         );
         header(
@@ -436,6 +481,8 @@ impl Collected {
             t.turn.bytes_to_client,
         );
 
+        self.render_transports(o, &t);
+
         header(
             o,
             "tern_drops_total",
@@ -523,6 +570,67 @@ impl Collected {
             &alloc,
             alloc_sum,
         );
+        header(
+            o,
+            "tern_relay_latency_seconds",
+            "histogram",
+            "Relayed datagrams: from the worker reading the datagram's batch to handing the forward to the kernel at the end of the loop turn.",
+        );
+        for (i, w) in self.workers.iter().enumerate() {
+            histogram(
+                o,
+                "tern_relay_latency_seconds",
+                Some(("worker", &i.to_string())),
+                &w.last.relay_ns,
+                w.last.relay_ns_sum,
+            );
+        }
+        let io_counters: [(&str, &str, u64); 8] = [
+            (
+                "tern_io_rx_datagrams_total",
+                "Datagrams the packet I/O back end received.",
+                t.io.rx_datagrams,
+            ),
+            (
+                "tern_io_rx_batches_total",
+                "Receive batches that held at least one datagram (datagrams per batch = rx_datagrams / rx_batches).",
+                t.io.rx_batches,
+            ),
+            (
+                "tern_io_rx_no_buffers_total",
+                "io_uring: times the provided receive buffers ran out (the receive is re-armed; datagrams wait in the socket).",
+                t.io.rx_no_buffers,
+            ),
+            (
+                "tern_io_rx_rearms_total",
+                "io_uring: multishot receives re-armed after the kernel ended them.",
+                t.io.rx_rearms,
+            ),
+            (
+                "tern_io_tx_datagrams_total",
+                "Datagrams handed to the kernel.",
+                t.io.tx_datagrams,
+            ),
+            (
+                "tern_io_tx_syscalls_total",
+                "Send system calls (io_uring: submissions that carried sends).",
+                t.io.tx_syscalls,
+            ),
+            (
+                "tern_io_tx_gso_messages_total",
+                "Messages sent as one UDP GSO super-datagram.",
+                t.io.tx_gso_messages,
+            ),
+            (
+                "tern_io_gso_fallbacks_total",
+                "Times the kernel refused UDP GSO and the back end fell back to one datagram per message.",
+                t.io.gso_fallbacks,
+            ),
+        ];
+        for (name, help, value) in io_counters {
+            header(o, name, "counter", help);
+            sample(o, name, &[], value);
+        }
 
         if let Some(cpu) = x.cpu_seconds {
             header(
@@ -568,6 +676,131 @@ impl Collected {
     }
 }
 
+impl Collected {
+    /// Allocations and relayed packets by client transport, and the TCP/TLS
+    /// connections: accepted, open, refused by limit, closed by reason.
+    fn render_transports(&self, o: &mut String, t: &Totals) {
+        header(
+            o,
+            "tern_transport_allocations_active",
+            "gauge",
+            "Live TURN allocations, by client transport.",
+        );
+        for tr in Transport::ALL {
+            let by = &t.turn.by_transport[tr.index()];
+            sample(
+                o,
+                "tern_transport_allocations_active",
+                &[("transport", tr.as_str())],
+                by.live(),
+            );
+        }
+        header(
+            o,
+            "tern_transport_allocations_created_total",
+            "counter",
+            "TURN allocations made, by client transport.",
+        );
+        for tr in Transport::ALL {
+            sample(
+                o,
+                "tern_transport_allocations_created_total",
+                &[("transport", tr.as_str())],
+                t.turn.by_transport[tr.index()].allocations_created,
+            );
+        }
+        header(
+            o,
+            "tern_transport_packets_relayed_total",
+            "counter",
+            "Messages relayed, by client transport and direction.",
+        );
+        for tr in Transport::ALL {
+            let by = &t.turn.by_transport[tr.index()];
+            for (direction, value) in [
+                ("to_peer", by.packets_to_peer),
+                ("to_client", by.packets_to_client),
+            ] {
+                sample(
+                    o,
+                    "tern_transport_packets_relayed_total",
+                    &[("transport", tr.as_str()), ("direction", direction)],
+                    value,
+                );
+            }
+        }
+        let s = &t.streams;
+        let streams = [Transport::Tcp, Transport::Tls];
+        header(
+            o,
+            "tern_stream_connections_accepted_total",
+            "counter",
+            "TCP/TLS client connections accepted, by transport.",
+        );
+        for tr in streams {
+            sample(
+                o,
+                "tern_stream_connections_accepted_total",
+                &[("transport", tr.as_str())],
+                s.accepted[tr.index()],
+            );
+        }
+        header(
+            o,
+            "tern_stream_connections_open",
+            "gauge",
+            "TCP/TLS client connections open, by transport.",
+        );
+        for tr in streams {
+            sample(
+                o,
+                "tern_stream_connections_open",
+                &[("transport", tr.as_str())],
+                s.open[tr.index()],
+            );
+        }
+        header(
+            o,
+            "tern_stream_connections_refused_total",
+            "counter",
+            "TCP/TLS connections closed at accept by max-connections (total) or max-connections-per-source (per_source).",
+        );
+        sample(
+            o,
+            "tern_stream_connections_refused_total",
+            &[("limit", "total")],
+            s.refused_total,
+        );
+        sample(
+            o,
+            "tern_stream_connections_refused_total",
+            &[("limit", "per_source")],
+            s.refused_per_source,
+        );
+        header(
+            o,
+            "tern_stream_connections_closed_total",
+            "counter",
+            "TCP/TLS client connections closed, by reason.",
+        );
+        for reason in CloseReason::ALL {
+            sample(
+                o,
+                "tern_stream_connections_closed_total",
+                &[("reason", reason.as_str())],
+                s.closed(reason),
+            );
+        }
+        header(
+            o,
+            "tern_stream_accept_errors_total",
+            "counter",
+            "accept() calls that failed (out of descriptors...).",
+        );
+        sample(o, "tern_stream_accept_errors_total", &[], s.accept_errors);
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -590,7 +823,17 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(out, "{k}=\"{v}\"");
+        let _ = write!(out, "{k}=\"");
+        // The exposition format escapes backslash, double quote and newline in label values.
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     }
     out.push('}');
 }
@@ -651,6 +894,7 @@ mod tests {
             allocations: 3,
             unroutable: 0,
             stalls: 0,
+            streams: StreamStats::default(),
         };
         let mut collected = Collected::new(1);
         let t0 = Instant::now();
@@ -675,6 +919,13 @@ mod tests {
             (3, 3, 6_000)
         );
         assert_eq!(collected.totals().allocations, 3);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        sample(&mut out, "x", &[("reason", "a \"b\" \\ c\nd")], 1);
+        assert_eq!(out, "x{reason=\"a \\\"b\\\" \\\\ c\\nd\"} 1\n");
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! The only state workers share: relay-wide allocation quotas and EVEN-PORT
+//! The only state workers share: relay-wide allocation quotas, EVEN-PORT
 //! reservations (sockets set aside for a later Allocate, possibly on another
-//! worker).
+//! worker), and the relay-wide TCP/TLS connection limits (in total and per
+//! source address: the kernel spreads one source's connections over every
+//! worker's listener, so only a shared count can cap them).
 //!
 //! It sits behind one `Mutex`, and that is deliberate: it is touched only when
-//! an allocation is made or freed, or a reservation is made, claimed or
-//! cancelled — never per relayed packet. The packet path of every worker runs
-//! without locks.
+//! an allocation is made or freed, a reservation is made, claimed or
+//! cancelled, or a connection is accepted or closed — never per relayed
+//! packet. The packet path of every worker runs without locks.
 
 use std::collections::HashMap;
-use std::net::UdpSocket;
+use std::net::{IpAddr, UdpSocket};
 use std::sync::{Mutex, MutexGuard};
 
 use tern_turn::QuotaError;
@@ -18,6 +20,8 @@ use tern_turn::QuotaError;
 pub(crate) struct Shared {
     max_total: usize,
     max_per_user: usize,
+    max_connections: usize,
+    max_connections_per_source: usize,
     state: Mutex<State>,
 }
 
@@ -26,6 +30,17 @@ struct State {
     total: usize,
     per_user: HashMap<String, usize>,
     reservations: HashMap<[u8; 8], UdpSocket>,
+    connections: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// Which connection limit refused a new TCP/TLS connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectionLimit {
+    /// `max-connections`, relay-wide.
+    Total,
+    /// `max-connections-per-source`, one client IP.
+    PerSource,
 }
 
 impl Shared {
@@ -34,8 +49,49 @@ impl Shared {
         Shared {
             max_total,
             max_per_user,
+            max_connections: 0,
+            max_connections_per_source: 0,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Cap TCP/TLS connections relay-wide and per source IP (0: no cap).
+    pub(crate) fn with_connection_limits(mut self, total: usize, per_source: usize) -> Self {
+        self.max_connections = total;
+        self.max_connections_per_source = per_source;
+        self
+    }
+
+    /// Count one more connection from `source`, or refuse it.
+    pub(crate) fn acquire_connection(&self, source: IpAddr) -> Result<(), ConnectionLimit> {
+        let mut s = self.lock();
+        if self.max_connections != 0 && s.connections >= self.max_connections {
+            return Err(ConnectionLimit::Total);
+        }
+        let count = s.per_source.get(&source).copied().unwrap_or(0);
+        if self.max_connections_per_source != 0 && count >= self.max_connections_per_source {
+            return Err(ConnectionLimit::PerSource);
+        }
+        s.connections += 1;
+        *s.per_source.entry(source).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Give back one connection of `source`.
+    pub(crate) fn release_connection(&self, source: IpAddr) {
+        let mut s = self.lock();
+        s.connections = s.connections.saturating_sub(1);
+        if let Some(n) = s.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_source.remove(&source);
+            }
+        }
+    }
+
+    /// TCP/TLS connections counted relay-wide.
+    pub(crate) fn connections(&self) -> usize {
+        self.lock().connections
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -109,6 +165,26 @@ mod tests {
         s.release("c");
         assert_eq!(s.total(), 0);
         assert!(s.lock().per_user.is_empty());
+    }
+
+    #[test]
+    fn connection_limits_total_and_per_source() {
+        let s = Shared::new(0, 0).with_connection_limits(3, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        s.acquire_connection(a).unwrap();
+        s.acquire_connection(a).unwrap();
+        assert_eq!(s.acquire_connection(a), Err(ConnectionLimit::PerSource));
+        s.acquire_connection(b).unwrap();
+        assert_eq!(s.acquire_connection(b), Err(ConnectionLimit::Total));
+        s.release_connection(a);
+        s.acquire_connection(b).unwrap();
+        assert_eq!(s.connections(), 3);
+        for ip in [a, b, b] {
+            s.release_connection(ip);
+        }
+        assert_eq!(s.connections(), 0);
+        assert!(s.lock().per_source.is_empty());
     }
 
     #[test]

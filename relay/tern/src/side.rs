@@ -18,6 +18,7 @@ use serde::Serialize;
 use tern_io::{BackendKind, Wake};
 
 use crate::metrics::{Collected, Exposition, Report, REPORT_EVERY};
+use crate::nicstats::NicStats;
 use crate::notify::Notifier;
 use crate::worker::Control;
 
@@ -110,6 +111,8 @@ impl WorkerLink {
 pub(crate) struct Side {
     pub(crate) links: Vec<WorkerLink>,
     pub(crate) backend: BackendKind,
+    /// Why the packet I/O back end was chosen (the probe's sentence).
+    backend_reason: String,
     capacity: Option<usize>,
     drain_timeout: Duration,
     alternate_server: Option<SocketAddr>,
@@ -124,6 +127,8 @@ pub(crate) struct Side {
     pub(crate) registry_errors: AtomicU64,
     /// The XDP pre-filter (or why there is none), set once at start.
     pub(crate) xdp: std::sync::OnceLock<Arc<crate::xdp::Xdp>>,
+    /// The newest NIC allowance counters (empty unless `nic-stats` finds some).
+    pub(crate) nic: Arc<NicStats>,
 }
 
 struct SideState {
@@ -184,6 +189,8 @@ pub(crate) struct SideConfig {
     pub(crate) drain_timeout: Duration,
     pub(crate) alternate_server: Option<SocketAddr>,
     pub(crate) admin_token: Option<String>,
+    /// Why the packet I/O back end was chosen, for `tern_io_backend_info`.
+    pub(crate) backend_reason: String,
     /// The registry thread's wake-up channel, when `registry-url` is set.
     pub(crate) registry_wake: Option<Sender<()>>,
 }
@@ -199,6 +206,7 @@ impl Side {
         Side {
             links,
             backend,
+            backend_reason: config.backend_reason,
             capacity: (config.capacity != 0).then_some(config.capacity),
             drain_timeout: config.drain_timeout,
             alternate_server: config.alternate_server,
@@ -221,6 +229,7 @@ impl Side {
             registry_ok: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
             xdp: std::sync::OnceLock::new(),
+            nic: Arc::new(NicStats::default()),
         }
     }
 
@@ -370,8 +379,9 @@ impl Side {
         let s = self.lock();
         let states: Vec<&str> = Lifecycle::ALL.iter().map(|l| l.as_str()).collect();
         let allocations = s.collected.totals().allocations;
-        let mut text = s.collected.render_prometheus(&Exposition {
+        let mut out = s.collected.render_prometheus(&Exposition {
             backend: self.backend,
+            backend_reason: &self.backend_reason,
             state: s.lifecycle.as_str(),
             states: &states,
             allocations,
@@ -386,10 +396,11 @@ impl Side {
             }),
         });
         drop(s);
+        self.nic.render(&mut out);
         if let Some(x) = self.xdp.get() {
-            x.render_prometheus(&mut text);
+            x.render_prometheus(&mut out);
         }
-        text
+        out
     }
 
     pub(crate) fn render_load(&self) -> String {
@@ -636,6 +647,7 @@ mod tests {
                 drain_timeout: Duration::from_secs(60),
                 alternate_server: None,
                 admin_token: None,
+                backend_reason: "forced".to_owned(),
                 registry_wake: None,
             },
             Some(notifier),

@@ -8,10 +8,14 @@
 //! the core's timers when due; flush the send queue once per turn; record the
 //! turn's duration. Nothing on the per-packet path allocates, locks or logs
 //! above `trace`.
+//!
+//! TCP and TLS clients live in [`crate::stream`]: the worker only nests the
+//! streams' epoll into its back end, services them when that says so, and
+//! routes `Via::Stream` to them (the `streams` hooks below).
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,12 +28,13 @@ use tern_io::{
 };
 use tern_turn::policy::PeerPolicy;
 use tern_turn::{
-    BindError, Credentials, Event, Forward, Host, QuotaError, Server, ServerConfig, Stats, Via,
-    PEER_HEADROOM, PEER_TAILROOM,
+    BindError, Credentials, Event, Forward, Host, QuotaError, Server, ServerConfig, Stats,
+    Transport, Via, PEER_HEADROOM, PEER_TAILROOM,
 };
 
 use crate::metrics::{Counters, Reporter};
 use crate::shared::Shared;
+use crate::stream::{StreamConfig, StreamStats, Streams};
 
 /// Datagrams per receive syscall.
 const BATCH: usize = 64;
@@ -49,6 +54,8 @@ pub(crate) enum Control {
         credentials: Credentials,
         policy: PeerPolicy,
     },
+    /// A new TLS certificate and key (SIGHUP); live connections keep theirs.
+    Tls(Arc<rustls::ServerConfig>),
     /// Start or stop draining (refuse new allocations); `epoch` is echoed in reports.
     Draining { on: bool, epoch: u64 },
     /// Send a copy of the counters back.
@@ -66,6 +73,7 @@ pub(crate) struct WorkerStats {
     pub(crate) unroutable: u64,
     pub(crate) stalls: u64,
     pub(crate) loop_turn_ns: Histogram<u64>,
+    pub(crate) streams: StreamStats,
 }
 
 /// Everything a worker thread starts with.
@@ -74,6 +82,9 @@ pub(crate) struct Setup {
     pub(crate) core: Option<core_affinity::CoreId>,
     pub(crate) backend: BackendKind,
     pub(crate) listeners: Vec<UdpSocket>,
+    /// This worker's TCP/TLS listeners (empty: no stream transport).
+    pub(crate) stream_listeners: Vec<(TcpListener, Transport)>,
+    pub(crate) stream_config: StreamConfig,
     pub(crate) server: ServerConfig,
     pub(crate) shared: Arc<Shared>,
     pub(crate) control: Receiver<Control>,
@@ -157,8 +168,84 @@ enum Role {
 struct Sockets {
     roles: Vec<Role>,
     listeners: Vec<(SocketAddr, SocketId)>,
-    relays: HashMap<SocketAddr, SocketId>,
+    relays: RelayTable,
     unroutable: u64,
+    /// TCP/TLS clients, when any stream listener is configured. Taken out
+    /// while they are being read (see `service_streams`).
+    streams: Option<Box<Streams>>,
+}
+
+/// Relayed socket by relayed address, looked up for every datagram a client
+/// sends to a peer. Relay sockets bind one address per family (the relay
+/// address's `bind` IP), so the port alone names the socket: a direct-indexed
+/// table per family, no hashing. An address whose slot is taken by another
+/// address (a second IP of a family, which the relay never binds today) goes
+/// to the hashed overflow map, checked only when it is not empty.
+struct RelayTable {
+    v4: Box<[u32]>,
+    v6: Box<[u32]>,
+    /// Which address each occupied slot holds, by socket index.
+    overflow: HashMap<SocketAddr, SocketId>,
+}
+
+const NO_SOCKET: u32 = u32::MAX;
+
+impl RelayTable {
+    fn new() -> RelayTable {
+        RelayTable {
+            v4: vec![NO_SOCKET; 1 << 16].into_boxed_slice(),
+            v6: vec![NO_SOCKET; 1 << 16].into_boxed_slice(),
+            overflow: HashMap::new(),
+        }
+    }
+
+    fn slot(&mut self, addr: SocketAddr) -> &mut u32 {
+        let table = if addr.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        };
+        &mut table[usize::from(addr.port())]
+    }
+
+    /// Remember that `addr`'s relayed socket is `id`; `roles` tells which
+    /// address an occupied slot belongs to.
+    fn insert(&mut self, addr: SocketAddr, id: SocketId, roles: &[Role]) {
+        let slot = self.slot(addr);
+        let taken_by_other = *slot != NO_SOCKET
+            && roles.get(*slot as usize).copied() != Some(Role::Relay(addr))
+            && roles.get(*slot as usize).is_some_and(|r| *r != Role::Free);
+        if taken_by_other {
+            self.overflow.insert(addr, id);
+        } else {
+            *slot = id.0;
+        }
+    }
+
+    fn get(&self, addr: SocketAddr, roles: &[Role]) -> Option<SocketId> {
+        let table = if addr.is_ipv4() { &self.v4 } else { &self.v6 };
+        let id = table[usize::from(addr.port())];
+        if id != NO_SOCKET && roles.get(id as usize) == Some(&Role::Relay(addr)) {
+            return Some(SocketId(id));
+        }
+        if self.overflow.is_empty() {
+            return None;
+        }
+        self.overflow.get(&addr).copied()
+    }
+
+    fn remove(&mut self, addr: SocketAddr, roles: &[Role]) -> Option<SocketId> {
+        if let Some(id) = self.overflow.remove(&addr) {
+            return Some(id);
+        }
+        let slot = self.slot(addr);
+        let id = *slot;
+        if id != NO_SOCKET && roles.get(id as usize) == Some(&Role::Relay(addr)) {
+            *slot = NO_SOCKET;
+            return Some(SocketId(id));
+        }
+        None
+    }
 }
 
 struct Worker<P: PacketIo> {
@@ -176,6 +263,10 @@ struct Worker<P: PacketIo> {
     drain_epoch: u64,
     /// When the batch being handled was read: the start of Allocate latency.
     batch_at: Instant,
+    /// This turn's batches: when each was read and how many datagrams it
+    /// relayed, for the relay latency histogram once the turn has flushed.
+    relayed: [(Instant, u64); RECV_BUDGET],
+    relayed_len: usize,
 }
 
 impl<P: PacketIo> Worker<P> {
@@ -183,8 +274,9 @@ impl<P: PacketIo> Worker<P> {
         let mut sockets = Sockets {
             roles: Vec::new(),
             listeners: Vec::new(),
-            relays: HashMap::new(),
+            relays: RelayTable::new(),
             unroutable: 0,
+            streams: None,
         };
         for socket in setup.listeners {
             let local = socket.local_addr()?;
@@ -193,6 +285,17 @@ impl<P: PacketIo> Worker<P> {
             sockets.listeners.push((local, id));
         }
         let now = Instant::now();
+        if !setup.stream_listeners.is_empty() {
+            let streams = Streams::new(
+                setup.index,
+                setup.stream_listeners,
+                setup.stream_config,
+                setup.shared.clone(),
+                now,
+            )?;
+            io.watch(streams.fd())?;
+            sockets.streams = Some(Box::new(streams));
+        }
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -222,6 +325,8 @@ impl<P: PacketIo> Worker<P> {
             reporter: setup.reporter,
             drain_epoch: 0,
             batch_at: now,
+            relayed: [(now, 0); RECV_BUDGET],
+            relayed_len: 0,
         })
     }
 
@@ -238,10 +343,13 @@ impl<P: PacketIo> Worker<P> {
             let now = Instant::now();
             // Wake for the next report even when idle, so the side thread sees
             // every worker alive.
-            let deadline = match self.server.poll_timeout() {
+            let mut deadline = match self.server.poll_timeout() {
                 Some(t) => t.min(self.reporter.deadline()),
                 None => self.reporter.deadline(),
             };
+            if let Some(streams) = &self.sockets.streams {
+                deadline = deadline.min(streams.poll_timeout());
+            }
             let timeout = Some(deadline.saturating_duration_since(now));
             if let Err(e) = self.io.wait(timeout) {
                 tracing::error!(worker = self.index, error = %e, "waiting for I/O failed; worker stops");
@@ -252,6 +360,12 @@ impl<P: PacketIo> Worker<P> {
             let end = Instant::now();
             let took = end.duration_since(start);
             let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            for &(read_at, count) in &self.relayed[..self.relayed_len] {
+                if count > 0 {
+                    let ns = u64::try_from(end.duration_since(read_at).as_nanos());
+                    self.reporter.record_relay(ns.unwrap_or(u64::MAX), count);
+                }
+            }
             self.loop_turn_ns.saturating_record(ns);
             self.reporter.record_turn(ns);
             if took > STALL {
@@ -267,6 +381,7 @@ impl<P: PacketIo> Worker<P> {
                     allocations: self.server.allocation_count(),
                     unroutable: self.sockets.unroutable,
                     stalls: self.stalls,
+                    streams: self.stream_stats(),
                 },
             );
         }
@@ -275,15 +390,19 @@ impl<P: PacketIo> Worker<P> {
 
     /// One loop turn after a wait: receive under the budget, then timers, then flush.
     fn turn(&mut self) {
+        self.relayed_len = 0;
         for _ in 0..RECV_BUDGET {
             if self.io.recv(&mut self.batch) == 0 {
                 break;
             }
             let now = Instant::now();
             self.batch_at = now;
-            self.handle_batch(now);
+            let relayed = self.handle_batch(now);
+            self.relayed[self.relayed_len] = (now, relayed);
+            self.relayed_len += 1;
             self.drain_outputs();
         }
+        self.service_streams();
         let now = Instant::now();
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             let mut host = WorkerHost {
@@ -294,11 +413,62 @@ impl<P: PacketIo> Worker<P> {
             self.server.handle_timeout(&mut host, now);
             self.drain_outputs();
         }
-        self.io.flush();
+        if let Some(streams) = &mut self.sockets.streams {
+            streams.flush();
+        }
+        // The loop waits next: io_uring submits the sends with that wait.
+        self.io.flush_before_wait();
     }
 
-    /// Feed every datagram of the batch to the core and queue its forwards.
-    fn handle_batch(&mut self, now: Instant) {
+    /// The stream hook of a loop turn: when the nested epoll signalled (or
+    /// work is left, or a stream timer is due), read the TCP/TLS clients and
+    /// feed their messages to the core; then end the allocations of
+    /// connections that closed. Costs nothing without stream listeners.
+    fn service_streams(&mut self) {
+        let Some(mut streams) = self.sockets.streams.take() else {
+            return;
+        };
+        let now = Instant::now();
+        if self.io.take_watch_ready() || streams.due(now) {
+            self.batch_at = now;
+            let (server, io, sockets, shared) = (
+                &mut self.server,
+                &mut self.io,
+                &mut self.sockets,
+                &self.shared,
+            );
+            streams.service(now, &mut |ft, message| {
+                let forward = {
+                    let mut host = WorkerHost {
+                        io: &mut *io,
+                        sockets: &mut *sockets,
+                        shared,
+                    };
+                    server.handle_client_message(&mut host, ft, message, now)
+                };
+                // Client messages only ever go to relay sockets.
+                if let Some(Forward { via, to, payload }) = forward {
+                    let _counted_when_unroutable =
+                        send_via(&mut *io, &mut *sockets, via, to, payload);
+                }
+            });
+        }
+        while let Some(ft) = streams.take_closed() {
+            let mut host = WorkerHost {
+                io: &mut self.io,
+                sockets: &mut self.sockets,
+                shared: &self.shared,
+            };
+            self.server.handle_client_closed(&mut host, ft, now);
+        }
+        self.sockets.streams = Some(streams);
+        self.drain_outputs();
+    }
+
+    /// Feed every datagram of the batch to the core and queue its forwards;
+    /// returns how many forwards were queued.
+    fn handle_batch(&mut self, now: Instant) -> u64 {
+        let mut relayed = 0;
         for i in 0..self.batch.len() {
             let (meta, slot) = self.batch.slot_mut(i);
             let role = self
@@ -326,21 +496,28 @@ impl<P: PacketIo> Worker<P> {
                 Role::Free => None,
             };
             if let Some(Forward { via, to, payload }) = forward {
-                send_via(&mut self.io, &mut self.sockets, via, to, payload);
+                if send_via(&mut self.io, &mut self.sockets, via, to, payload) {
+                    relayed += 1;
+                }
             }
         }
+        relayed
     }
 
     /// Send the core's control transmits and log its events.
     fn drain_outputs(&mut self) {
         while let Some(t) = self.server.poll_transmit() {
-            send_via(&mut self.io, &mut self.sockets, t.via, t.to, &t.payload);
+            let _counted_when_unroutable =
+                send_via(&mut self.io, &mut self.sockets, t.via, t.to, &t.payload);
         }
         while let Some(event) = self.server.poll_event() {
             if let Event::AllocationCreated { .. } = event {
                 let ns = self.batch_at.elapsed().as_nanos();
                 self.reporter
                     .record_allocation(u64::try_from(ns).unwrap_or(u64::MAX));
+            }
+            if let Some(streams) = &mut self.sockets.streams {
+                streams.on_event(&event, self.batch_at);
             }
             log_event(self.index, &event);
         }
@@ -354,6 +531,11 @@ impl<P: PacketIo> Worker<P> {
             } => {
                 self.server.reload(credentials, policy);
                 tracing::debug!(worker = self.index, "credentials and peer policy reloaded");
+            }
+            Control::Tls(config) => {
+                if let Some(streams) = &mut self.sockets.streams {
+                    streams.set_tls(config);
+                }
             }
             Control::Draining { on, epoch } => {
                 self.server.set_draining(on);
@@ -370,10 +552,19 @@ impl<P: PacketIo> Worker<P> {
                     unroutable: self.sockets.unroutable,
                     stalls: self.stalls,
                     loop_turn_ns: self.loop_turn_ns.clone(),
+                    streams: self.stream_stats(),
                 });
             }
             Control::Shutdown => {}
         }
+    }
+
+    fn stream_stats(&self) -> StreamStats {
+        self.sockets
+            .streams
+            .as_ref()
+            .map(|s| *s.stats())
+            .unwrap_or_default()
     }
 
     fn stall(&mut self, took: Duration) {
@@ -403,6 +594,9 @@ impl<P: PacketIo> Worker<P> {
             shared: &self.shared,
         };
         self.server.clear(&mut host, now);
+        if let Some(streams) = &mut self.sockets.streams {
+            streams.close_all();
+        }
         self.drain_outputs();
         self.io.flush();
         for &(_, id) in &self.sockets.listeners {
@@ -427,25 +621,44 @@ impl Sockets {
                 .iter()
                 .find(|(a, _)| *a == addr)
                 .map(|&(_, id)| id),
-            Via::Relay(addr) => self.relays.get(&addr).copied(),
+            Via::Relay(addr) => self.relays.get(addr, &self.roles),
+            // Stream clients are written by the stream module, never a UDP socket.
+            Via::Stream(_) => None,
         }
     }
 }
 
 /// Queue one datagram on the socket the core named. A datagram whose socket is
 /// gone (closed between the core's decision and now) is counted, not sent.
+/// Returns whether it was queued.
 fn send_via<P: PacketIo>(
     io: &mut P,
     sockets: &mut Sockets,
     via: Via,
     to: SocketAddr,
     payload: &[u8],
-) {
+) -> bool {
+    if let Via::Stream(local) = via {
+        return match &mut sockets.streams {
+            Some(streams) => {
+                streams.send(local, to, payload);
+                true
+            }
+            None => {
+                sockets.unroutable += 1;
+                false
+            }
+        };
+    }
     match sockets.route(via) {
-        Some(id) => io.send(id, to, payload),
+        Some(id) => {
+            io.send(id, to, payload);
+            true
+        }
         None => {
             sockets.unroutable += 1;
             tracing::trace!(?via, "no socket for forward");
+            false
         }
     }
 }
@@ -494,8 +707,9 @@ impl<P: PacketIo> WorkerHost<'_, P> {
     fn adopt(&mut self, addr: SocketAddr, socket: UdpSocket) -> Result<(), BindError> {
         match self.io.add_socket(socket) {
             Ok(id) => {
-                self.sockets.set_role(id, Role::Relay(addr));
-                self.sockets.relays.insert(addr, id);
+                let sockets = &mut *self.sockets;
+                sockets.relays.insert(addr, id, &sockets.roles);
+                sockets.set_role(id, Role::Relay(addr));
                 Ok(())
             }
             Err(e) => {
@@ -507,8 +721,9 @@ impl<P: PacketIo> WorkerHost<'_, P> {
 
     /// Stop receiving on the relay socket bound to `addr` and hand it back.
     fn release(&mut self, addr: SocketAddr) -> Option<UdpSocket> {
-        let id = self.sockets.relays.remove(&addr)?;
-        self.sockets.set_role(id, Role::Free);
+        let sockets = &mut *self.sockets;
+        let id = sockets.relays.remove(addr, &sockets.roles)?;
+        sockets.set_role(id, Role::Free);
         match self.io.remove_socket(id) {
             Ok(socket) => Some(socket),
             Err(e) => {
@@ -559,5 +774,70 @@ impl<P: PacketIo> Host for WorkerHost<'_, P> {
 
     fn release_allocation(&mut self, user: &str) {
         self.shared.release(user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles_for(entries: &[(u32, SocketAddr)]) -> Vec<Role> {
+        let mut roles = vec![Role::Free; 16];
+        for &(id, addr) in entries {
+            roles[id as usize] = Role::Relay(addr);
+        }
+        roles
+    }
+
+    #[test]
+    fn relay_table_finds_sockets_by_address() {
+        let a: SocketAddr = "10.0.0.1:50000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::1]:50000".parse().unwrap();
+        let mut t = RelayTable::new();
+        let roles = roles_for(&[(3, a), (4, b)]);
+        t.insert(a, SocketId(3), &roles);
+        t.insert(b, SocketId(4), &roles);
+        // Same port, other family: its own table.
+        assert_eq!(t.get(a, &roles), Some(SocketId(3)));
+        assert_eq!(t.get(b, &roles), Some(SocketId(4)));
+        assert_eq!(t.get("10.0.0.1:50001".parse().unwrap(), &roles), None);
+        assert!(t.overflow.is_empty());
+        assert_eq!(t.remove(a, &roles), Some(SocketId(3)));
+        let roles = roles_for(&[(4, b)]);
+        assert_eq!(t.get(a, &roles), None);
+        assert_eq!(t.remove(a, &roles), None);
+        assert_eq!(t.get(b, &roles), Some(SocketId(4)));
+    }
+
+    #[test]
+    fn relay_table_keeps_a_second_ip_on_the_same_port_apart() {
+        let a: SocketAddr = "10.0.0.1:50000".parse().unwrap();
+        let c: SocketAddr = "10.0.0.2:50000".parse().unwrap();
+        let mut t = RelayTable::new();
+        let roles = roles_for(&[(1, a), (2, c)]);
+        t.insert(a, SocketId(1), &roles);
+        t.insert(c, SocketId(2), &roles);
+        assert_eq!(t.get(a, &roles), Some(SocketId(1)));
+        assert_eq!(t.get(c, &roles), Some(SocketId(2)));
+        assert_eq!(t.overflow.len(), 1);
+        assert_eq!(t.remove(c, &roles), Some(SocketId(2)));
+        assert_eq!(t.get(a, &roles), Some(SocketId(1)));
+    }
+
+    #[test]
+    fn relay_table_ignores_a_stale_slot() {
+        let a: SocketAddr = "10.0.0.1:50000".parse().unwrap();
+        let mut t = RelayTable::new();
+        let roles = roles_for(&[(1, a)]);
+        t.insert(a, SocketId(1), &roles);
+        // Socket 1 was freed and reused for another address behind the table's back.
+        let other: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let roles = roles_for(&[(1, other)]);
+        assert_eq!(t.get(a, &roles), None);
+        // A freed slot is simply overwritten.
+        let roles = roles_for(&[(5, a)]);
+        t.insert(a, SocketId(5), &roles);
+        assert_eq!(t.get(a, &roles), Some(SocketId(5)));
+        assert!(t.overflow.is_empty());
     }
 }

@@ -88,6 +88,19 @@ fn metrics_parse_and_move_with_traffic() {
             "tern_worker_loop_seconds_bucket{{worker=\"{w}\",le=\"+Inf\"}}"
         )));
     }
+    // The back end in use, with the probe's reason as a label.
+    let info_prefix = format!("tern_io_backend_info{{backend=\"{backend}\",reason=\"");
+    let info: Vec<_> = before
+        .iter()
+        .filter(|(k, _)| k.starts_with(&info_prefix))
+        .collect();
+    assert_eq!(info.len(), 1, "{before:?}");
+    assert_eq!(*info[0].1, 1.0);
+    assert!(
+        info[0].0.len() > info_prefix.len() + 3,
+        "empty reason: {}",
+        info[0].0
+    );
     assert!(before["process_cpu_seconds_total"] > 0.0);
     assert!(before["process_resident_memory_bytes"] > 0.0);
 
@@ -130,6 +143,22 @@ fn metrics_parse_and_move_with_traffic() {
             >= 500.0
     );
     assert!(after["tern_auth_failures_total{reason=\"challenge\"}"] >= 1.0);
+    // Every relayed datagram has a relay latency sample; the report that carries
+    // the packet counters carries the histogram, so one scrape agrees exactly.
+    let relay_latency: f64 = ["0", "1"]
+        .iter()
+        .map(|w| after[&format!("tern_relay_latency_seconds_count{{worker=\"{w}\"}}")])
+        .sum();
+    assert_eq!(relay_latency, after[&to_peer] + after[&to_client]);
+    let relay_latency_sum: f64 = ["0", "1"]
+        .iter()
+        .map(|w| after[&format!("tern_relay_latency_seconds_sum{{worker=\"{w}\"}}")])
+        .sum();
+    assert!(relay_latency_sum > 0.0);
+    assert!(after["tern_io_rx_datagrams_total"] >= 6.0);
+    assert!(after["tern_io_tx_datagrams_total"] >= 6.0);
+    assert!(after["tern_io_rx_batches_total"] >= 1.0);
+    assert!(after["tern_io_tx_syscalls_total"] >= 1.0);
     let loops: f64 = ["0", "1"]
         .iter()
         .map(|w| after[&format!("tern_worker_loop_seconds_count{{worker=\"{w}\"}}")])

@@ -139,6 +139,14 @@ fn help_documents_every_flag() {
         "--node",
         "--registry-interval",
         "--registry-ttl",
+        "--listen-tcp",
+        "--listen-tls",
+        "--tls-cert",
+        "--tls-key",
+        "--max-connections",
+        "--max-connections-per-source",
+        "--stream-idle-timeout",
+        "--tls-handshake-timeout",
         "check-config",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");

@@ -19,14 +19,77 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// something else for this long (RFC 8656 §12).
 pub const CHANNEL_QUARANTINE: Duration = Duration::from_secs(300);
 
-/// The client side of an allocation: the client's address and the listener it
-/// reached us on (the transport is always UDP here).
+/// The client side of an allocation: the client's address, the listener it
+/// reached us on, and the transport between the two.
+///
+/// Over UDP the five-tuple names a flow of datagrams; over TCP and TLS it names
+/// one connection (the kernel never has two live connections on one
+/// four-tuple), and the allocation ends when that connection closes
+/// ([`crate::Server::handle_client_closed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FiveTuple {
     /// The client's (server-reflexive) transport address.
     pub client: SocketAddr,
     /// Our listening address the client sent to.
     pub listener: SocketAddr,
+    /// How the client reaches us.
+    pub transport: Transport,
+}
+
+impl FiveTuple {
+    /// A UDP five-tuple.
+    pub fn udp(client: SocketAddr, listener: SocketAddr) -> Self {
+        FiveTuple {
+            client,
+            listener,
+            transport: Transport::Udp,
+        }
+    }
+
+    /// Where messages to this client leave from.
+    pub fn via(&self) -> crate::Via {
+        if self.transport.is_stream() {
+            crate::Via::Stream(self.listener)
+        } else {
+            crate::Via::Listener(self.listener)
+        }
+    }
+}
+
+/// The transport between a client and the server (RFC 8656 §3.1: the client
+/// transport; the relayed transport towards peers is UDP whatever this is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// Datagrams on a UDP listener.
+    Udp,
+    /// A TCP connection (RFC 8656 §3.1, framing of RFC 8656 §12.5).
+    Tcp,
+    /// TLS over a TCP connection (`turns:`).
+    Tls,
+}
+
+impl Transport {
+    /// Every transport, in index order, for exporting counters.
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// Whether messages travel on a byte stream (ChannelData padded to 4 bytes).
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    /// A dense index (`Transport::ALL[t.index()] == t`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +138,9 @@ pub(crate) struct Allocation {
     pub(crate) packets_to_peer: u64,
     pub(crate) packets_to_client: u64,
     pub(crate) created: Instant,
+    /// An RFC 6062 TCP allocation: the relayed address is a TCP listener and
+    /// data moves on peer connections, not in ChannelData or Send.
+    pub(crate) tcp: bool,
 }
 
 impl Allocation {

@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub max_permissions_per_allocation: usize,
     /// Most channel bindings one allocation may hold (508 beyond).
     pub max_channels_per_allocation: usize,
+    /// Offer RFC 6062 TCP allocations (REQUESTED-TRANSPORT TCP, Connect,
+    /// ConnectionBind) to TCP and TLS clients; without it they get 442.
+    pub tcp_relay: bool,
 }
 
 impl ServerConfig {
@@ -72,6 +75,7 @@ impl ServerConfig {
             alternate_server: None,
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 256,
+            tcp_relay: false,
         }
     }
 }

@@ -44,4 +44,31 @@ pub trait Host {
     fn acquire_allocation(&mut self, user: &str) -> Result<(), QuotaError>;
     /// Give back what [`Host::acquire_allocation`] took.
     fn release_allocation(&mut self, user: &str);
+
+    /// RFC 6062: listen for TCP peer connections on exactly `addr` (the
+    /// relayed address of a TCP allocation). Accepted connections are reported
+    /// with [`crate::Server::handle_peer_incoming`]. Hosts without TCP
+    /// relaying keep the default, and TCP Allocates fail with 508.
+    fn bind_relay_tcp(&mut self, addr: SocketAddr) -> Result<(), BindError> {
+        let _ = addr;
+        Err(BindError::Other)
+    }
+    /// Stop listening on a TCP relayed address.
+    fn close_relay_tcp(&mut self, addr: SocketAddr) {
+        let _ = addr;
+    }
+    /// RFC 6062 Connect: open a TCP connection from `relay` to `peer`, and
+    /// report how it went with [`crate::Server::handle_peer_connected`].
+    fn connect_peer(&mut self, id: crate::ConnectionId, relay: SocketAddr, peer: SocketAddr) {
+        let _ = (id, relay, peer);
+    }
+    /// Close peer connection `id` (and the client data connection bound to it).
+    fn close_peer_connection(&mut self, id: crate::ConnectionId) {
+        let _ = id;
+    }
+    /// ConnectionBind succeeded: once the response queued now is written, the
+    /// client connection `data` carries raw bytes to and from peer connection `id`.
+    fn bind_data_connection(&mut self, id: crate::ConnectionId, data: crate::FiveTuple) {
+        let _ = (id, data);
+    }
 }

@@ -28,10 +28,15 @@ pub mod policy;
 mod server;
 mod stats;
 
-pub use allocation::{FiveTuple, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, PERMISSION_LIFETIME};
+pub use allocation::{
+    FiveTuple, Transport, CHANNEL_LIFETIME, CHANNEL_QUARANTINE, PERMISSION_LIFETIME,
+};
 pub use auth::{AuthFailure, Credentials};
 pub use channel::ChannelNumber;
 pub use config::{PortRangeError, RelayAddress, RelayAddresses, RelayPortRange, ServerConfig};
 pub use host::{BindError, Host, QuotaError};
-pub use server::{Event, Forward, Server, Transmit, Via, PEER_HEADROOM, PEER_TAILROOM};
-pub use stats::{DeleteReason, DropReason, Stats};
+pub use server::{
+    ConnectionId, Event, Forward, Server, Transmit, Via, CONNECTION_BIND_TIMEOUT, PEER_HEADROOM,
+    PEER_TAILROOM,
+};
+pub use stats::{DeleteReason, DropReason, Stats, TransportStats};

@@ -28,6 +28,10 @@ use crate::limit::{SourceLimiter, TokenBucket};
 use crate::policy::PeerPolicy;
 use crate::stats::{DeleteReason, DropReason, Stats};
 
+mod tcp;
+use tcp::TcpConn;
+pub use tcp::{ConnectionId, CONNECTION_BIND_TIMEOUT};
+
 /// Room the caller leaves in front of a peer payload, so the core can write a
 /// ChannelData header or a Data indication header in place.
 pub const PEER_HEADROOM: usize = tern_stun::DATA_INDICATION_MAX_HEADER;
@@ -57,6 +61,10 @@ pub enum Via {
     Listener(SocketAddr),
     /// A relay socket (towards peers).
     Relay(SocketAddr),
+    /// The TCP or TLS connection accepted on this listening address from the
+    /// destination (towards a stream client; the bytes are one whole frame,
+    /// ChannelData already padded to 4 bytes).
+    Stream(SocketAddr),
 }
 
 /// A datagram to send now, borrowing the caller's buffer.
@@ -135,6 +143,11 @@ pub struct Server {
     events: VecDeque<Event>,
     stats: Stats,
     draining: bool,
+    /// RFC 6062 peer connections of TCP allocations, by CONNECTION-ID.
+    tcp_conns: HashMap<u32, TcpConn, ahash::RandomState>,
+    /// Deadlines of connections waiting for their Connect to finish or their
+    /// ConnectionBind (stale entries are skipped).
+    tcp_timers: VecDeque<(Instant, u32)>,
 }
 
 struct Slot {
@@ -142,7 +155,16 @@ struct Slot {
     allocation: Option<Allocation>,
 }
 
+/// What a response needs of its request.
+#[derive(Clone, Copy)]
+struct RequestId {
+    method: Method,
+    tid: TransactionId,
+    fingerprint: bool,
+}
+
 /// Who signed a request, and how.
+#[derive(Clone)]
 struct Authenticated {
     username: Box<str>,
     key: Key,
@@ -163,6 +185,8 @@ enum Reply {
     Refresh {
         lifetime: u32,
     },
+    /// Connect success (RFC 6062 §5.2).
+    Connection(u32),
     Empty,
 }
 
@@ -205,6 +229,7 @@ impl Server {
         };
         let by_client = HashMap::with_hasher(hasher(&mut rng));
         let tx_cache = HashMap::with_hasher(hasher(&mut rng));
+        let tcp_conns = HashMap::with_hasher(hasher(&mut rng));
         let limiter = SourceLimiter::new(
             config.unauth_rate,
             LIMITER_CAP,
@@ -238,6 +263,8 @@ impl Server {
             events: VecDeque::new(),
             stats: Stats::default(),
             draining: false,
+            tcp_conns,
+            tcp_timers: VecDeque::new(),
         }
     }
 
@@ -254,7 +281,21 @@ impl Server {
         packet: &'a [u8],
         now: Instant,
     ) -> Option<Forward<'a>> {
-        let ft = FiveTuple { client, listener };
+        self.handle_client_message(host, FiveTuple::udp(client, listener), packet, now)
+    }
+
+    /// One message from a client on any transport: a UDP datagram, or one
+    /// whole frame cut from a TCP or TLS stream (see `tern_stun::framing`;
+    /// ChannelData may carry its padding). Otherwise the same as
+    /// [`Server::handle_client_packet`]: responses queue, relayed data is
+    /// returned borrowing `packet`.
+    pub fn handle_client_message<'a>(
+        &mut self,
+        host: &mut impl Host,
+        ft: FiveTuple,
+        packet: &'a [u8],
+        now: Instant,
+    ) -> Option<Forward<'a>> {
         let Some(&first) = packet.first() else {
             self.stats.drop(DropReason::Empty);
             return None;
@@ -323,13 +364,22 @@ impl Server {
             self.stats.drop(DropReason::Bandwidth);
             return None;
         }
+        let ft = alloc.five_tuple;
         let payload = if let Some(channel) = alloc.channel_by_peer(&peer, now) {
             let start = PEER_HEADROOM - tern_stun::CHANNEL_DATA_HEADER_LEN;
             // `len` was bounded above, so it fits the 16-bit length field.
             tern_stun::write_channel_data_header(&mut buf[start..], channel.get(), len as u16)
                 .ok()?;
             self.stats.channel_data_to_client += 1;
-            &buf[start..end]
+            if ft.transport.is_stream() {
+                // RFC 8656 §12.5: padded to 4 bytes on a stream; the tailroom
+                // checked above holds the (at most 3) zero bytes.
+                let padded = start + tern_stun::framing::padded(end - start);
+                buf[end..padded].fill(0);
+                &buf[start..padded]
+            } else {
+                &buf[start..end]
+            }
         } else {
             let start = PEER_HEADROOM - tern_stun::data_indication_header_len(peer);
             let tid = self.rng.transaction_id();
@@ -343,12 +393,30 @@ impl Server {
         alloc.packets_to_client += 1;
         self.stats.packets_to_client += 1;
         self.stats.bytes_to_client += len as u64;
-        let ft = alloc.five_tuple;
+        self.stats.by_transport[ft.transport.index()].packets_to_client += 1;
         Some(Forward {
-            via: Via::Listener(ft.listener),
+            via: ft.via(),
             to: ft.client,
             payload,
         })
+    }
+
+    /// The client's TCP or TLS connection `ft` closed (or was closed by the
+    /// host: timeout, slow reader, limit). Its allocation, if any, ends now
+    /// with [`DeleteReason::ConnectionClosed`]; returns whether there was one.
+    pub fn handle_client_closed(
+        &mut self,
+        host: &mut impl Host,
+        ft: FiveTuple,
+        now: Instant,
+    ) -> bool {
+        match self.by_client.get(&ft) {
+            Some(&index) => {
+                self.delete(host, index, DeleteReason::ConnectionClosed, now);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Run the timers due at `now`: expire allocations, cached responses and
@@ -381,6 +449,7 @@ impl Server {
             self.reservations.pop_front();
             host.cancel_reservation(token);
         }
+        self.tcp_timeouts(host, now);
     }
 
     /// The next time [`Server::handle_timeout`] has work, if any.
@@ -389,6 +458,7 @@ impl Server {
             self.expiries.peek().map(|Reverse((at, _, _))| *at),
             self.tx_order.front().map(|(at, _, _)| *at),
             self.reservations.front().map(|(at, _)| *at),
+            self.tcp_timers.front().map(|(at, _)| *at),
         ]
         .into_iter()
         .flatten()
@@ -535,6 +605,11 @@ impl Server {
         let rate = self.config.bandwidth_per_allocation;
         let index = *self.by_client.get(&ft)?;
         let alloc = self.slots.get_mut(index as usize)?.allocation.as_mut()?;
+        if alloc.tcp {
+            // A TCP allocation relays on its peer connections only (RFC 6062).
+            self.stats.drop(DropReason::TcpAllocation);
+            return None;
+        }
         let Some(relay) = alloc.relay_for(&peer) else {
             self.stats.drop(DropReason::FamilyMismatch);
             return None;
@@ -554,6 +629,7 @@ impl Server {
         alloc.packets_to_peer += 1;
         self.stats.packets_to_peer += 1;
         self.stats.bytes_to_peer += data.len() as u64;
+        self.stats.by_transport[ft.transport.index()].packets_to_peer += 1;
         Some(Forward {
             via: Via::Relay(relay),
             to: peer,
@@ -601,21 +677,23 @@ impl Server {
             self.stats.retransmits_answered += 1;
             let payload = cached.to_vec();
             self.transmits.push_back(Transmit {
-                via: Via::Listener(ft.listener),
+                via: ft.via(),
                 to: ft.client,
                 payload,
             });
             return;
         }
-        if ![
+        let tcp_method = method == Method::CONNECT || method == Method::CONNECTION_BIND;
+        let known = [
             Method::ALLOCATE,
             Method::REFRESH,
             Method::CREATE_PERMISSION,
             Method::CHANNEL_BIND,
         ]
-        .contains(&method)
-        {
-            let reply = if method == Method::CONNECT || method == Method::CONNECTION_BIND {
+        .contains(&method);
+        let offered = known || (self.config.tcp_relay && tcp_method);
+        if !offered {
+            let reply = if tcp_method {
                 err(
                     400,
                     "Bad Request: TCP relaying is not offered on this transport",
@@ -649,6 +727,13 @@ impl Server {
             Method::ALLOCATE => self.allocate(host, ft, msg, &auth, now),
             Method::REFRESH => self.refresh(host, ft, msg, now),
             Method::CREATE_PERMISSION => self.create_permission(ft, msg, now),
+            Method::CONNECT => match self.connect(host, ft, msg, &auth, now) {
+                // Answered when the host reports the connection's outcome.
+                Ok(None) => return,
+                Ok(Some(r)) => Ok(r),
+                Err(e) => Err(e),
+            },
+            Method::CONNECTION_BIND => self.connection_bind(host, ft, msg, &auth),
             _ => self.channel_bind(ft, msg, now),
         };
         let reply = match reply {
@@ -827,9 +912,14 @@ impl Server {
         let transport = msg
             .get(attr::REQUESTED_TRANSPORT)
             .ok_or_else(|| err(400, "Bad Request: REQUESTED-TRANSPORT is required"))?;
-        if tern_stun::decode_requested_transport(transport.value).map_err(|_| bad())? != 17 {
-            return Err(err(442, "Unsupported Transport Protocol"));
-        }
+        let tcp = match tern_stun::decode_requested_transport(transport.value).map_err(|_| bad())? {
+            tern_stun::PROTOCOL_UDP => false,
+            tern_stun::PROTOCOL_TCP if self.config.tcp_relay => {
+                self.check_tcp_allocate(ft, msg)?;
+                true
+            }
+            _ => return Err(err(442, "Unsupported Transport Protocol")),
+        };
         let even_port = msg
             .get(attr::EVEN_PORT)
             .map(|a| tern_stun::decode_even_port(a.value))
@@ -895,6 +985,7 @@ impl Server {
                 .claim_reserved(token)
                 .map(|addr| (addr, None))
                 .ok_or_else(|| err(508, "Insufficient Capacity: unknown reservation")),
+            None if tcp => self.bind_tcp_port(host, family),
             None => self.bind_port(host, family, even_port, now),
         };
         let (primary, reserved) = match primary {
@@ -936,9 +1027,11 @@ impl Server {
             packets_to_peer: 0,
             packets_to_client: 0,
             created: now,
+            tcp,
         });
         let _ = index;
         self.stats.allocations_created += 1;
+        self.stats.by_transport[ft.transport.index()].allocations_created += 1;
         self.events.push_back(Event::AllocationCreated {
             five_tuple: ft,
             username: auth.username.clone(),
@@ -1103,6 +1196,9 @@ impl Server {
             .allocation
             .as_mut()
             .ok_or_else(|| err(437, "Allocation Mismatch"))?;
+        if alloc.tcp {
+            return Err(err(400, "Bad Request: no channels on a TCP allocation"));
+        }
         if !alloc.has_family_of(&peer.ip()) {
             return Err(err(443, "Peer Address Family Mismatch"));
         }
@@ -1289,13 +1385,21 @@ impl Server {
         self.by_client.remove(&alloc.five_tuple);
         for addr in [alloc.relay_v4, alloc.relay_v6].into_iter().flatten() {
             self.unindex_relay(addr);
-            host.close_relay(addr);
+            if alloc.tcp {
+                host.close_relay_tcp(addr);
+            } else {
+                host.close_relay(addr);
+            }
+        }
+        if alloc.tcp {
+            self.close_tcp_connections_of(host, index);
         }
         host.release_allocation(quota_user(&alloc.username));
         match reason {
             DeleteReason::Expired => self.stats.allocations_expired += 1,
             _ => self.stats.allocations_deleted += 1,
         }
+        self.stats.by_transport[alloc.five_tuple.transport.index()].allocations_ended += 1;
         self.events.push_back(Event::AllocationDeleted {
             five_tuple: alloc.five_tuple,
             username: alloc.username,
@@ -1317,22 +1421,41 @@ impl Server {
         cache: bool,
         now: Instant,
     ) {
+        let request = RequestId {
+            method: req.method(),
+            tid: req.transaction_id(),
+            fingerprint: req.has_fingerprint(),
+        };
+        self.respond_to(ft, request, reply, auth, cache, now);
+    }
+
+    /// [`Server::respond`] for a request that is no longer at hand (a
+    /// Connect answered when its connection is made).
+    fn respond_to(
+        &mut self,
+        ft: FiveTuple,
+        req: RequestId,
+        reply: Reply,
+        auth: Option<&Authenticated>,
+        cache: bool,
+        now: Instant,
+    ) {
         let mut buf = [0u8; RESPONSE_BUF];
         let class = if matches!(reply, Reply::Error(_)) {
             Class::Error
         } else {
             Class::Success
         };
-        let tid = req.transaction_id();
+        let tid = req.tid;
         let Ok(len) = self.encode(
             &mut buf,
-            req.method(),
+            req.method,
             class,
             tid,
             ft,
             &reply,
             auth,
-            req.has_fingerprint(),
+            req.fingerprint,
         ) else {
             // RESPONSE_BUF fits every response we build; nothing to send if not.
             return;
@@ -1352,7 +1475,7 @@ impl Server {
             self.tx_order.push_back((now + TX_CACHE_TTL, ft, tid));
         }
         self.transmits.push_back(Transmit {
-            via: Via::Listener(ft.listener),
+            via: ft.via(),
             to: ft.client,
             payload,
         });
@@ -1421,6 +1544,7 @@ impl Server {
                 w.add_xor_address(attr::XOR_MAPPED_ADDRESS, *mapped)?;
             }
             Reply::Refresh { lifetime } => w.add_u32(attr::LIFETIME, *lifetime)?,
+            Reply::Connection(id) => w.add_u32(attr::CONNECTION_ID, *id)?,
             Reply::Empty => {
                 if method == Method::BINDING {
                     w.add_xor_address(attr::XOR_MAPPED_ADDRESS, ft.client)?;
@@ -1490,6 +1614,7 @@ fn is_understood(t: u16) -> bool {
             | attr::RESERVATION_TOKEN
             | attr::PRIORITY
             | attr::USE_CANDIDATE
+            | attr::CONNECTION_ID
     )
 }
 

@@ -39,11 +39,13 @@ pub enum DropReason {
     RateLimited,
     /// The caller's buffer was too small for the header we must add.
     NoRoom,
+    /// ChannelData or Send on a TCP allocation (RFC 6062 relays on peer connections).
+    TcpAllocation,
 }
 
 impl DropReason {
     /// Every variant, for exporting counters.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Empty,
         DropReason::UnknownClass,
         DropReason::MalformedStun,
@@ -59,6 +61,7 @@ impl DropReason {
         DropReason::UnknownRelay,
         DropReason::RateLimited,
         DropReason::NoRoom,
+        DropReason::TcpAllocation,
     ];
 
     /// The metric label value.
@@ -79,6 +82,7 @@ impl DropReason {
             DropReason::UnknownRelay => "unknown_relay",
             DropReason::RateLimited => "rate_limited",
             DropReason::NoRoom => "no_room",
+            DropReason::TcpAllocation => "tcp_allocation",
         }
     }
 
@@ -95,6 +99,9 @@ pub enum DeleteReason {
     Expired,
     /// The client sent Refresh with LIFETIME 0.
     Refresh,
+    /// The client's TCP or TLS connection closed (RFC 8656 §3.1: the
+    /// allocation lives only as long as its connection).
+    ConnectionClosed,
 }
 
 /// Counters of one shard. Add two with [`Stats::merge`].
@@ -132,8 +139,34 @@ pub struct Stats {
     pub bytes_to_client: u64,
     /// Of `packets_to_client`, how many went as ChannelData (the rest as Data indications).
     pub channel_data_to_client: u64,
+    /// RFC 6062 peer connections spliced to a client data connection.
+    pub tcp_connections_bound: u64,
+    /// The same counters split by client transport, indexed by
+    /// [`crate::Transport::index`].
+    pub by_transport: [TransportStats; crate::Transport::ALL.len()],
     drops: [u64; DropReason::ALL.len()],
     auth_failures: [u64; AuthFailure::ALL.len()],
+}
+
+/// Counters of one client transport (a `transport` metric label).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Allocations made over this transport.
+    pub allocations_created: u64,
+    /// Allocations of this transport that ended, whatever the reason.
+    pub allocations_ended: u64,
+    /// Messages relayed client → peer.
+    pub packets_to_peer: u64,
+    /// Messages relayed peer → client.
+    pub packets_to_client: u64,
+}
+
+impl TransportStats {
+    /// Allocations of this transport alive now.
+    pub fn live(&self) -> u64 {
+        self.allocations_created
+            .saturating_sub(self.allocations_ended)
+    }
 }
 
 impl Stats {
@@ -171,6 +204,8 @@ impl Stats {
             packets_to_client,
             bytes_to_client,
             channel_data_to_client,
+            tcp_connections_bound,
+            by_transport,
             drops,
             auth_failures,
         } = other;
@@ -192,6 +227,13 @@ impl Stats {
         self.packets_to_client += packets_to_client;
         self.bytes_to_client += bytes_to_client;
         self.channel_data_to_client += channel_data_to_client;
+        self.tcp_connections_bound += tcp_connections_bound;
+        for (a, b) in self.by_transport.iter_mut().zip(by_transport) {
+            a.allocations_created += b.allocations_created;
+            a.allocations_ended += b.allocations_ended;
+            a.packets_to_peer += b.packets_to_peer;
+            a.packets_to_client += b.packets_to_client;
+        }
         for (a, b) in self.drops.iter_mut().zip(drops) {
             *a += b;
         }

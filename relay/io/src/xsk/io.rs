@@ -362,6 +362,14 @@ impl PacketIo for XdpIo {
         self.inner.waker()
     }
 
+    fn watch(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        self.inner.watch(fd)
+    }
+
+    fn take_watch_ready(&mut self) -> bool {
+        self.inner.take_watch_ready()
+    }
+
     fn stats(&self) -> &IoStats {
         &self.stats
     }

@@ -180,7 +180,49 @@ const BAD: &[(&str, &str, &str)] = &[
         "alternate-server",
         "expected IP:PORT",
     ),
+    (
+        "nic-stats = 5",
+        "nic-stats",
+        "expected a string or an array",
+    ),
+    (
+        "nic-stats = [\"auto\", \"eth0\"]",
+        "nic-stats",
+        "cannot be combined",
+    ),
+    ("nic-stats = [\"a/b\"]", "nic-stats", "no '/'"),
+    (
+        "nic-stats-interval = \"10\"",
+        "nic-stats-interval",
+        "expected an integer",
+    ),
 ];
+
+#[test]
+fn nic_stats_selects_interfaces() {
+    assert_eq!(Config::default().nic_stats, NicSelection::Auto);
+    assert_eq!(
+        Config::from_toml_str("nic-stats = \"off\"")
+            .unwrap()
+            .nic_stats,
+        NicSelection::Off
+    );
+    let c =
+        Config::from_toml_str("nic-stats = [\"ens5\", \"ens6\"]\nnic-stats-interval = 30").unwrap();
+    assert_eq!(
+        c.nic_stats,
+        NicSelection::Interfaces(vec!["ens5".to_owned(), "ens6".to_owned()])
+    );
+    assert_eq!(c.nic_stats_interval, 30);
+    let zero = Config {
+        nic_stats_interval: 0,
+        ..base()
+    };
+    assert_eq!(
+        zero.validate().unwrap_err().key(),
+        Some("nic-stats-interval")
+    );
+}
 
 #[test]
 fn every_parse_error_names_its_key() {
@@ -603,4 +645,105 @@ fn registry_keys() {
     };
     let r = ok.validate().unwrap().registry.unwrap();
     assert_eq!((r.key.as_str(), r.ttl.as_secs()), ("turn:node:test:n1", 2));
+}
+
+#[test]
+fn stream_transport_keys() {
+    let c = Config::from_toml_str(
+        r#"
+realm = "r"
+listen = ["127.0.0.1:3478"]
+listen-tcp = ["127.0.0.1:3478", "[::1]:3478"]
+listen-tls = "127.0.0.1:443"
+tls-cert = "/etc/tern/cert.pem"
+tls-key = "/etc/tern/key.pem"
+max-connections = 500
+max-connections-per-source = 8
+stream-idle-timeout = 12
+tls-handshake-timeout = 4
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.listen_tcp.len(), 2);
+    assert_eq!(c.listen_tls, vec!["127.0.0.1:443".parse().unwrap()]);
+    assert_eq!(c.tls_cert, Some(PathBuf::from("/etc/tern/cert.pem")));
+    assert_eq!(c.tls_key, Some(PathBuf::from("/etc/tern/key.pem")));
+    assert_eq!((c.max_connections, c.max_connections_per_source), (500, 8));
+    assert_eq!((c.stream_idle_timeout, c.tls_handshake_timeout), (12, 4));
+    let v = c.validate().unwrap();
+    let summary = c.summary(&v);
+    assert!(
+        summary.contains("tcp [::1]:3478") && summary.contains("tls 127.0.0.1:443"),
+        "{summary}"
+    );
+    let d = Config::default();
+    assert_eq!(
+        (d.max_connections, d.max_connections_per_source),
+        (10_000, 64)
+    );
+    assert_eq!((d.stream_idle_timeout, d.tls_handshake_timeout), (30, 10));
+
+    for (text, key, fragment) in [
+        ("listen-tcp = [\"x\"]", "listen-tcp", "expected IP:PORT"),
+        ("listen-tls = 3", "listen-tls", "expected a string"),
+        ("tls-cert = 1", "tls-cert", "expected a string"),
+        ("max-connections = -1", "max-connections", "out of range"),
+        (
+            "stream-idle-timeout = \"5\"",
+            "stream-idle-timeout",
+            "expected an integer",
+        ),
+    ] {
+        let err = Config::from_toml_str(text).unwrap_err();
+        assert_eq!(err.key(), Some(key), "{text}: {err}");
+        assert!(err.to_string().contains(fragment), "{text}: {err}");
+    }
+
+    let tls = |cert: bool, key: bool, listen: bool| Config {
+        tls_cert: cert.then(|| PathBuf::from("c.pem")),
+        tls_key: key.then(|| PathBuf::from("k.pem")),
+        listen_tls: if listen {
+            vec!["127.0.0.1:0".parse().unwrap()]
+        } else {
+            vec![]
+        },
+        ..base()
+    };
+    assert!(tls(true, true, true).validate().is_ok());
+    assert!(tls(false, false, false).validate().is_ok());
+    assert_eq!(
+        tls(true, false, true).validate().unwrap_err().key(),
+        Some("listen-tls")
+    );
+    assert_eq!(
+        tls(false, false, true).validate().unwrap_err().key(),
+        Some("listen-tls")
+    );
+    assert_eq!(
+        tls(true, true, false).validate().unwrap_err().key(),
+        Some("tls-cert")
+    );
+    let clash = Config {
+        listen_tcp: vec!["127.0.0.1:443".parse().unwrap()],
+        listen_tls: vec!["127.0.0.1:443".parse().unwrap()],
+        tls_cert: Some(PathBuf::from("c.pem")),
+        tls_key: Some(PathBuf::from("k.pem")),
+        ..base()
+    };
+    assert_eq!(clash.validate().unwrap_err().key(), Some("listen-tls"));
+    let zero = Config {
+        stream_idle_timeout: 0,
+        ..base()
+    };
+    assert_eq!(
+        zero.validate().unwrap_err().key(),
+        Some("stream-idle-timeout")
+    );
+    // A TCP-only relay is a relay.
+    let tcp_only = Config {
+        listen: vec![],
+        listen_tcp: vec!["127.0.0.1:0".parse().unwrap()],
+        ..base()
+    };
+    assert!(tcp_only.validate().is_ok());
 }

@@ -290,6 +290,20 @@ impl Daemon {
         );
     }
 
+    /// A log line containing `needle`, among those already read or the
+    /// next ones (10 s, as [`Daemon::expect`]).
+    pub fn find(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        self.expect(needle)
+    }
+
+    /// Every log line read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     pub fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }

@@ -83,6 +83,14 @@ pub(crate) struct FakeHost {
     /// Allocations counted now.
     pub(crate) total: usize,
     pub(crate) per_user: HashMap<String, usize>,
+    /// RFC 6062: TCP relayed addresses listening now.
+    pub(crate) tcp_listening: BTreeSet<SocketAddr>,
+    /// RFC 6062: Connects asked for (id, relay, peer).
+    pub(crate) connects: Vec<(tern_turn::ConnectionId, SocketAddr, SocketAddr)>,
+    /// RFC 6062: peer connections the core closed.
+    pub(crate) peers_closed: Vec<tern_turn::ConnectionId>,
+    /// RFC 6062: data connections spliced to peer connections.
+    pub(crate) data_bound: Vec<(tern_turn::ConnectionId, tern_turn::FiveTuple)>,
 }
 
 impl FakeHost {
@@ -165,6 +173,37 @@ impl Host for FakeHost {
         self.total += 1;
         *self.per_user.entry(user.to_owned()).or_default() += 1;
         Ok(())
+    }
+
+    fn bind_relay_tcp(&mut self, addr: SocketAddr) -> Result<(), BindError> {
+        if self.in_use.contains(&addr) || !self.tcp_listening.insert(addr) {
+            self.in_use_hits += 1;
+            return Err(BindError::InUse);
+        }
+        Ok(())
+    }
+
+    fn close_relay_tcp(&mut self, addr: SocketAddr) {
+        assert!(
+            self.tcp_listening.remove(&addr),
+            "core closed TCP {addr}, which is not listening"
+        );
+    }
+
+    fn connect_peer(&mut self, id: tern_turn::ConnectionId, relay: SocketAddr, peer: SocketAddr) {
+        assert!(
+            self.tcp_listening.contains(&relay),
+            "connect from a closed relay"
+        );
+        self.connects.push((id, relay, peer));
+    }
+
+    fn close_peer_connection(&mut self, id: tern_turn::ConnectionId) {
+        self.peers_closed.push(id);
+    }
+
+    fn bind_data_connection(&mut self, id: tern_turn::ConnectionId, data: tern_turn::FiveTuple) {
+        self.data_bound.push((id, data));
     }
 
     fn release_allocation(&mut self, user: &str) {
@@ -324,6 +363,8 @@ pub(crate) struct Client {
     pub(crate) nonce: Option<Vec<u8>>,
     pub(crate) sign: Sign,
     pub(crate) fingerprint: bool,
+    /// UDP unless a test says otherwise (TCP/TLS: one connection).
+    pub(crate) transport: tern_turn::Transport,
     tid_counter: u64,
 }
 
@@ -338,6 +379,7 @@ impl Client {
             nonce: None,
             sign: Sign::Md5,
             fingerprint: true,
+            transport: tern_turn::Transport::Udp,
             tid_counter: 0,
         }
     }
@@ -351,6 +393,7 @@ impl Client {
         tern_turn::FiveTuple {
             client: self.addr,
             listener: self.listener,
+            transport: self.transport,
         }
     }
 
@@ -636,10 +679,29 @@ impl Harness {
         (fwd, out)
     }
 
+    /// Feed one message from client `c` over its own transport; returns the
+    /// fast-path datagram (if any) and every control transmit queued.
+    pub(crate) fn client_message(
+        &mut self,
+        c: &Client,
+        bytes: &[u8],
+    ) -> (Option<Fwd>, Vec<Transmit>) {
+        let fwd = self
+            .server
+            .handle_client_message(&mut self.host, c.five_tuple(), bytes, self.now)
+            .map(Fwd::from);
+        let mut out = Vec::new();
+        while let Some(t) = self.server.poll_transmit() {
+            out.push(t);
+        }
+        self.drain_events();
+        (fwd, out)
+    }
+
     /// Feed a datagram from client `c`: returns its fast-path datagram, and
     /// asserts that nothing else was queued.
     pub(crate) fn client_sends(&mut self, c: &Client, bytes: &[u8]) -> Option<Fwd> {
-        let (fwd, tx) = self.client_packet(c.listener, c.addr, bytes);
+        let (fwd, tx) = self.client_message(c, bytes);
         assert!(
             tx.is_empty(),
             "expected no control transmit, got {}",
@@ -659,7 +721,7 @@ impl Harness {
     /// Like [`Harness::call`], but no response (a dropped request) is None.
     #[track_caller]
     pub(crate) fn try_call(&mut self, c: &Client, bytes: &[u8]) -> Option<Response> {
-        let (fwd, mut tx) = self.client_packet(c.listener, c.addr, bytes);
+        let (fwd, mut tx) = self.client_message(c, bytes);
         assert!(fwd.is_none(), "a request returned a fast-path datagram");
         assert!(
             tx.len() <= 1,
@@ -669,8 +731,8 @@ impl Harness {
         let t = tx.pop()?;
         assert_eq!(
             t.via,
-            Via::Listener(c.listener),
-            "response leaves from the listener"
+            c.five_tuple().via(),
+            "response leaves from the listener (or the client's connection)"
         );
         assert_eq!(t.to, c.addr, "response goes to the client");
         let r = Response(t.payload);

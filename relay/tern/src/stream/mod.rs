@@ -1,0 +1,648 @@
+//! TURN over TCP and TLS (RFC 8656 §3.1, RFC 7443): one worker's stream
+//! listeners and connections.
+//!
+//! Owns: this worker's `SO_REUSEPORT` TCP listeners (one per `listen-tcp` and
+//! `listen-tls` address, beside the other workers' on the same address, so the
+//! kernel spreads connections by flow hash), the connections they accept, each
+//! connection's fixed read and write buffers and optional rustls session, the
+//! framing of STUN/ChannelData messages on the byte stream
+//! ([`tern_stun::framing`]), the connection limits, idle and handshake
+//! timeouts, and counters. Must not touch: protocol logic (every whole message
+//! goes to `tern_turn::Server::handle_client_message` through the worker's
+//! callback, every message for a client comes back through [`Streams::send`])
+//! or the UDP path.
+//!
+//! ## How it sits in the worker's loop
+//!
+//! The streams have an epoll instance of their own (a `mio::Poll`), and that
+//! one descriptor is *nested* into the worker's packet back end with
+//! [`tern_io::PacketIo::watch`]: the mmsg back end registers it in its own
+//! epoll, the io_uring back end keeps a multishot `POLL_ADD` on it. So the
+//! worker still blocks in exactly one place, a UDP-only relay pays nothing
+//! (no listener, nothing watched), and a UDP loop turn costs no extra syscall
+//! while no stream is active: only when the back end reports the nested epoll
+//! readable (or this module has work left from its budget, or a timer is
+//! due) does the worker call [`Streams::service`], which takes the ready
+//! events with one non-blocking `epoll_wait` and reads each ready connection.
+//! Writes to clients are queued into the connection's buffer by
+//! [`Streams::send`] and written once per loop turn by [`Streams::flush`] (one
+//! `write` per connection with data, not per message).
+//!
+//! Readiness is edge-triggered; a connection or listener that still has data
+//! after its budget (a few reads, a few dozen accepts) goes back on a ready
+//! list, and [`Streams::poll_timeout`] asks for an immediate turn while that
+//! list is not empty. Listeners are re-polled once a second as well, so an
+//! accept that failed (out of descriptors) is retried.
+//!
+//! ## Bounds
+//!
+//! Each connection gets a [`READ_BUF`]-byte read buffer and (plain TCP) a
+//! [`WRITE_BUF`]-byte write buffer when it is accepted — nothing per message.
+//! A message announcing more than [`MAX_FRAME`] bytes ends the connection at
+//! once (a 64 KiB length prefix never makes us wait for 64 KiB). A client that
+//! does not read fast enough, so that its write buffer and the kernel's send
+//! buffer are both full, is disconnected (`slow_reader`) instead of growing
+//! memory. Connections are capped relay-wide and per source IP (shared with
+//! the other workers); a connection without an allocation that sends nothing
+//! for `stream-idle-timeout`, or a TLS handshake not finished within
+//! `tls-handshake-timeout`, is closed. Every close is counted by reason, and
+//! the client's allocation ends with its connection.
+//!
+//! rustls sessions allocate inside rustls (records, handshake state): TLS
+//! clients are not on the zero-allocation path that UDP clients are.
+
+mod conn;
+pub(crate) mod tls;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use tern_turn::{Event, FiveTuple, Transport};
+
+use crate::shared::{ConnectionLimit, Shared};
+use conn::Conn;
+
+/// Bytes a connection's read buffer holds; also the largest message accepted.
+pub(crate) const READ_BUF: usize = 12 * 1024;
+/// The largest STUN or (padded) ChannelData message a client may send on a
+/// stream: a 9216-byte datagram (the UDP path's limit) with its headers fits.
+pub(crate) const MAX_FRAME: usize = READ_BUF;
+/// Bytes a connection's write buffer holds (for TLS: rustls' buffer limit).
+pub(crate) const WRITE_BUF: usize = 32 * 1024;
+/// Reads per connection per service call before others get their turn.
+const READS_PER_TURN: usize = 4;
+/// Connections accepted per listener per service call.
+const ACCEPTS_PER_TURN: usize = 64;
+/// Readiness events taken per `epoll_wait`.
+const EVENTS: usize = 256;
+/// How often timeouts are checked and listeners re-polled.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Tokens below this are listeners; connection tokens are `CONN_BASE + slot`,
+/// with the slot's generation in the upper 32 bits.
+const CONN_BASE: usize = 1 << 16;
+
+/// Limits and timeouts of the stream transports.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamConfig {
+    /// A connection without an allocation that sends nothing this long is closed.
+    pub(crate) idle_timeout: Duration,
+    /// A TLS handshake not finished this long after accept is abandoned.
+    pub(crate) handshake_timeout: Duration,
+    /// The TLS server configuration (certificate, ALPN); `None` without `listen-tls`.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Why a TCP/TLS connection ended; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client closed it (EOF, or a TLS close_notify).
+    PeerClosed,
+    /// A socket error (reset, broken pipe).
+    Reset,
+    /// Bytes that are neither STUN nor ChannelData at a message boundary.
+    BadFrame,
+    /// A message announcing more than [`MAX_FRAME`] bytes.
+    FrameTooLarge,
+    /// No allocation and nothing received for `stream-idle-timeout`.
+    IdleTimeout,
+    /// The TLS handshake did not finish within `tls-handshake-timeout`.
+    HandshakeTimeout,
+    /// rustls refused the client's records (bad handshake, no common ALPN...).
+    TlsError,
+    /// The client did not read: its write buffer and socket buffer were full.
+    SlowReader,
+    /// The worker stopped.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason, for exporting counters.
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::PeerClosed,
+        CloseReason::Reset,
+        CloseReason::BadFrame,
+        CloseReason::FrameTooLarge,
+        CloseReason::IdleTimeout,
+        CloseReason::HandshakeTimeout,
+        CloseReason::TlsError,
+        CloseReason::SlowReader,
+        CloseReason::Shutdown,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Reset => "reset",
+            CloseReason::BadFrame => "bad_frame",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::TlsError => "tls_error",
+            CloseReason::SlowReader => "slow_reader",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Counters of the TCP/TLS client connections (one worker's, or merged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamStats {
+    /// Connections accepted, by [`Transport::index`].
+    pub accepted: [u64; Transport::ALL.len()],
+    /// Connections open now, by [`Transport::index`].
+    pub open: [u64; Transport::ALL.len()],
+    /// Connections refused by `max-connections`.
+    pub refused_total: u64,
+    /// Connections refused by `max-connections-per-source`.
+    pub refused_per_source: u64,
+    /// Connections closed, by [`CloseReason`] (index in `CloseReason::ALL`).
+    pub closed: [u64; CloseReason::ALL.len()],
+    /// `accept` calls that failed (out of descriptors...).
+    pub accept_errors: u64,
+    /// Whole messages read from clients.
+    pub messages_in: u64,
+    /// Bytes read from clients (TLS: plaintext).
+    pub bytes_in: u64,
+    /// Bytes queued to clients (TLS: plaintext).
+    pub bytes_out: u64,
+    /// Messages for a connection that had closed meanwhile.
+    pub unroutable: u64,
+}
+
+impl StreamStats {
+    /// Add `other`'s counters to these.
+    pub fn merge(&mut self, other: &StreamStats) {
+        for (a, b) in self.accepted.iter_mut().zip(other.accepted) {
+            *a += b;
+        }
+        for (a, b) in self.open.iter_mut().zip(other.open) {
+            *a += b;
+        }
+        for (a, b) in self.closed.iter_mut().zip(other.closed) {
+            *a += b;
+        }
+        self.refused_total += other.refused_total;
+        self.refused_per_source += other.refused_per_source;
+        self.accept_errors += other.accept_errors;
+        self.messages_in += other.messages_in;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.unroutable += other.unroutable;
+    }
+
+    /// Connections closed for `reason`.
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.closed[reason as usize]
+    }
+}
+
+struct Listener {
+    socket: mio::net::TcpListener,
+    local: SocketAddr,
+    transport: Transport,
+    queued: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ready {
+    Listener(usize),
+    Conn(u32, u32),
+}
+
+/// One worker's stream listeners and connections. See the module docs.
+pub(crate) struct Streams {
+    worker: usize,
+    poll: Poll,
+    events: Events,
+    listeners: Vec<Listener>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    next_gen: u32,
+    by_peer: HashMap<(SocketAddr, SocketAddr), u32, ahash::RandomState>,
+    ready: VecDeque<Ready>,
+    dirty: Vec<u32>,
+    closed: VecDeque<FiveTuple>,
+    /// The last `epoll_wait` filled its event buffer: more may be waiting.
+    more_events: bool,
+    last_service: Instant,
+    next_sweep: Instant,
+    config: StreamConfig,
+    shared: Arc<Shared>,
+    stats: StreamStats,
+}
+
+impl Streams {
+    /// Take over this worker's stream listeners (bound, `(socket, transport)`).
+    pub(crate) fn new(
+        worker: usize,
+        listeners: Vec<(TcpListener, Transport)>,
+        config: StreamConfig,
+        shared: Arc<Shared>,
+        now: Instant,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut own = Vec::with_capacity(listeners.len());
+        for (i, (socket, transport)) in listeners.into_iter().enumerate() {
+            socket.set_nonblocking(true)?;
+            let local = socket.local_addr()?;
+            let mut socket = mio::net::TcpListener::from_std(socket);
+            poll.registry()
+                .register(&mut socket, Token(i), Interest::READABLE)?;
+            own.push(Listener {
+                socket,
+                local,
+                transport,
+                queued: false,
+            });
+        }
+        Ok(Streams {
+            worker,
+            poll,
+            events: Events::with_capacity(EVENTS),
+            listeners: own,
+            conns: Vec::new(),
+            free: Vec::new(),
+            next_gen: 0,
+            by_peer: HashMap::with_hasher(ahash::RandomState::new()),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            closed: VecDeque::new(),
+            more_events: false,
+            last_service: now,
+            next_sweep: now + SWEEP_EVERY,
+            config,
+            shared,
+            stats: StreamStats::default(),
+        })
+    }
+
+    /// The epoll descriptor the worker's back end watches.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    /// This worker's counters.
+    pub(crate) fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    /// When [`Streams::service`] must run even without readiness: at once
+    /// while work is left over from a budget, else at the next sweep.
+    pub(crate) fn poll_timeout(&self) -> Instant {
+        if self.has_pending() {
+            self.last_service
+        } else {
+            self.next_sweep
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.ready.is_empty() || self.more_events || !self.closed.is_empty()
+    }
+
+    /// Whether [`Streams::service`] has something to do at `now` without new readiness.
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        self.poll_timeout() <= now
+    }
+
+    /// Replace the TLS configuration (SIGHUP): new connections use it, live
+    /// ones keep the one they were accepted with.
+    pub(crate) fn set_tls(&mut self, tls: Arc<rustls::ServerConfig>) {
+        self.config.tls = Some(tls);
+    }
+
+    /// Take the ready events, accept, read every ready connection under its
+    /// budget and hand each whole message to `on_message`; then, once a
+    /// second, close what timed out. Connections closed here (or by
+    /// [`Streams::send`] / [`Streams::flush`]) are reported by
+    /// [`Streams::take_closed`].
+    pub(crate) fn service(&mut self, now: Instant, on_message: &mut impl FnMut(FiveTuple, &[u8])) {
+        self.last_service = now;
+        match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => tracing::warn!(worker = self.worker, error = %e, "stream epoll failed"),
+        }
+        let mut n = 0;
+        for event in self.events.iter() {
+            n += 1;
+            let token = event.token().0;
+            if token < CONN_BASE {
+                if let Some(l) = self.listeners.get_mut(token) {
+                    if !l.queued {
+                        l.queued = true;
+                        self.ready.push_back(Ready::Listener(token));
+                    }
+                }
+                continue;
+            }
+            let slot = (token - CONN_BASE) as u32;
+            let gen = (token >> 32) as u32;
+            let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            if conn.gen != gen {
+                continue;
+            }
+            if event.is_writable() && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(slot);
+            }
+            if (event.is_readable() || event.is_read_closed() || event.is_error()) && !conn.queued {
+                conn.queued = true;
+                self.ready.push_back(Ready::Conn(slot, gen));
+            }
+        }
+        self.more_events = n == EVENTS;
+
+        for _ in 0..self.ready.len() {
+            let Some(item) = self.ready.pop_front() else {
+                break;
+            };
+            match item {
+                Ready::Listener(i) => {
+                    if let Some(l) = self.listeners.get_mut(i) {
+                        l.queued = false;
+                    }
+                    if self.accept(i, now) {
+                        if let Some(l) = self.listeners.get_mut(i) {
+                            l.queued = true;
+                        }
+                        self.ready.push_back(item);
+                    }
+                }
+                Ready::Conn(slot, gen) => self.read(slot, gen, now, on_message),
+            }
+        }
+        if now >= self.next_sweep {
+            self.sweep(now);
+        }
+    }
+
+    /// The next connection that closed, for the core to end its allocation.
+    pub(crate) fn take_closed(&mut self) -> Option<FiveTuple> {
+        self.closed.pop_front()
+    }
+
+    /// Queue one whole message (ChannelData already padded) for the client
+    /// connected to our listener `local` from `remote`.
+    pub(crate) fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: &[u8]) {
+        let Some(&slot) = self.by_peer.get(&(local, remote)) else {
+            self.stats.unroutable += 1;
+            return;
+        };
+        let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
+            self.stats.unroutable += 1;
+            return;
+        };
+        match conn.queue(payload) {
+            Ok(()) => {
+                self.stats.bytes_out += payload.len() as u64;
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(slot);
+                }
+            }
+            Err(reason) => self.close(slot, reason),
+        }
+    }
+
+    /// Write what every connection has queued (once per loop turn). What the
+    /// kernel does not take now waits for the socket's next writable edge.
+    pub(crate) fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            conn.dirty = false;
+            if let Err(reason) = conn.flush() {
+                self.close(slot, reason);
+            }
+        }
+        dirty.clear();
+        // Closing never pushes to `dirty`, so nothing was added meanwhile.
+        self.dirty = dirty;
+    }
+
+    /// Keep track of which connections carry an allocation (those are never
+    /// idle-closed: the allocation's own lifetime governs them).
+    pub(crate) fn on_event(&mut self, event: &Event, now: Instant) {
+        let (ft, allocated) = match event {
+            Event::AllocationCreated { five_tuple, .. } => (five_tuple, true),
+            Event::AllocationDeleted { five_tuple, .. } => (five_tuple, false),
+            _ => return,
+        };
+        if !ft.transport.is_stream() {
+            return;
+        }
+        if let Some(&slot) = self.by_peer.get(&(ft.listener, ft.client)) {
+            if let Some(Some(conn)) = self.conns.get_mut(slot as usize) {
+                conn.allocated = allocated;
+                conn.last_rx = conn.last_rx.max(now);
+            }
+        }
+    }
+
+    /// Close every connection (the worker stops).
+    pub(crate) fn close_all(&mut self) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].is_some() {
+                self.close(slot as u32, CloseReason::Shutdown);
+            }
+        }
+    }
+
+    /// Accept up to the budget on listener `i`; true when the budget ran out
+    /// (more may wait).
+    fn accept(&mut self, i: usize, now: Instant) -> bool {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Some(l) = self.listeners.get(i) else {
+                return false;
+            };
+            let (local, transport) = (l.local, l.transport);
+            match l.socket.accept() {
+                Ok((stream, remote)) => self.adopt(stream, remote, local, transport, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.stats.accept_errors += 1;
+                    tracing::debug!(worker = self.worker, error = %e, "accept failed");
+                    // Out of descriptors and the like: the sweep retries.
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn adopt(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        remote: SocketAddr,
+        local: SocketAddr,
+        transport: Transport,
+        now: Instant,
+    ) {
+        match self.shared.acquire_connection(remote.ip()) {
+            Ok(()) => {}
+            Err(limit) => {
+                match limit {
+                    ConnectionLimit::Total => self.stats.refused_total += 1,
+                    ConnectionLimit::PerSource => self.stats.refused_per_source += 1,
+                }
+                tracing::trace!(?limit, "connection refused by a limit");
+                // Dropping the stream closes it.
+                return;
+            }
+        }
+        let tls = match transport {
+            Transport::Tls => {
+                let Some(config) = self.config.tls.clone() else {
+                    self.shared.release_connection(remote.ip());
+                    return;
+                };
+                match rustls::ServerConnection::new(config) {
+                    Ok(mut session) => {
+                        session.set_buffer_limit(Some(WRITE_BUF));
+                        Some(Box::new(session))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not start a TLS session");
+                        self.shared.release_connection(remote.ip());
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let _latency_matters = stream.set_nodelay(true);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let token = Token(CONN_BASE + slot as usize + ((gen as usize) << 32));
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "could not register a connection");
+            self.free.push(slot);
+            self.shared.release_connection(remote.ip());
+            return;
+        }
+        let ft = FiveTuple {
+            client: remote,
+            listener: local,
+            transport,
+        };
+        self.conns[slot as usize] = Some(Conn::new(stream, ft, gen, tls, now));
+        self.by_peer.insert((local, remote), slot);
+        self.stats.accepted[transport.index()] += 1;
+        self.stats.open[transport.index()] += 1;
+        if let Some(Some(conn)) = self.conns.get_mut(slot as usize) {
+            // Bytes may have arrived with the handshake already.
+            conn.queued = true;
+        }
+        self.ready.push_back(Ready::Conn(slot, gen));
+    }
+
+    fn read(
+        &mut self,
+        slot: u32,
+        gen: u32,
+        now: Instant,
+        on_message: &mut impl FnMut(FiveTuple, &[u8]),
+    ) {
+        let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if conn.gen != gen {
+            return;
+        }
+        conn.queued = false;
+        let stats = &mut self.stats;
+        let result = conn.read(READS_PER_TURN, now, &mut |ft, msg| {
+            stats.messages_in += 1;
+            stats.bytes_in += msg.len() as u64;
+            on_message(ft, msg)
+        });
+        let wants_write = conn.wants_write();
+        match result {
+            Ok(more) => {
+                if more {
+                    conn.queued = true;
+                    self.ready.push_back(Ready::Conn(slot, gen));
+                }
+                if wants_write && !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(slot);
+                }
+            }
+            Err(reason) => self.close(slot, reason),
+        }
+    }
+
+    fn close(&mut self, slot: u32, reason: CloseReason) {
+        let Some(mut conn) = self.conns.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        let _closing_anyway = self.poll.registry().deregister(conn.socket_mut());
+        let ft = conn.five_tuple();
+        self.by_peer.remove(&(ft.listener, ft.client));
+        self.free.push(slot);
+        self.shared.release_connection(ft.client.ip());
+        self.stats.closed[reason as usize] += 1;
+        let open = &mut self.stats.open[ft.transport.index()];
+        *open = open.saturating_sub(1);
+        tracing::trace!(
+            worker = self.worker,
+            reason = reason.as_str(),
+            "connection closed"
+        );
+        if reason != CloseReason::Shutdown {
+            self.closed.push_back(ft);
+        }
+    }
+
+    /// Close what timed out; re-poll the listeners (an accept that failed is retried).
+    fn sweep(&mut self, now: Instant) {
+        self.next_sweep = now + SWEEP_EVERY;
+        let (idle, handshake) = (self.config.idle_timeout, self.config.handshake_timeout);
+        for slot in 0..self.conns.len() {
+            let Some(conn) = &self.conns[slot] else {
+                continue;
+            };
+            let reason = if conn.handshaking() && now.duration_since(conn.accepted) >= handshake {
+                Some(CloseReason::HandshakeTimeout)
+            } else if !conn.allocated && now.duration_since(conn.last_rx) >= idle {
+                Some(CloseReason::IdleTimeout)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                self.close(slot as u32, reason);
+            }
+        }
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if !l.queued {
+                l.queued = true;
+                self.ready.push_back(Ready::Listener(i));
+            }
+        }
+    }
+}
