@@ -78,6 +78,15 @@ pub struct Flags {
     /// Seconds a TLS client has to finish its handshake [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub tls_handshake_timeout: Option<u64>,
+    /// Serve the SFU forwarding plane and its control API (/sfu/...).
+    #[arg(long)]
+    pub sfu: bool,
+    /// SFU transport port range, inclusive, split per worker [default: 40000-40999].
+    #[arg(long, value_name = "LO-HI", value_parser = config::parse_relay_ports)]
+    pub sfu_ports: Option<(u16, u16)>,
+    /// Local address SFU transports bind [default: the first listen address's IP].
+    #[arg(long, value_name = "IP", value_parser = config::parse_ip)]
+    pub sfu_ip: Option<IpAddr>,
     /// Relay port range, inclusive [default: 49152-65535].
     #[arg(long, value_name = "LO-HI", value_parser = config::parse_relay_ports)]
     pub relay_ports: Option<(u16, u16)>,
@@ -240,6 +249,13 @@ impl Flags {
         set(&mut c.stream_idle_timeout, &self.stream_idle_timeout);
         set(&mut c.tls_handshake_timeout, &self.tls_handshake_timeout);
         set(&mut c.relay_ports, &self.relay_ports);
+        set(&mut c.sfu_ports, &self.sfu_ports);
+        if self.sfu_ip.is_some() {
+            c.sfu_ip = self.sfu_ip;
+        }
+        if self.sfu {
+            c.sfu = true;
+        }
         replace(&mut c.relay_ip, &self.relay_ip);
         set(&mut c.realm, &self.realm);
         replace(&mut c.auth_secret, &self.auth_secret);

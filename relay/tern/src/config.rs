@@ -109,6 +109,12 @@ pub struct Config {
     pub nic_stats: NicSelection,
     /// Seconds between two readings of the NIC allowance counters.
     pub nic_stats_interval: u64,
+    /// Serve the SFU forwarding plane and its control API (`/sfu/...`).
+    pub sfu: bool,
+    /// SFU transport ports, inclusive, split into one slice per worker.
+    pub sfu_ports: (u16, u16),
+    /// Local address SFU transports bind; `None`: the first listen address's IP.
+    pub sfu_ip: Option<IpAddr>,
 }
 
 /// Where the admin endpoint listens unless `admin` says otherwise.
@@ -116,6 +122,9 @@ pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCAL
 
 /// `registry-interval` unless set, in seconds.
 pub const DEFAULT_REGISTRY_INTERVAL: u64 = 5;
+
+/// `sfu-ports` unless set.
+pub const DEFAULT_SFU_PORTS: (u16, u16) = (40000, 40999);
 
 /// `nic-stats-interval` unless set, in seconds.
 pub const DEFAULT_NIC_STATS_INTERVAL: u64 = 10;
@@ -248,6 +257,9 @@ impl Default for Config {
             registry_ttl: None,
             nic_stats: NicSelection::Auto,
             nic_stats_interval: DEFAULT_NIC_STATS_INTERVAL,
+            sfu: false,
+            sfu_ports: DEFAULT_SFU_PORTS,
+            sfu_ip: None,
         }
     }
 }
@@ -337,6 +349,19 @@ impl Config {
         }
         check_relay_ports(self.relay_ports)
             .map_err(|p| ConfigError::invalid("relay-ports", fmt_ports(self.relay_ports), p))?;
+        check_relay_ports(self.sfu_ports)
+            .map_err(|p| ConfigError::invalid("sfu-ports", fmt_ports(self.sfu_ports), p))?;
+        if self.sfu {
+            let (lo, hi) = self.sfu_ports;
+            let (rlo, rhi) = self.relay_ports;
+            if lo <= rhi && rlo <= hi {
+                return Err(ConfigError::invalid(
+                    "sfu-ports",
+                    fmt_ports(self.sfu_ports),
+                    "overlaps relay-ports",
+                ));
+            }
+        }
         if self.realm.is_empty() {
             return Err(ConfigError::problem("realm", "must not be empty"));
         }
@@ -955,6 +980,9 @@ struct RawConfig {
     registry_ttl: Option<toml::Value>,
     nic_stats: Option<toml::Value>,
     nic_stats_interval: Option<toml::Value>,
+    sfu: Option<toml::Value>,
+    sfu_ports: Option<toml::Value>,
+    sfu_ip: Option<toml::Value>,
 }
 
 impl RawConfig {
@@ -1083,6 +1111,15 @@ impl RawConfig {
         }
         if let Some(v) = self.nic_stats_interval {
             c.nic_stats_interval = integer("nic-stats-interval", v)?;
+        }
+        if let Some(v) = self.sfu {
+            c.sfu = boolean("sfu", v)?;
+        }
+        if let Some(v) = self.sfu_ports {
+            c.sfu_ports = one("sfu-ports", v, parse_relay_ports)?;
+        }
+        if let Some(v) = self.sfu_ip {
+            c.sfu_ip = Some(one("sfu-ip", v, parse_ip)?);
         }
         Ok(())
     }

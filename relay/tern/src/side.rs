@@ -127,6 +127,8 @@ pub(crate) struct Side {
     pub(crate) registry_errors: AtomicU64,
     /// The newest NIC allowance counters (empty unless `nic-stats` finds some).
     pub(crate) nic: Arc<NicStats>,
+    /// The SFU router directory; set once at start when `sfu = true`.
+    pub(crate) sfu: std::sync::OnceLock<crate::sfu::api::Directory>,
 }
 
 struct SideState {
@@ -227,6 +229,7 @@ impl Side {
             registry_ok: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
             nic: Arc::new(NicStats::default()),
+            sfu: std::sync::OnceLock::new(),
         }
     }
 
