@@ -814,7 +814,11 @@ impl Collected {
 fn render_sfu(o: &mut String, s: &SfuCounters) {
     for (name, help, value) in [
         ("tern_sfu_routers", "SFU routers.", s.routers),
-        ("tern_sfu_transports", "SFU transports (one UDP socket each).", s.transports),
+        (
+            "tern_sfu_transports",
+            "SFU transports (one UDP socket each).",
+            s.transports,
+        ),
         ("tern_sfu_producers", "SFU producers.", s.producers),
         ("tern_sfu_consumers", "SFU consumers.", s.consumers),
     ] {
@@ -827,24 +831,72 @@ fn render_sfu(o: &mut String, s: &SfuCounters) {
         "counter",
         "Datagrams on SFU transports, by direction (in: received; out: handed to the kernel).",
     );
-    sample(o, "tern_sfu_packets_total", &[("direction", "in")], s.packets_in);
-    sample(o, "tern_sfu_packets_total", &[("direction", "out")], s.packets_out);
+    sample(
+        o,
+        "tern_sfu_packets_total",
+        &[("direction", "in")],
+        s.packets_in,
+    );
+    sample(
+        o,
+        "tern_sfu_packets_total",
+        &[("direction", "out")],
+        s.packets_out,
+    );
     header(
         o,
         "tern_sfu_bytes_total",
         "counter",
         "Bytes on SFU transports, by direction.",
     );
-    sample(o, "tern_sfu_bytes_total", &[("direction", "in")], s.bytes_in);
-    sample(o, "tern_sfu_bytes_total", &[("direction", "out")], s.bytes_out);
+    sample(
+        o,
+        "tern_sfu_bytes_total",
+        &[("direction", "in")],
+        s.bytes_in,
+    );
+    sample(
+        o,
+        "tern_sfu_bytes_total",
+        &[("direction", "out")],
+        s.bytes_out,
+    );
     for (name, help, value) in [
-        ("tern_sfu_rtp_forwarded_total", "RTP packets written for consumers (fan-out).", s.rtp_forwarded),
-        ("tern_sfu_nack_retransmissions_total", "Packets resent from a retransmission buffer in answer to NACKs.", s.retransmitted),
-        ("tern_sfu_nack_misses_total", "NACKed packets the buffer no longer had.", s.nack_misses),
-        ("tern_sfu_upstream_nacks_total", "NACKs sent to producers for packets missing upstream.", s.upstream_nacks),
-        ("tern_sfu_key_frame_requests_total", "PLI/FIR sent to producers.", s.key_frame_requests),
-        ("tern_sfu_srtp_auth_failures_total", "SRTP/SRTCP packets that did not authenticate.", s.srtp_auth_failures),
-        ("tern_sfu_srtp_replays_total", "SRTP/SRTCP packets refused as replays.", s.srtp_replays),
+        (
+            "tern_sfu_rtp_forwarded_total",
+            "RTP packets written for consumers (fan-out).",
+            s.rtp_forwarded,
+        ),
+        (
+            "tern_sfu_nack_retransmissions_total",
+            "Packets resent from a retransmission buffer in answer to NACKs.",
+            s.retransmitted,
+        ),
+        (
+            "tern_sfu_nack_misses_total",
+            "NACKed packets the buffer no longer had.",
+            s.nack_misses,
+        ),
+        (
+            "tern_sfu_upstream_nacks_total",
+            "NACKs sent to producers for packets missing upstream.",
+            s.upstream_nacks,
+        ),
+        (
+            "tern_sfu_key_frame_requests_total",
+            "PLI/FIR sent to producers.",
+            s.key_frame_requests,
+        ),
+        (
+            "tern_sfu_srtp_auth_failures_total",
+            "SRTP/SRTCP packets that did not authenticate.",
+            s.srtp_auth_failures,
+        ),
+        (
+            "tern_sfu_srtp_replays_total",
+            "SRTP/SRTCP packets refused as replays.",
+            s.srtp_replays,
+        ),
     ] {
         header(o, name, "counter", help);
         sample(o, name, &[], value);
@@ -959,7 +1011,7 @@ mod tests {
             unroutable: 0,
             stalls: 0,
             streams: StreamStats::default(),
-                sfu: SfuCounters::default(),
+            sfu: SfuCounters::default(),
         };
         let mut collected = Collected::new(1);
         let t0 = Instant::now();

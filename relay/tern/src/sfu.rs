@@ -31,8 +31,8 @@ use tern_sfu::{
 use tern_turn::RelayPortRange;
 
 use api::{
-    ApiError, ConsumerSpec, ConsumerUpdate, ConsumerView, EncodingView, ProducerSpec,
-    ProducerView, Reply, RouterView, SrtpSpec, TransportSpec, TransportView,
+    ApiError, ConsumerSpec, ConsumerUpdate, ConsumerView, EncodingView, ProducerSpec, ProducerView,
+    Reply, RouterView, SrtpSpec, TransportSpec, TransportView,
 };
 
 /// Packets one datagram's fan-out may produce (consumers of a producer, or
@@ -61,19 +61,56 @@ pub(crate) struct Command {
 /// What the control API asks a worker to do.
 #[derive(Debug)]
 pub(crate) enum Op {
-    CreateRouter { router: u64 },
-    DeleteRouter { router: u64 },
-    GetRouter { router: u64 },
-    CreateTransport { router: u64, spec: TransportSpec },
-    GetTransport { router: u64, transport: u32 },
-    DeleteTransport { router: u64, transport: u32 },
-    CreateProducer { router: u64, spec: ProducerSpec },
-    GetProducer { router: u64, producer: u64 },
-    DeleteProducer { router: u64, producer: u64 },
-    CreateConsumer { router: u64, spec: ConsumerSpec },
-    GetConsumer { router: u64, consumer: u64 },
-    UpdateConsumer { router: u64, consumer: u64, update: ConsumerUpdate },
-    DeleteConsumer { router: u64, consumer: u64 },
+    CreateRouter {
+        router: u64,
+    },
+    DeleteRouter {
+        router: u64,
+    },
+    GetRouter {
+        router: u64,
+    },
+    CreateTransport {
+        router: u64,
+        spec: TransportSpec,
+    },
+    GetTransport {
+        router: u64,
+        transport: u32,
+    },
+    DeleteTransport {
+        router: u64,
+        transport: u32,
+    },
+    CreateProducer {
+        router: u64,
+        spec: ProducerSpec,
+    },
+    GetProducer {
+        router: u64,
+        producer: u64,
+    },
+    DeleteProducer {
+        router: u64,
+        producer: u64,
+    },
+    CreateConsumer {
+        router: u64,
+        spec: ConsumerSpec,
+    },
+    GetConsumer {
+        router: u64,
+        consumer: u64,
+    },
+    UpdateConsumer {
+        router: u64,
+        consumer: u64,
+        update: ConsumerUpdate,
+    },
+    DeleteConsumer {
+        router: u64,
+        consumer: u64,
+    },
 }
 
 /// Low-cardinality SFU counters of one worker, for `/metrics`.
@@ -346,7 +383,11 @@ impl Shard {
         };
         if t.remote.is_none() {
             t.remote = Some(source);
-            tracing::debug!(worker = self.worker, transport = id, "SFU transport remote learned");
+            tracing::debug!(
+                worker = self.worker,
+                transport = id,
+                "SFU transport remote learned"
+            );
         }
         if rtcp {
             t.stats.rtcp_in += 1;
@@ -450,7 +491,10 @@ impl Shard {
             }
             Op::GetRouter { router } => Ok(Reply::Router(self.router_view(router)?)),
             Op::DeleteRouter { router } => {
-                let entry = self.routers.remove(&router).ok_or_else(|| no_router(router))?;
+                let entry = self
+                    .routers
+                    .remove(&router)
+                    .ok_or_else(|| no_router(router))?;
                 for t in &entry.transports {
                     self.close_transport(*t, io, set_role);
                 }
@@ -600,7 +644,9 @@ impl Shard {
     }
 
     fn router_mut(&mut self, router: u64) -> Result<&mut RouterEntry, ApiError> {
-        self.routers.get_mut(&router).ok_or_else(|| no_router(router))
+        self.routers
+            .get_mut(&router)
+            .ok_or_else(|| no_router(router))
     }
 
     fn open_transport<P: PacketIo>(
@@ -731,7 +777,10 @@ impl Shard {
             local: t.local.to_string(),
             remote: t.remote.map(|r| r.to_string()),
             remote_fixed: t.fixed_remote,
-            srtp: t.srtp.as_ref().map(|s| api::profile_name(s.profile).to_owned()),
+            srtp: t
+                .srtp
+                .as_ref()
+                .map(|s| api::profile_name(s.profile).to_owned()),
             stats: api::TransportStatsView::from(&t.stats),
         })
     }

@@ -69,7 +69,9 @@ impl Api {
         );
         let a = http_raw(self.admin, raw.as_bytes());
         assert!(
-            a.head.to_ascii_lowercase().contains("content-type: application/json"),
+            a.head
+                .to_ascii_lowercase()
+                .contains("content-type: application/json"),
             "{method} {path}: {}",
             a.head
         );
@@ -111,8 +113,7 @@ fn matches_template(template: &str, path: &str) -> bool {
     let t: Vec<&str> = template.split('/').collect();
     let p: Vec<&str> = path.split('/').collect();
     t.len() == p.len()
-        && t
-            .iter()
+        && t.iter()
             .zip(&p)
             .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
 }
@@ -207,7 +208,8 @@ fn rtp_vp8(ssrc: u32, seq: u16, ts: u32, frame_start: bool, key: bool, body: &[u
 
 fn udp() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     s
 }
 
@@ -281,7 +283,9 @@ fn room(api: &Api, srtp: Option<(Value, Value)>) -> Room {
         let (s, c) = api.call(
             "POST",
             &format!("{base}/consumers"),
-            Some(json!({ "producer": producer, "transport": sub_ts[i], "ssrc": consumer_ssrcs[i] })),
+            Some(
+                json!({ "producer": producer, "transport": sub_ts[i], "ssrc": consumer_ssrcs[i] }),
+            ),
         );
         assert_eq!(s, 201, "{c}");
         consumers[i] = id(&c);
@@ -298,12 +302,7 @@ fn room(api: &Api, srtp: Option<(Value, Value)>) -> Room {
 
 /// Send `frames` frames of 3 packets each (the first a key frame), starting
 /// at `seq`; returns the next sequence number.
-fn publish(
-    room: &Room,
-    seq: u16,
-    frames: u16,
-    protect: &mut dyn FnMut(Vec<u8>) -> Vec<u8>,
-) -> u16 {
+fn publish(room: &Room, seq: u16, frames: u16, protect: &mut dyn FnMut(Vec<u8>) -> Vec<u8>) -> u16 {
     let mut seq = seq;
     for f in 0..frames {
         let ts = 3000 * u32::from(seq);
@@ -332,7 +331,11 @@ fn assert_fanout(room: &Room, n: usize, unprotect: &mut dyn FnMut(usize, Vec<u8>
             let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
             assert_eq!(ssrc, room.consumer_ssrcs[i], "packet {k}");
             let seq = u16::from_be_bytes([p[2], p[3]]);
-            assert_eq!(seq, first.wrapping_add(k as u16), "subscriber {i} packet {k}");
+            assert_eq!(
+                seq,
+                first.wrapping_add(k as u16),
+                "subscriber {i} packet {k}"
+            );
             assert_eq!(p[1] & 0x7F, 96);
         }
     }
@@ -394,8 +397,18 @@ fn api_round_trip_and_errors_match_the_openapi_document() {
         ("GET", format!("{base}/producers/4242"), None, 404),
         ("DELETE", format!("{base}/consumers/4242"), None, 404),
         ("PUT", "/sfu/routers".into(), None, 405),
-        ("POST", format!("{base}/transports"), Some(json!({ "remote": "nonsense" })), 400),
-        ("POST", format!("{base}/transports"), Some(json!({ "bogus": 1 })), 400),
+        (
+            "POST",
+            format!("{base}/transports"),
+            Some(json!({ "remote": "nonsense" })),
+            400,
+        ),
+        (
+            "POST",
+            format!("{base}/transports"),
+            Some(json!({ "bogus": 1 })),
+            400,
+        ),
         (
             "POST",
             format!("{base}/transports"),
@@ -405,22 +418,33 @@ fn api_round_trip_and_errors_match_the_openapi_document() {
         (
             "POST",
             format!("{base}/transports"),
-            Some(json!({ "srtp": { "profile": "AES_CM_128_HMAC_SHA1_80", "recv_key": "AAAA", "send_key": "AAAA" } })),
+            Some(
+                json!({ "srtp": { "profile": "AES_CM_128_HMAC_SHA1_80", "recv_key": "AAAA", "send_key": "AAAA" } }),
+            ),
             400,
         ),
-        ("POST", format!("{base}/producers"), Some(json!({ "transport": 1 })), 400),
         (
             "POST",
             format!("{base}/producers"),
-            Some(json!({ "transport": 9999, "kind": "video", "codec": "vp8", "clock_rate": 90000,
-                          "payload_types": [96], "encodings": [{ "ssrc": 5 }] })),
+            Some(json!({ "transport": 1 })),
+            400,
+        ),
+        (
+            "POST",
+            format!("{base}/producers"),
+            Some(
+                json!({ "transport": 9999, "kind": "video", "codec": "vp8", "clock_rate": 90000,
+                          "payload_types": [96], "encodings": [{ "ssrc": 5 }] }),
+            ),
             404,
         ),
         (
             "POST",
             format!("{base}/producers"),
-            Some(json!({ "transport": 1, "kind": "video", "codec": "vp8", "clock_rate": 90000,
-                          "payload_types": [200], "encodings": [{ "ssrc": 5 }] })),
+            Some(
+                json!({ "transport": 1, "kind": "video", "codec": "vp8", "clock_rate": 90000,
+                          "payload_types": [200], "encodings": [{ "ssrc": 5 }] }),
+            ),
             400,
         ),
         (
@@ -429,7 +453,12 @@ fn api_round_trip_and_errors_match_the_openapi_document() {
             Some(json!({ "producer": 4242, "transport": 1, "ssrc": 7 })),
             404,
         ),
-        ("PATCH", consumer.clone(), Some(json!({ "preferred_spatial_layer": 99 })), 400),
+        (
+            "PATCH",
+            consumer.clone(),
+            Some(json!({ "preferred_spatial_layer": 99 })),
+            400,
+        ),
         ("GET", "/sfu/nothing".into(), None, 404),
     ];
     for (method, path, body, want) in cases {
@@ -437,7 +466,12 @@ fn api_round_trip_and_errors_match_the_openapi_document() {
         assert_eq!(s, want, "{method} {path} {body:?}: {v}");
         assert!(!v["error"].as_str().unwrap().is_empty());
     }
-    let (s, v) = api.call_with("POST", &format!("{base}/producers"), Some("{not json".into()), Some(TOKEN));
+    let (s, v) = api.call_with(
+        "POST",
+        &format!("{base}/producers"),
+        Some("{not json".into()),
+        Some(TOKEN),
+    );
     assert_eq!(s, 400, "{v}");
     let (s, _) = api.call_with("GET", "/sfu/routers", None, None);
     assert_eq!(s, 401);
@@ -464,7 +498,10 @@ fn api_round_trip_and_errors_match_the_openapi_document() {
     assert_eq!(s, 404);
     let (s, _) = api.call("DELETE", &format!("/sfu/routers/{}", id(&r2)), None);
     assert_eq!(s, 200);
-    assert!(UdpSocket::bind(room.pub_addr).is_ok(), "transport port still bound");
+    assert!(
+        UdpSocket::bind(room.pub_addr).is_ok(),
+        "transport port still bound"
+    );
     assert!(eventually(Duration::from_secs(3), || {
         let m = sfu_metrics(&api);
         val(&m, "tern_sfu_routers") == 0.0 && val(&m, "tern_sfu_transports") == 0.0
@@ -491,7 +528,10 @@ fn one_publisher_reaches_two_subscribers_and_bad_input_is_counted() {
     send(&bad_pt);
     // A stranger writing to the publisher's (now learned) transport.
     udp()
-        .send_to(&rtp_vp8(PUB_SSRC, seq, 1, true, true, &[0; 20]), room.pub_addr)
+        .send_to(
+            &rtp_vp8(PUB_SSRC, seq, 1, true, true, &[0; 20]),
+            room.pub_addr,
+        )
         .unwrap();
 
     // The session keeps flowing, with continuous outgoing sequence numbers.
@@ -501,9 +541,15 @@ fn one_publisher_reaches_two_subscribers_and_bad_input_is_counted() {
     assert!(
         eventually(Duration::from_secs(4), || {
             let m = sfu_metrics(&api);
-            ["malformed_rtp", "malformed_rtcp", "unknown_ssrc", "unknown_payload_type", "wrong_source"]
-                .iter()
-                .all(|r| val(&m, &format!("tern_sfu_dropped_total{{reason=\"{r}\"}}")) >= 1.0)
+            [
+                "malformed_rtp",
+                "malformed_rtcp",
+                "unknown_ssrc",
+                "unknown_payload_type",
+                "wrong_source",
+            ]
+            .iter()
+            .all(|r| val(&m, &format!("tern_sfu_dropped_total{{reason=\"{r}\"}}")) >= 1.0)
                 && val(&m, "tern_sfu_packets_total{direction=\"out\"}") >= 180.0
         }),
         "{}",
@@ -511,7 +557,10 @@ fn one_publisher_reaches_two_subscribers_and_bad_input_is_counted() {
     );
     let (s, c) = api.call(
         "GET",
-        &format!("/sfu/routers/{}/consumers/{}", room.router, room.consumers[1]),
+        &format!(
+            "/sfu/routers/{}/consumers/{}",
+            room.router, room.consumers[1]
+        ),
         None,
     );
     assert_eq!(s, 200);
@@ -521,7 +570,10 @@ fn one_publisher_reaches_two_subscribers_and_bad_input_is_counted() {
     assert_eq!(r["producers"][0]["encodings"][0]["packets"], json!(90));
 
     // Pausing one consumer stops its copies, not the other's.
-    let consumer0 = format!("/sfu/routers/{}/consumers/{}", room.router, room.consumers[0]);
+    let consumer0 = format!(
+        "/sfu/routers/{}/consumers/{}",
+        room.router, room.consumers[0]
+    );
     let (s, _) = api.call("PATCH", &consumer0, Some(json!({ "paused": true })));
     assert_eq!(s, 200);
     let _ = publish(&room, seq.wrapping_add(40), 5, &mut plain);
@@ -585,7 +637,11 @@ fn srtp_both_ways_and_wrong_keys_are_counted() {
         val(&m, "tern_sfu_srtp_auth_failures_total") >= 1.0
             && val(&m, "tern_sfu_srtp_replays_total") >= 1.0
     }));
-    let (s, t) = api.call("GET", &format!("/sfu/routers/{}/transports", room.router), None);
+    let (s, t) = api.call(
+        "GET",
+        &format!("/sfu/routers/{}/transports", room.router),
+        None,
+    );
     assert_eq!(s, 200);
     assert_eq!(t["transports"][0]["srtp"], json!("AES_CM_128_HMAC_SHA1_80"));
     assert_eq!(t["transports"][0]["stats"]["srtp_auth_failures"], json!(1));

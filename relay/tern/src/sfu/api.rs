@@ -509,7 +509,12 @@ fn dispatch(side: &Side, dir: &Directory, req: &Request) -> Answer {
                     let spec = transport_spec(body(req)?)?;
                     call(side, dir, router, Op::CreateTransport { router, spec }, 201)
                 }
-                "GET" => list(side, dir, router, |v| serde_json::json!({ "transports": v.transports })),
+                "GET" => list(
+                    side,
+                    dir,
+                    router,
+                    |v| serde_json::json!({ "transports": v.transports }),
+                ),
                 _ => Err(method(m, "GET, POST")),
             }
         }
@@ -518,8 +523,20 @@ fn dispatch(side: &Side, dir: &Directory, req: &Request) -> Answer {
             let transport = u32::try_from(parse_id(t, "transport")?)
                 .map_err(|_| ApiError::new(404, format!("no transport {t}")))?;
             match m {
-                "GET" => call(side, dir, router, Op::GetTransport { router, transport }, 200),
-                "DELETE" => call(side, dir, router, Op::DeleteTransport { router, transport }, 200),
+                "GET" => call(
+                    side,
+                    dir,
+                    router,
+                    Op::GetTransport { router, transport },
+                    200,
+                ),
+                "DELETE" => call(
+                    side,
+                    dir,
+                    router,
+                    Op::DeleteTransport { router, transport },
+                    200,
+                ),
                 _ => Err(method(m, "GET, DELETE")),
             }
         }
@@ -530,7 +547,12 @@ fn dispatch(side: &Side, dir: &Directory, req: &Request) -> Answer {
                     let spec = producer_spec(body(req)?)?;
                     call(side, dir, router, Op::CreateProducer { router, spec }, 201)
                 }
-                "GET" => list(side, dir, router, |v| serde_json::json!({ "producers": v.producers })),
+                "GET" => list(
+                    side,
+                    dir,
+                    router,
+                    |v| serde_json::json!({ "producers": v.producers }),
+                ),
                 _ => Err(method(m, "GET, POST")),
             }
         }
@@ -539,7 +561,13 @@ fn dispatch(side: &Side, dir: &Directory, req: &Request) -> Answer {
             let producer = parse_id(p, "producer")?;
             match m {
                 "GET" => call(side, dir, router, Op::GetProducer { router, producer }, 200),
-                "DELETE" => call(side, dir, router, Op::DeleteProducer { router, producer }, 200),
+                "DELETE" => call(
+                    side,
+                    dir,
+                    router,
+                    Op::DeleteProducer { router, producer },
+                    200,
+                ),
                 _ => Err(method(m, "GET, DELETE")),
             }
         }
@@ -550,7 +578,12 @@ fn dispatch(side: &Side, dir: &Directory, req: &Request) -> Answer {
                     let spec = consumer_spec(body(req)?)?;
                     call(side, dir, router, Op::CreateConsumer { router, spec }, 201)
                 }
-                "GET" => list(side, dir, router, |v| serde_json::json!({ "consumers": v.consumers })),
+                "GET" => list(
+                    side,
+                    dir,
+                    router,
+                    |v| serde_json::json!({ "consumers": v.consumers }),
+                ),
                 _ => Err(method(m, "GET, POST")),
             }
         }
@@ -572,7 +605,13 @@ fn dispatch(side: &Side, dir: &Directory, req: &Request) -> Answer {
                     };
                     call(side, dir, router, op, 200)
                 }
-                "DELETE" => call(side, dir, router, Op::DeleteConsumer { router, consumer }, 200),
+                "DELETE" => call(
+                    side,
+                    dir,
+                    router,
+                    Op::DeleteConsumer { router, consumer },
+                    200,
+                ),
                 _ => Err(method(m, "GET, PATCH, DELETE")),
             }
         }
@@ -609,7 +648,10 @@ fn transport_spec(body: &[u8]) -> Result<TransportSpec, ApiError> {
                 ApiError::new(400, format!("remote: {r:?} is not an IP:PORT address"))
             })?;
             if addr.port() == 0 || addr.ip().is_unspecified() {
-                return Err(ApiError::new(400, format!("remote: {r} is not a usable address")));
+                return Err(ApiError::new(
+                    400,
+                    format!("remote: {r} is not a usable address"),
+                ));
             }
             Some(addr)
         }
@@ -665,7 +707,10 @@ fn producer_spec(body: &[u8]) -> Result<ProducerSpec, ApiError> {
         return Err(ApiError::new(400, "payload_types: at least one is needed"));
     }
     if let Some(pt) = p.payload_types.iter().find(|&&pt| pt > 127) {
-        return Err(ApiError::new(400, format!("payload_types: {pt} is above 127")));
+        return Err(ApiError::new(
+            400,
+            format!("payload_types: {pt} is above 127"),
+        ));
     }
     if p.clock_rate == 0 {
         return Err(ApiError::new(400, "clock_rate: must be positive"));
