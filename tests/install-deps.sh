@@ -15,7 +15,7 @@
 #   gstreamer1.0-tools -plugins-base -plugins-good -plugins-bad
 #                 real media peers of the SFU test (relay/tern/tests/sfu_gst.rs):
 #                 gst-launch-1.0, vp8enc/vp8dec and the RTP payloaders (-good),
-#                 srtpenc/srtpdec (-bad); about 40 s on the development VM
+#                 srtpenc/srtpdec (-bad); 2 min 8 s to install on the development VM
 set -euo pipefail
 
 # The cargo-deb version the package is built with.
