@@ -11,6 +11,8 @@
 //! failed instead under `TERN_REQUIRE_INTEROP=1` (CI installs them with
 //! `tests/install-deps.sh`). Runs on `TERN_TEST_IO_BACKEND`'s back end.
 
+#![allow(clippy::disallowed_methods)] // the test bounds its waits on the clock
+
 mod common;
 mod ports;
 
