@@ -236,6 +236,8 @@ struct Room {
     publisher: UdpSocket,
     pub_addr: SocketAddr,
     subs: [UdpSocket; 2],
+    /// The subscriber transports' local addresses (where their RTCP goes).
+    sub_transports: Vec<SocketAddr>,
     consumer_ssrcs: [u32; 2],
     consumers: [u64; 2],
 }
@@ -257,6 +259,7 @@ fn room(api: &Api, srtp: Option<(Value, Value)>) -> Room {
     let pub_addr: SocketAddr = t["local"].as_str().unwrap().parse().unwrap();
     let subs = [udp(), udp()];
     let mut sub_ts = Vec::new();
+    let mut sub_transports = Vec::new();
     for sub in &subs {
         let mut body = json!({ "remote": sub.local_addr().unwrap().to_string() });
         if let Some((_, k)) = &srtp {
@@ -266,6 +269,7 @@ fn room(api: &Api, srtp: Option<(Value, Value)>) -> Room {
         assert_eq!(s, 201, "{t}");
         assert_eq!(t["remote_fixed"], json!(true));
         sub_ts.push(id(&t));
+        sub_transports.push(t["local"].as_str().unwrap().parse().unwrap());
     }
     let (s, p) = api.call(
         "POST",
@@ -295,6 +299,7 @@ fn room(api: &Api, srtp: Option<(Value, Value)>) -> Room {
         publisher,
         pub_addr,
         subs,
+        sub_transports,
         consumer_ssrcs,
         consumers,
     }
@@ -645,5 +650,55 @@ fn srtp_both_ways_and_wrong_keys_are_counted() {
     assert_eq!(s, 200);
     assert_eq!(t["transports"][0]["srtp"], json!("AES_CM_128_HMAC_SHA1_80"));
     assert_eq!(t["transports"][0]["stats"]["srtp_auth_failures"], json!(1));
+    relay.shutdown();
+}
+
+#[test]
+fn a_subscribers_nack_is_answered_from_the_retransmission_ring() {
+    let (relay, api) = start();
+    let room = room(&api, None);
+    let _ = publish(&room, 500, 10, &mut |p| p);
+    let got = drain_rtp(&room.subs[0]);
+    assert_eq!(got.len(), 30);
+    assert_eq!(drain_rtp(&room.subs[1]).len(), 30);
+    // Subscriber 0 "lost" packets 10 and 12: an RR and a generic NACK
+    // (RFC 4585, PID + BLP) from its own address, as one compound packet.
+    let lost = &got[10];
+    let pid = u16::from_be_bytes([lost[2], lost[3]]);
+    let sender: u32 = 0x5EB0_0001;
+    let media = room.consumer_ssrcs[0];
+    let mut rtcp = vec![0x80, 201, 0, 1];
+    rtcp.extend_from_slice(&sender.to_be_bytes());
+    rtcp.extend_from_slice(&[0x81, 205, 0, 3]);
+    rtcp.extend_from_slice(&sender.to_be_bytes());
+    rtcp.extend_from_slice(&media.to_be_bytes());
+    rtcp.extend_from_slice(&pid.to_be_bytes());
+    rtcp.extend_from_slice(&0b10u16.to_be_bytes()); // pid + 2
+    room.subs[0].send_to(&rtcp, room.sub_transports[0]).unwrap();
+    let resent = drain_rtp(&room.subs[0]);
+    assert_eq!(resent.len(), 2, "retransmissions");
+    assert_eq!(&resent[0], lost, "byte-identical to the first send");
+    assert_eq!(&resent[1], &got[12]);
+    // The other subscriber gets nothing extra.
+    assert!(drain_rtp(&room.subs[1]).is_empty());
+    // A NACK from a stranger's address is not answered.
+    udp().send_to(&rtcp, room.sub_transports[0]).unwrap();
+    assert!(drain_rtp(&room.subs[0]).is_empty());
+    let (s, c) = api.call(
+        "GET",
+        &format!(
+            "/sfu/routers/{}/consumers/{}",
+            room.router, room.consumers[0]
+        ),
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(c["stats"]["retransmitted"], json!(2));
+    assert_eq!(c["stats"]["nacks_received"], json!(1));
+    assert!(eventually(Duration::from_secs(4), || {
+        let m = sfu_metrics(&api);
+        val(&m, "tern_sfu_nack_retransmissions_total") == 2.0
+            && val(&m, "tern_sfu_dropped_total{reason=\"wrong_source\"}") == 1.0
+    }));
     relay.shutdown();
 }
