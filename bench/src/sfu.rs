@@ -18,13 +18,13 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cpu;
 use crate::{bail, Error, Result};
+use crate::{cpu, servers};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -80,33 +80,32 @@ pub fn run(sc: &SfuScenario) -> Result<SfuReport> {
     let start = 20_000 + (std::process::id() % 20_000) as u16;
     let (lo, hi) = free_udp_window(start, sc.subscribers + 8 * sc.workers.max(1))?;
     let (rlo, rhi) = free_udp_window(hi.saturating_add(1), 16)?;
-    let child = Command::new(&sc.tern)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--relay-ports",
-            &format!("{rlo}-{rhi}"),
-            "--sfu",
-            "--sfu-ports",
-            &format!("{lo}-{hi}"),
-            "--admin",
-            &admin.to_string(),
-            "--admin-token",
-            TOKEN,
-            "--workers",
-            &sc.workers.to_string(),
-            "--realm",
-            "bench",
-            "--log-level",
-            "warn",
-            "--nic-stats",
-            "off",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| Error(format!("{}: {e}", sc.tern.display())))?;
-    let relay = Guard(child);
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let listen = SocketAddr::new(ip, servers::free_udp_port(ip)?);
+    let mut cmd = Command::new(&sc.tern);
+    cmd.args([
+        "--listen",
+        &listen.to_string(),
+        "--relay-ports",
+        &format!("{rlo}-{rhi}"),
+        "--sfu",
+        "--sfu-ports",
+        &format!("{lo}-{hi}"),
+        "--admin",
+        &admin.to_string(),
+        "--admin-token",
+        TOKEN,
+        "--workers",
+        &sc.workers.to_string(),
+        "--realm",
+        "bench",
+        "--log-level",
+        "warn",
+        "--nic-stats",
+        "off",
+    ]);
+    // Killed by PID when dropped, and dies with the harness.
+    let relay = servers::Spawned::start("tern-sfu", cmd, listen, false)?;
     let ready = Instant::now() + Duration::from_secs(10);
     while !http(admin, "GET", "/readyz", "").is_ok_and(|(s, _)| s == 200) {
         if Instant::now() > ready {
@@ -190,7 +189,7 @@ pub fn run(sc: &SfuScenario) -> Result<SfuReport> {
     });
 
     let out_before = egress(admin)?;
-    let cpu_before = cpu::process_ticks(relay.0.id())?;
+    let cpu_before = cpu::process_ticks(relay.pid)?;
     let start = Instant::now();
     let total = sc.rate.saturating_mul(duration);
     let mut packet = vec![0u8; 12 + 5 + sc.payload.max(8)];
@@ -217,7 +216,7 @@ pub fn run(sc: &SfuScenario) -> Result<SfuReport> {
     // Let the last fan-out leave, then read the counters.
     std::thread::sleep(Duration::from_millis(300));
     let seconds = start.elapsed().as_secs_f64();
-    let cpu_after = cpu::process_ticks(relay.0.id())?;
+    let cpu_after = cpu::process_ticks(relay.pid)?;
     let out_after = egress_settled(admin, out_before)?;
     let received = counting
         .join()
@@ -236,16 +235,6 @@ pub fn run(sc: &SfuScenario) -> Result<SfuReport> {
         egress_pps: egress as f64 / seconds,
         loss: 1.0 - received as f64 / (sent as f64 * sc.subscribers as f64).max(1.0),
     })
-}
-
-/// Kills the relay by PID when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn egress(admin: SocketAddr) -> Result<u64> {
