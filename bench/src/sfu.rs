@@ -139,7 +139,7 @@ pub fn run(sc: &SfuScenario) -> Result<SfuReport> {
     )?;
     let srtp = if sc.srtp {
         // Key and salt, base64 of 30 bytes of 0x2a.
-        r#","srtp":{"profile":"AES_CM_128_HMAC_SHA1_80","recv_key":"KioqKioqKioqKioqKioqKioqKioqKioqKioqKio=","send_key":"KioqKioqKioqKioqKioqKioqKioqKioqKioqKio="}"#
+        r#","srtp":{"profile":"AES_CM_128_HMAC_SHA1_80","recv_key":"KioqKioqKioqKioqKioqKioqKioqKioqKioqKioq","send_key":"KioqKioqKioqKioqKioqKioqKioqKioqKioqKioq"}"#
     } else {
         ""
     };
@@ -217,10 +217,10 @@ pub fn run(sc: &SfuScenario) -> Result<SfuReport> {
     std::thread::sleep(Duration::from_millis(300));
     let seconds = start.elapsed().as_secs_f64();
     let cpu_after = cpu::process_ticks(relay.pid)?;
-    let out_after = egress_settled(admin, out_before)?;
     let received = counting
         .join()
         .map_err(|_| Error("receiver thread panicked".into()))?;
+    let out_after = egress_settled(admin, out_before + received)?;
     let relay_cpu_seconds = (cpu_after - cpu_before) as f64 / cpu::ticks_per_sec();
     let egress = out_after - out_before;
     drop(relay);
@@ -249,15 +249,19 @@ fn egress(admin: SocketAddr) -> Result<u64> {
         .ok_or_else(|| Error(format!("bad sample {line}")))
 }
 
-/// Workers report once a second: wait until the counter stops moving.
-fn egress_settled(admin: SocketAddr, before: u64) -> Result<u64> {
+/// Workers report about once a second (a report can skip an interval):
+/// wait until the counter reaches what the harness received, or stops
+/// moving for three readings.
+fn egress_settled(admin: SocketAddr, at_least: u64) -> Result<u64> {
     let mut last = egress(admin)?;
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(1100));
-        let now = egress(admin)?;
-        if now == last && now > before {
-            return Ok(now);
+    let mut same = 0;
+    for _ in 0..15 {
+        if last >= at_least || same >= 3 {
+            break;
         }
+        std::thread::sleep(Duration::from_millis(700));
+        let now = egress(admin)?;
+        same = if now == last { same + 1 } else { 0 };
         last = now;
     }
     Ok(last)
