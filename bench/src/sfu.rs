@@ -78,7 +78,7 @@ pub fn run(sc: &SfuScenario) -> Result<SfuReport> {
     let duration = sc.duration.clamp(1, 60);
     let admin = free_tcp_port()?;
     let start = 20_000 + (std::process::id() % 20_000) as u16;
-    let (lo, hi) = free_udp_window(start, sc.subscribers + 8 * sc.workers.max(1))?;
+    let (lo, hi) = free_udp_window(start, sc.subscribers + 64 * sc.workers.max(1))?;
     let (rlo, rhi) = free_udp_window(hi.saturating_add(1), 16)?;
     let ip = std::net::IpAddr::from([127, 0, 0, 1]);
     let listen = SocketAddr::new(ip, servers::free_udp_port(ip)?);
