@@ -12,6 +12,10 @@
 #   clang libelf-dev zlib1g-dev pkg-config make linux-libc-dev libbpf-dev
 #                 build the XDP pre-filter (xdp/: clang -target bpf, the UAPI and
 #                 bpf_helpers.h headers; libbpf-sys's vendored libbpf needs libelf/zlib)
+#   gstreamer1.0-tools -plugins-base -plugins-good -plugins-bad
+#                 real media peers of the SFU test (relay/tern/tests/sfu_gst.rs):
+#                 gst-launch-1.0, vp8enc/vp8dec and the RTP payloaders (-good),
+#                 srtpenc/srtpdec (-bad); 2 min 8 s to install on the development VM
 set -euo pipefail
 
 # The cargo-deb version the package is built with.
@@ -34,6 +38,11 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 [[ -e /usr/include/linux/bpf.h ]] || need+=(linux-libc-dev)
 [[ -e /usr/include/bpf/bpf_helpers.h ]] || need+=(libbpf-dev)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v gst-launch-1.0 >/dev/null || need+=(gstreamer1.0-tools)
+gst_has() { gst-inspect-1.0 "$1" >/dev/null 2>&1; }
+gst_has vp8enc || need+=(gstreamer1.0-plugins-good)
+gst_has videotestsrc || need+=(gstreamer1.0-plugins-base)
+gst_has srtpenc || need+=(gstreamer1.0-plugins-bad)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     apt-get update -q

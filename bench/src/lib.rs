@@ -32,6 +32,7 @@ pub mod payload;
 pub mod progress;
 pub mod scenario;
 pub mod servers;
+pub mod sfu;
 pub mod stream;
 pub mod sweep;
 pub mod turn_client;

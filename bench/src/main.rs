@@ -31,6 +31,31 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// SFU mode: one publisher to N subscribers through tern's SFU; egress
+    /// packets per relay CPU-second (starts the tern binary given).
+    Sfu {
+        /// The tern binary.
+        #[arg(long, default_value = "target/release/tern")]
+        tern: PathBuf,
+        /// Subscribers of the one publisher.
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// Publisher packets per second.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Seconds of traffic (at most 60).
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// RTP payload bytes.
+        #[arg(long, default_value_t = 1000)]
+        payload: usize,
+        /// tern worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// SRTP (AES_CM_128_HMAC_SHA1_80) towards the subscribers.
+        #[arg(long)]
+        srtp: bool,
+    },
     /// One measurement window against one target.
     Run {
         /// What to measure.
@@ -647,6 +672,26 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
             }
         },
         Cmd::Proxy { f, drop, delay_ms } => forward(&f, drop, delay_ms)?,
+        Cmd::Sfu {
+            tern,
+            subscribers,
+            rate,
+            duration,
+            payload,
+            workers,
+            srtp,
+        } => {
+            let report = tern_bench::sfu::run(&tern_bench::sfu::SfuScenario {
+                tern,
+                subscribers,
+                rate,
+                duration,
+                payload,
+                workers,
+                srtp,
+            })?;
+            json(&report)?;
+        }
     }
     Ok(())
 }

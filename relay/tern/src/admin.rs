@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/load`, and
-//! `POST /admin/drain` / `POST /admin/undrain` behind a bearer token.
+//! `POST /admin/drain` / `POST /admin/undrain` behind a bearer token, and the
+//! SFU control API under `/sfu` (see [`crate::sfu::api`]).
 //!
 //! One acceptor thread polls the listener (so it notices shutdown) and hands
 //! each connection to a short-lived thread, at most [`MAX_CONNECTIONS`] at a
@@ -99,6 +100,9 @@ fn serve_one(side: &Side, mut stream: TcpStream) {
 
 /// The answer to `req`.
 pub(crate) fn route(side: &Side, req: &Request) -> Response {
+    if req.path == "/sfu" || req.path.starts_with("/sfu/") {
+        return crate::sfu::api::route(side, req);
+    }
     let read_only = matches!(
         req.path.as_str(),
         "/metrics" | "/healthz" | "/readyz" | "/load"

@@ -81,6 +81,15 @@ pub struct Flags {
     /// Offer RFC 6062 TCP allocations (Connect, ConnectionBind) to TCP/TLS clients.
     #[arg(long)]
     pub tcp_relay: bool,
+    /// Serve the SFU forwarding plane and its control API (/sfu/...).
+    #[arg(long)]
+    pub sfu: bool,
+    /// SFU transport port range, inclusive, split per worker [default: 40000-40999].
+    #[arg(long, value_name = "LO-HI", value_parser = config::parse_relay_ports)]
+    pub sfu_ports: Option<(u16, u16)>,
+    /// Local address SFU transports bind [default: the first listen address's IP].
+    #[arg(long, value_name = "IP", value_parser = config::parse_ip)]
+    pub sfu_ip: Option<IpAddr>,
     /// Relay port range, inclusive [default: 49152-65535].
     #[arg(long, value_name = "LO-HI", value_parser = config::parse_relay_ports)]
     pub relay_ports: Option<(u16, u16)>,
@@ -263,6 +272,13 @@ impl Flags {
             c.tcp_relay = true;
         }
         set(&mut c.relay_ports, &self.relay_ports);
+        set(&mut c.sfu_ports, &self.sfu_ports);
+        if self.sfu_ip.is_some() {
+            c.sfu_ip = self.sfu_ip;
+        }
+        if self.sfu {
+            c.sfu = true;
+        }
         replace(&mut c.relay_ip, &self.relay_ip);
         set(&mut c.realm, &self.realm);
         replace(&mut c.auth_secret, &self.auth_secret);

@@ -125,6 +125,12 @@ pub struct Config {
     /// `io-backend = "xdp"`: drop received datagrams whose UDP checksum is
     /// wrong (XDP sees frames before the kernel has checked them).
     pub xdp_verify_checksums: bool,
+    /// Serve the SFU forwarding plane and its control API (`/sfu/...`).
+    pub sfu: bool,
+    /// SFU transport ports, inclusive, split into one slice per worker.
+    pub sfu_ports: (u16, u16),
+    /// Local address SFU transports bind; `None`: the first listen address's IP.
+    pub sfu_ip: Option<IpAddr>,
 }
 
 /// Where the admin endpoint listens unless `admin` says otherwise.
@@ -132,6 +138,9 @@ pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCAL
 
 /// `registry-interval` unless set, in seconds.
 pub const DEFAULT_REGISTRY_INTERVAL: u64 = 5;
+
+/// `sfu-ports` unless set.
+pub const DEFAULT_SFU_PORTS: (u16, u16) = (40000, 40999);
 
 /// `nic-stats-interval` unless set, in seconds.
 pub const DEFAULT_NIC_STATS_INTERVAL: u64 = 10;
@@ -273,6 +282,9 @@ impl Default for Config {
             xdp_unauth_rate: crate::xdp::DEFAULT_UNAUTH_RATE,
             xdp_unauth_burst: crate::xdp::DEFAULT_UNAUTH_BURST,
             xdp_verify_checksums: true,
+            sfu: false,
+            sfu_ports: DEFAULT_SFU_PORTS,
+            sfu_ip: None,
         }
     }
 }
@@ -368,6 +380,19 @@ impl Config {
         }
         check_relay_ports(self.relay_ports)
             .map_err(|p| ConfigError::invalid("relay-ports", fmt_ports(self.relay_ports), p))?;
+        check_relay_ports(self.sfu_ports)
+            .map_err(|p| ConfigError::invalid("sfu-ports", fmt_ports(self.sfu_ports), p))?;
+        if self.sfu {
+            let (lo, hi) = self.sfu_ports;
+            let (rlo, rhi) = self.relay_ports;
+            if lo <= rhi && rlo <= hi {
+                return Err(ConfigError::invalid(
+                    "sfu-ports",
+                    fmt_ports(self.sfu_ports),
+                    "overlaps relay-ports",
+                ));
+            }
+        }
         if self.realm.is_empty() {
             return Err(ConfigError::problem("realm", "must not be empty"));
         }
@@ -1001,6 +1026,9 @@ struct RawConfig {
     xdp_unauth_rate: Option<toml::Value>,
     xdp_unauth_burst: Option<toml::Value>,
     xdp_verify_checksums: Option<toml::Value>,
+    sfu: Option<toml::Value>,
+    sfu_ports: Option<toml::Value>,
+    sfu_ip: Option<toml::Value>,
 }
 
 impl RawConfig {
@@ -1147,6 +1175,15 @@ impl RawConfig {
         }
         if let Some(v) = self.xdp_verify_checksums {
             c.xdp_verify_checksums = boolean("xdp-verify-checksums", v)?;
+        }
+        if let Some(v) = self.sfu {
+            c.sfu = boolean("sfu", v)?;
+        }
+        if let Some(v) = self.sfu_ports {
+            c.sfu_ports = one("sfu-ports", v, parse_relay_ports)?;
+        }
+        if let Some(v) = self.sfu_ip {
+            c.sfu_ip = Some(one("sfu-ip", v, parse_ip)?);
         }
         Ok(())
     }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 /// Largest request head (request line and headers) accepted.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
-/// Largest request body accepted (the admin actions take none).
-pub(crate) const MAX_BODY: usize = 1024;
+/// Largest request body accepted (the SFU API's JSON; the admin actions take none).
+pub(crate) const MAX_BODY: usize = 16 * 1024;
 /// The whole request must arrive within this long.
 pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Writing the answer may take this long.
@@ -27,6 +27,8 @@ pub(crate) struct Request {
     /// The path, without query string.
     pub(crate) path: String,
     pub(crate) authorization: Option<String>,
+    /// The body (at most [`MAX_BODY`] bytes).
+    pub(crate) body: Vec<u8>,
 }
 
 /// Why no request could be read; [`Reject::response`] says what to answer.
@@ -120,18 +122,19 @@ pub(crate) fn read_request(stream: &mut TcpStream) -> Result<Request, Reject> {
         }
         filled += n;
     };
-    let (request, content_length) = parse_head(&buf[..head_end.0])?;
-    // Read and discard the body, bounded; the routes take none.
-    let mut body_left = content_length.saturating_sub(filled - head_end.1);
-    let mut sink = [0u8; 512];
-    while body_left > 0 {
-        let want = body_left.min(sink.len());
-        let n = read_some(stream, &mut sink[..want], deadline)?;
+    let (mut request, content_length) = parse_head(&buf[..head_end.0])?;
+    // Read the body, bounded by MAX_BODY (parse_head refused more).
+    let mut body = buf[head_end.1..filled.min(head_end.1 + content_length)].to_vec();
+    body.resize(content_length, 0);
+    let mut got = filled.saturating_sub(head_end.1).min(content_length);
+    while got < content_length {
+        let n = read_some(stream, &mut body[got..], deadline)?;
         if n == 0 {
             return Err(Reject::Closed);
         }
-        body_left -= n;
+        got += n;
     }
+    request.body = body;
     Ok(request)
 }
 
@@ -233,6 +236,7 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<(Request, usize), Reject> {
             method: method.to_owned(),
             path,
             authorization,
+            body: Vec::new(),
         },
         content_length.unwrap_or(0),
     ))
@@ -272,6 +276,7 @@ pub(crate) fn write_response(stream: &mut TcpStream, response: &Response, head_o
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -284,6 +289,7 @@ fn reason_phrase(status: u16) -> &'static str {
         500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
         _ => "",
     }

@@ -31,6 +31,7 @@ mod metrics;
 pub mod nicstats;
 pub mod notify;
 pub mod registry;
+mod sfu;
 mod shared;
 mod side;
 mod stream;
@@ -220,6 +221,7 @@ impl Relay {
                 .with_connection_limits(config.max_connections, config.max_connections_per_source),
         );
         let (credentials, policy) = credentials_and_policy(&config);
+        let sfu_slices = sfu_slices(&config, &listen, workers)?;
 
         // RFC 6062: a data connection may land on any worker; it is handed to
         // the one owning its peer connection over these queues.
@@ -281,6 +283,7 @@ impl Relay {
                     queue: index as u32,
                     xdp: xdp.clone(),
                 }),
+                sfu: sfu_slices.get(index).cloned(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("tern-worker-{index}"))
@@ -332,6 +335,14 @@ impl Relay {
             },
             notifier,
         ));
+        if config.sfu {
+            let _set_once_here = side.sfu.set(sfu::api::Directory::new(workers));
+            tracing::info!(
+                sfu_ports = %format_args!("{}-{}", config.sfu_ports.0, config.sfu_ports.1),
+                sfu_ip = %sfu_slices.first().map_or_else(String::new, |s| s.ip.to_string()),
+                "SFU forwarding plane on; control API under /sfu on the admin endpoint"
+            );
+        }
         let config_nic = (
             config.nic_stats.clone(),
             Duration::from_secs(config.nic_stats_interval),
@@ -837,6 +848,44 @@ fn bind_stream_listeners(
     Ok((bound, per_worker))
 }
 
+/// Each worker's SFU bind address and port slice (empty unless `sfu = true`).
+fn sfu_slices(
+    config: &Config,
+    listen: &[SocketAddr],
+    workers: usize,
+) -> Result<Vec<sfu::ShardConfig>, StartError> {
+    if !config.sfu {
+        return Ok(Vec::new());
+    }
+    let (lo, hi) = config.sfu_ports;
+    let range = RelayPortRange::new(lo, hi).map_err(|e| ConfigError::Invalid {
+        key: "sfu-ports",
+        value: Some(format!("{lo}-{hi}")),
+        problem: e.to_string(),
+    })?;
+    let ip = config
+        .sfu_ip
+        .or_else(|| listen.first().map(|a| a.ip()))
+        .ok_or_else(|| ConfigError::Invalid {
+            key: "sfu-ip",
+            value: None,
+            problem: "needed when there is no UDP listen address".to_owned(),
+        })?;
+    let slices = range.split(workers);
+    if slices.len() < workers {
+        return Err(ConfigError::Invalid {
+            key: "sfu-ports",
+            value: Some(format!("{lo}-{hi}")),
+            problem: format!("fewer ports than the {workers} workers"),
+        }
+        .into());
+    }
+    Ok(slices
+        .into_iter()
+        .map(|ports| sfu::ShardConfig { ip, ports })
+        .collect())
+}
+
 fn credentials_and_policy(config: &Config) -> (Credentials, PeerPolicy) {
     let mut credentials = Credentials::new();
     for (name, password) in &config.user {
@@ -936,6 +985,9 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     );
     check(running.registry_ttl != new.registry_ttl, "registry-ttl");
     check(running.nic_stats != new.nic_stats, "nic-stats");
+    check(running.sfu != new.sfu, "sfu");
+    check(running.sfu_ports != new.sfu_ports, "sfu-ports");
+    check(running.sfu_ip != new.sfu_ip, "sfu-ip");
     check(
         running.nic_stats_interval != new.nic_stats_interval,
         "nic-stats-interval",

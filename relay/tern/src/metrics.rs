@@ -22,6 +22,7 @@ use hdrhistogram::Histogram;
 use tern_io::{BackendKind, IoStats};
 use tern_turn::{AuthFailure, DropReason, Stats, Transport};
 
+use crate::sfu::{SfuCounters, SfuDrop};
 use crate::stream::{CloseReason, StreamStats};
 
 /// How often a worker reports (and so the longest an idle worker sleeps).
@@ -75,6 +76,7 @@ pub(crate) struct Report {
     pub(crate) unroutable: u64,
     pub(crate) stalls: u64,
     pub(crate) streams: StreamStats,
+    pub(crate) sfu: SfuCounters,
     /// Loop-turn durations (ns) since the previous delivered report, and their sum.
     pub(crate) loop_ns: Histogram<u64>,
     pub(crate) loop_ns_sum: u64,
@@ -100,6 +102,7 @@ impl Report {
             unroutable: 0,
             stalls: 0,
             streams: StreamStats::default(),
+            sfu: SfuCounters::default(),
             loop_ns: latency_histogram(),
             loop_ns_sum: 0,
             alloc_ns: latency_histogram(),
@@ -120,6 +123,7 @@ pub(crate) struct Counters<'a> {
     pub(crate) unroutable: u64,
     pub(crate) stalls: u64,
     pub(crate) streams: StreamStats,
+    pub(crate) sfu: SfuCounters,
 }
 
 /// The worker's end: its histograms and the two channels.
@@ -202,6 +206,7 @@ impl Reporter {
         r.unroutable = counters.unroutable;
         r.stalls = counters.stalls;
         r.streams = counters.streams;
+        r.sfu = counters.sfu;
         // The side thread hands reports back with empty histograms: swap, so the
         // worker goes on recording into empty ones.
         std::mem::swap(&mut r.loop_ns, &mut self.loop_ns);
@@ -245,6 +250,7 @@ pub(crate) struct Totals {
     pub(crate) allocations: usize,
     pub(crate) unroutable: u64,
     pub(crate) streams: StreamStats,
+    pub(crate) sfu: SfuCounters,
 }
 
 impl Totals {
@@ -307,6 +313,7 @@ impl Collected {
         last.unroutable = r.unroutable;
         last.stalls = r.stalls;
         last.streams = r.streams;
+        last.sfu = r.sfu;
         // Same bounds everywhere, so adding cannot fail.
         let _ = last.loop_ns.add(&r.loop_ns);
         last.loop_ns_sum = last.loop_ns_sum.saturating_add(r.loop_ns_sum);
@@ -330,6 +337,7 @@ impl Collected {
             t.allocations += w.last.allocations;
             t.unroutable += w.last.unroutable;
             t.streams.merge(&w.last.streams);
+            t.sfu.merge(&w.last.sfu);
         }
         t
     }
@@ -482,6 +490,7 @@ impl Collected {
         );
 
         self.render_transports(o, &t);
+        render_sfu(o, &t.sfu);
 
         header(
             o,
@@ -846,6 +855,113 @@ impl Collected {
     }
 }
 
+/// The SFU's aggregates: no per-router, per-transport or per-SSRC labels.
+fn render_sfu(o: &mut String, s: &SfuCounters) {
+    for (name, help, value) in [
+        ("tern_sfu_routers", "SFU routers.", s.routers),
+        (
+            "tern_sfu_transports",
+            "SFU transports (one UDP socket each).",
+            s.transports,
+        ),
+        ("tern_sfu_producers", "SFU producers.", s.producers),
+        ("tern_sfu_consumers", "SFU consumers.", s.consumers),
+    ] {
+        header(o, name, "gauge", help);
+        sample(o, name, &[], value);
+    }
+    header(
+        o,
+        "tern_sfu_packets_total",
+        "counter",
+        "Datagrams on SFU transports, by direction (in: received; out: handed to the kernel).",
+    );
+    sample(
+        o,
+        "tern_sfu_packets_total",
+        &[("direction", "in")],
+        s.packets_in,
+    );
+    sample(
+        o,
+        "tern_sfu_packets_total",
+        &[("direction", "out")],
+        s.packets_out,
+    );
+    header(
+        o,
+        "tern_sfu_bytes_total",
+        "counter",
+        "Bytes on SFU transports, by direction.",
+    );
+    sample(
+        o,
+        "tern_sfu_bytes_total",
+        &[("direction", "in")],
+        s.bytes_in,
+    );
+    sample(
+        o,
+        "tern_sfu_bytes_total",
+        &[("direction", "out")],
+        s.bytes_out,
+    );
+    for (name, help, value) in [
+        (
+            "tern_sfu_rtp_forwarded_total",
+            "RTP packets written for consumers (fan-out).",
+            s.rtp_forwarded,
+        ),
+        (
+            "tern_sfu_nack_retransmissions_total",
+            "Packets resent from a retransmission buffer in answer to NACKs.",
+            s.retransmitted,
+        ),
+        (
+            "tern_sfu_nack_misses_total",
+            "NACKed packets the buffer no longer had.",
+            s.nack_misses,
+        ),
+        (
+            "tern_sfu_upstream_nacks_total",
+            "NACKs sent to producers for packets missing upstream.",
+            s.upstream_nacks,
+        ),
+        (
+            "tern_sfu_key_frame_requests_total",
+            "PLI/FIR sent to producers.",
+            s.key_frame_requests,
+        ),
+        (
+            "tern_sfu_srtp_auth_failures_total",
+            "SRTP/SRTCP packets that did not authenticate.",
+            s.srtp_auth_failures,
+        ),
+        (
+            "tern_sfu_srtp_replays_total",
+            "SRTP/SRTCP packets refused as replays.",
+            s.srtp_replays,
+        ),
+    ] {
+        header(o, name, "counter", help);
+        sample(o, name, &[], value);
+    }
+    header(
+        o,
+        "tern_sfu_dropped_total",
+        "counter",
+        "SFU datagrams dropped, by reason.",
+    );
+    for d in SfuDrop::ALL {
+        sample(
+            o,
+            "tern_sfu_dropped_total",
+            &[("reason", d.as_str())],
+            s.drops[d.index()],
+        );
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -940,6 +1056,7 @@ mod tests {
             unroutable: 0,
             stalls: 0,
             streams: StreamStats::default(),
+            sfu: SfuCounters::default(),
         };
         let mut collected = Collected::new(1);
         let t0 = Instant::now();

@@ -60,6 +60,8 @@ pub(crate) enum Control {
     Draining { on: bool, epoch: u64 },
     /// Send a copy of the counters back.
     Stats(Sender<WorkerStats>),
+    /// An SFU control call (see [`crate::sfu`]).
+    Sfu(crate::sfu::Command),
     /// Free every allocation, close every socket and end the thread.
     Shutdown,
 }
@@ -94,6 +96,8 @@ pub(crate) struct Setup {
     pub(crate) seed: [u8; 32],
     /// The AF_XDP socket's interface and queue (`io-backend = "xdp"`).
     pub(crate) xsk: Option<crate::xdp::XskSetup>,
+    /// The SFU's bind address and port slice, when `sfu = true`.
+    pub(crate) sfu: Option<crate::sfu::ShardConfig>,
 }
 
 /// The thread body: build the back end, report readiness (the waker) on
@@ -163,6 +167,8 @@ enum Role {
     Free,
     Listener(SocketAddr),
     Relay(SocketAddr),
+    /// An SFU transport's socket, by transport id.
+    Sfu(u32),
 }
 
 /// The worker's socket tables, separate from the back end so the [`Host`]
@@ -281,6 +287,8 @@ struct Worker<P: PacketIo> {
     /// relayed, for the relay latency histogram once the turn has flushed.
     relayed: [(Instant, u64); RECV_BUDGET],
     relayed_len: usize,
+    /// The SFU routers placed on this worker, when `sfu = true`.
+    sfu: Option<Box<crate::sfu::Shard>>,
 }
 
 impl<P: PacketIo> Worker<P> {
@@ -343,6 +351,9 @@ impl<P: PacketIo> Worker<P> {
             batch_at: now,
             relayed: [(now, 0); RECV_BUDGET],
             relayed_len: 0,
+            sfu: setup
+                .sfu
+                .map(|c| Box::new(crate::sfu::Shard::new(setup.index, c))),
         })
     }
 
@@ -365,6 +376,9 @@ impl<P: PacketIo> Worker<P> {
             };
             if let Some(streams) = &self.sockets.streams {
                 deadline = deadline.min(streams.poll_timeout());
+            }
+            if let Some(t) = self.sfu.as_ref().and_then(|s| s.poll_timeout()) {
+                deadline = deadline.min(t);
             }
             let timeout = Some(deadline.saturating_duration_since(now));
             if let Err(e) = self.io.wait(timeout) {
@@ -398,6 +412,7 @@ impl<P: PacketIo> Worker<P> {
                     unroutable: self.sockets.unroutable,
                     stalls: self.stalls,
                     streams: self.stream_stats(),
+                    sfu: self.sfu.as_ref().map(|s| s.counters()).unwrap_or_default(),
                 },
             );
         }
@@ -430,6 +445,9 @@ impl<P: PacketIo> Worker<P> {
             self.drain_outputs();
         }
         self.apply_stream_ops();
+        if let Some(sfu) = &mut self.sfu {
+            sfu.on_timeout(&mut self.io, Instant::now());
+        }
         if let Some(streams) = &mut self.sockets.streams {
             streams.flush();
         }
@@ -551,6 +569,13 @@ impl<P: PacketIo> Worker<P> {
                     self.server
                         .handle_peer_packet(local, meta.source, slot, meta.len, now)
                 }
+                Role::Sfu(transport) => {
+                    if let Some(sfu) = &mut self.sfu {
+                        let data = &mut slot[PEER_HEADROOM..PEER_HEADROOM + meta.len];
+                        sfu.on_datagram(&mut self.io, transport, meta.source, data, now);
+                    }
+                    None
+                }
                 // A datagram read just before its socket was closed.
                 Role::Free => None,
             };
@@ -612,6 +637,17 @@ impl<P: PacketIo> Worker<P> {
                     stalls: self.stalls,
                     loop_turn_ns: self.loop_turn_ns.clone(),
                     streams: self.stream_stats(),
+                });
+            }
+            Control::Sfu(cmd) => {
+                let Some(sfu) = &mut self.sfu else {
+                    let refused = crate::sfu::api::ApiError::new(404, "the SFU is not enabled");
+                    let _caller_may_have_timed_out = cmd.reply.send(Err(refused));
+                    return;
+                };
+                let sockets = &mut self.sockets;
+                sfu.command(cmd, &mut self.io, &mut |id, transport| {
+                    sockets.set_role(id, transport.map_or(Role::Free, Role::Sfu));
                 });
             }
             Control::Shutdown => {}

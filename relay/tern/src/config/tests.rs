@@ -747,3 +747,33 @@ tls-handshake-timeout = 4
     };
     assert!(tcp_only.validate().is_ok());
 }
+
+#[test]
+fn sfu_keys_parse_and_are_checked() {
+    let c = Config::from_toml_str(
+        "sfu = true\nsfu-ports = \"30000-30099\"\nsfu-ip = \"10.0.0.9\"\nrealm = \"r\"\nlisten = [\"127.0.0.1:3478\"]",
+    )
+    .unwrap();
+    assert!(c.sfu);
+    assert_eq!(c.sfu_ports, (30000, 30099));
+    assert_eq!(c.sfu_ip, Some("10.0.0.9".parse().unwrap()));
+    if let Err(e) = c.validate() {
+        panic!("{e}");
+    }
+    assert_eq!(Config::default().sfu_ports, DEFAULT_SFU_PORTS);
+    for (text, problem) in [
+        ("sfu = \"yes\"", "sfu"),
+        ("sfu-ports = \"5-1\"", "sfu-ports"),
+        ("sfu-ip = \"nope\"", "sfu-ip"),
+    ] {
+        let e = Config::from_toml_str(text).unwrap_err();
+        assert_eq!(e.key(), Some(problem), "{text}: {e}");
+    }
+    // The SFU's ports may not overlap the TURN relay ports.
+    let overlap = Config::from_toml_str(
+        "sfu = true\nsfu-ports = \"50000-50010\"\nrealm = \"r\"\nlisten = [\"127.0.0.1:3478\"]",
+    )
+    .unwrap();
+    let e = overlap.validate().unwrap_err();
+    assert_eq!(e.key(), Some("sfu-ports"), "{e}");
+}

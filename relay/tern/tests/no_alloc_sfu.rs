@@ -1,0 +1,344 @@
+//! Proves that the worker's SFU path allocates nothing per packet: a
+//! publisher's RTP (SRTP, AES_CM_128_HMAC_SHA1_80) arriving on an SFU
+//! transport, fanned out by the router to two consumers, protected again
+//! (AEAD_AES_128_GCM) and queued on the PacketIo send queue.
+//!
+//! The same counting allocator as `no_alloc.rs`: allocations on the relay's
+//! worker threads (`tern-worker-N`) fail the test; other relay threads (the
+//! admin endpoint, the side thread) are counted apart and reported; this
+//! test's own thread is exempt. The room is set up through the control API
+//! before counting starts. Once per back end the kernel can run (or the one
+//! `TERN_TEST_IO_BACKEND` names). `harness = false`, like `no_alloc.rs`.
+
+mod ports;
+use ports::free_relay_ports;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tern::config::IoBackend;
+use tern::{Config, Relay};
+use tern_io::BackendKind;
+use tern_sfu::srtp::{SrtpContext, SrtpProfile};
+
+struct Counting;
+
+static ARMED: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static OTHER_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+const UNKNOWN: u8 = 0;
+const WORKER: u8 = 1;
+const OTHER: u8 = 2;
+const FINDING_OUT: u8 = 3;
+
+thread_local! {
+    /// Set on threads whose allocations do not count (the test's own).
+    static EXEMPT: Cell<bool> = const { Cell::new(false) };
+    /// Whether this thread is a relay worker, found out on its first counted allocation.
+    static ROLE: Cell<u8> = const { Cell::new(UNKNOWN) };
+}
+
+fn count() {
+    // try_with: during thread teardown the flags are gone; such a thread is not
+    // relaying, so its allocations do not count.
+    if !ARMED.load(Ordering::Relaxed) || EXEMPT.try_with(Cell::get).unwrap_or(true) {
+        return;
+    }
+    let role = ROLE
+        .try_with(|role| {
+            if role.get() == UNKNOWN {
+                // Allocations made while looking up the name are not counted;
+                // this one is, once the role is known.
+                role.set(FINDING_OUT);
+                let worker = std::thread::current()
+                    .name()
+                    .is_some_and(|n| n.starts_with("tern-worker-"));
+                role.set(if worker { WORKER } else { OTHER });
+            }
+            role.get()
+        })
+        .unwrap_or(FINDING_OUT);
+    match role {
+        WORKER => ALLOCATIONS.fetch_add(1, Ordering::Relaxed),
+        OTHER => OTHER_ALLOCATIONS.fetch_add(1, Ordering::Relaxed),
+        _ => 0,
+    };
+}
+
+// SAFETY: every method forwards to the system allocator with the caller's
+// arguments unchanged; counting touches only an atomic and a const thread-local.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded unchanged; the caller upholds GlobalAlloc::alloc's contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: as above; `ptr` was allocated by System through this allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const TOKEN: &str = "no-alloc-sfu-token-0123456789";
+const WARM_UP: usize = 1_000;
+const MEASURED: usize = 10_000;
+const BURST: usize = 20;
+const PAYLOAD: usize = 160;
+const PUB_SSRC: u32 = 0x5EED_0001;
+const PUB_KEY: [u8; 30] = [7; 30];
+const SUB_KEY: [u8; 28] = [9; 28];
+
+#[allow(clippy::print_stdout)] // without libtest, this reports in libtest's words
+fn main() -> ExitCode {
+    EXEMPT.with(|e| e.set(true));
+    let backends = match std::env::var("TERN_TEST_IO_BACKEND") {
+        Ok(name) => match name.parse::<IoBackend>() {
+            Ok(b) => vec![b],
+            Err(e) => {
+                println!("TERN_TEST_IO_BACKEND={name}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) => vec![IoBackend::Mmsg, IoBackend::Uring],
+    };
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    for backend in backends {
+        let name = format!("no_alloc_sfu::{backend}");
+        if let Some(Err(e)) = backend.requested().map(BackendKind::probe) {
+            println!("test {name} ... ignored ({e})");
+            ignored += 1;
+            continue;
+        }
+        match run(backend) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(e) => {
+                println!("test {name} ... FAILED\n{e}");
+                failed += 1;
+            }
+        }
+    }
+    let result = if failed == 0 { "ok" } else { "FAILED" };
+    println!("\ntest result: {result}. {passed} passed; {failed} failed; {ignored} ignored");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The counter must see allocations of worker threads, or the assertion below
+/// could never fail.
+fn counter_sees_other_threads() -> Result<(), String> {
+    ARMED.store(true, Ordering::SeqCst);
+    let joined = std::thread::Builder::new()
+        .name("tern-worker-check".to_owned())
+        .spawn(|| std::hint::black_box(vec![1u8; 64]).len())
+        .map_err(|e| e.to_string())?
+        .join();
+    ARMED.store(false, Ordering::SeqCst);
+    let seen = ALLOCATIONS.swap(0, Ordering::SeqCst);
+    match joined {
+        Ok(64) if seen > 0 => Ok(()),
+        _ => Err(format!(
+            "counting allocator saw {seen} allocations of a spawned thread"
+        )),
+    }
+}
+
+/// One control API call; returns the status and the JSON answer.
+fn api(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, serde_json::Value), String> {
+    let mut s = TcpStream::connect(admin).map_err(|e| e.to_string())?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad answer {answer:?}"))?;
+    let json = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v = serde_json::from_str(json).map_err(|e| format!("{e}: {json}"))?;
+    Ok((status, v))
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[allow(clippy::print_stdout)] // a note in the test's output
+fn run(backend: IoBackend) -> Result<(), String> {
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    OTHER_ALLOCATIONS.store(0, Ordering::SeqCst);
+    counter_sees_other_threads()?;
+    let mut config = Config::dev_default();
+    config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.relay_ports = free_relay_ports(10);
+    config.sfu = true;
+    config.sfu_ports = free_relay_ports(20);
+    config.workers = 2;
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    config.admin_token = Some(TOKEN.to_owned());
+    config.io_backend = backend;
+    let relay = Relay::start(config).map_err(|e| format!("start: {e}"))?;
+    if relay.backend().name() != backend.name() {
+        return Err(format!("asked for {backend}, runs {}", relay.backend()));
+    }
+    let admin = relay.admin_addr().ok_or("no admin endpoint")?;
+
+    // The room: publisher (SRTP CM, remote learned), two subscribers (SRTP GCM).
+    let publisher = bound_socket();
+    let subs = [bound_socket(), bound_socket()];
+    let (_, r) = api(admin, "POST", "/sfu/routers", "")?;
+    let base = format!("/sfu/routers/{}", r["id"]);
+    let cm = format!(
+        r#"{{"srtp":{{"profile":"AES_CM_128_HMAC_SHA1_80","recv_key":"{k}","send_key":"{k}"}}}}"#,
+        k = b64(&PUB_KEY)
+    );
+    let (s, t) = api(admin, "POST", &format!("{base}/transports"), &cm)?;
+    if s != 201 {
+        return Err(format!("transport: {s} {t}"));
+    }
+    let pub_t = t["id"].clone();
+    let pub_addr: SocketAddr = t["local"]
+        .as_str()
+        .unwrap_or("")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let mut sub_ts = Vec::new();
+    for sub in &subs {
+        let body = format!(
+            r#"{{"remote":"{}","srtp":{{"profile":"AEAD_AES_128_GCM","recv_key":"{k}","send_key":"{k}"}}}}"#,
+            sub.local_addr().unwrap(),
+            k = b64(&SUB_KEY)
+        );
+        let (s, t) = api(admin, "POST", &format!("{base}/transports"), &body)?;
+        if s != 201 {
+            return Err(format!("transport: {s} {t}"));
+        }
+        sub_ts.push(t["id"].clone());
+    }
+    let body = format!(
+        r#"{{"transport":{pub_t},"kind":"video","codec":"vp8","clock_rate":90000,"payload_types":[96],"encodings":[{{"ssrc":{PUB_SSRC}}}]}}"#
+    );
+    let (s, p) = api(admin, "POST", &format!("{base}/producers"), &body)?;
+    if s != 201 {
+        return Err(format!("producer: {s} {p}"));
+    }
+    for (i, t) in sub_ts.iter().enumerate() {
+        let body = format!(
+            r#"{{"producer":{},"transport":{t},"ssrc":{}}}"#,
+            p["id"],
+            0xC0DE_0000u32 + i as u32
+        );
+        let (s, c) = api(admin, "POST", &format!("{base}/consumers"), &body)?;
+        if s != 201 {
+            return Err(format!("consumer: {s} {c}"));
+        }
+    }
+
+    let cmp = SrtpProfile::Aes128CmHmacSha1_80;
+    let mut tx =
+        SrtpContext::new(cmp, &PUB_KEY[..16], &PUB_KEY[16..]).map_err(|e| e.to_string())?;
+    let mut packet = vec![0u8; 12 + 5 + PAYLOAD + 32];
+    let mut buf = vec![0u8; 2048];
+    let mut seq: u16 = 1;
+    let mut exchange = |rounds: usize| -> Result<(), String> {
+        let mut done = 0;
+        while done < rounds {
+            let n = BURST.min(rounds - done);
+            for _ in 0..n {
+                // One packet per frame, every 10th a key frame.
+                packet[..12].copy_from_slice(&[0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                packet[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+                packet[8..12].copy_from_slice(&PUB_SSRC.to_be_bytes());
+                packet[12] = 0x10;
+                packet[13] = if seq % 10 == 1 { 0x00 } else { 0x01 };
+                packet[14..17].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+                let len = 17 + PAYLOAD;
+                let len = tx
+                    .protect_rtp(&mut packet, len)
+                    .map_err(|e| e.to_string())?;
+                publisher
+                    .send_to(&packet[..len], pub_addr)
+                    .map_err(|e| e.to_string())?;
+                seq = seq.wrapping_add(1);
+            }
+            for sub in &subs {
+                let mut got = 0;
+                while got < n {
+                    let (len, _) = sub
+                        .recv_from(&mut buf)
+                        .map_err(|e| format!("subscriber recv: {e}"))?;
+                    // RTP only (the router's SRs and RRs may be among them).
+                    if !(192..=223).contains(&buf[1]) {
+                        if len != 17 + PAYLOAD + 16 {
+                            return Err(format!("subscriber got {len} bytes"));
+                        }
+                        got += 1;
+                    }
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    };
+
+    exchange(WARM_UP)?;
+    ARMED.store(true, Ordering::SeqCst);
+    let measured = exchange(MEASURED);
+    ARMED.store(false, Ordering::SeqCst);
+    measured?;
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst);
+    let other = OTHER_ALLOCATIONS.load(Ordering::SeqCst);
+    if other > 0 {
+        println!("note: non-worker relay threads allocated {other} times while counting");
+    }
+    relay.shutdown();
+    if allocations != 0 {
+        return Err(format!(
+            "worker threads allocated {allocations} times while forwarding {MEASURED} packets to 2 subscribers"
+        ));
+    }
+    Ok(())
+}
+
+fn bound_socket() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
