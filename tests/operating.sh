@@ -12,8 +12,8 @@
 #                                   its User=, and say so.
 # All blocks share one shell (a variable set in one is seen by the next), with
 # set -euo pipefail. The README's ${TERN_...} variables get free loopback ports
-# and the package; TERN_DEB=FILE picks the package, else it is built with
-# `cargo deb -p tern --profile deb-ci`. Around the drain block a TURN client
+# and the package; TERN_DEB=FILE picks the package, else tests/build-deb.sh
+# builds it. Around the drain block a TURN client
 # (below) holds one allocation, so the drain is seen in progress, not over.
 # Afterwards: the outputs are checked (readyz 503 while draining, reload
 # logged, exit 0 on stop), the package must be purged and the user gone.
@@ -64,16 +64,27 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --------------------------------------------------------- the package --
+# Two builds of the same tree: the one installed first, and one with the next
+# Debian revision that the README's upgrade step installs over it.
 if [[ -n ${TERN_DEB:-} ]]; then
 	DEB=$(realpath "$TERN_DEB")
 else
-	if ! out=$(cargo deb -p tern --profile deb-ci -o "$TMP/" 2>&1); then
+	if ! out=$(tests/build-deb.sh "$TMP/first" 2>&1); then
 		bad "cargo deb -p tern" "$(tail -n 20 <<<"$out")"
 		finish
 		exit 1
 	fi
-	DEB=$(ls "$TMP"/tern_*.deb)
+	DEB=$(ls "$TMP"/first/tern_*.deb)
 fi
+version=$(dpkg-deb -f "$DEB" Version)
+NEXT_VERSION=${version%-*}-$((${version##*-} + 1))
+if ! out=$(tests/build-deb.sh "$TMP/next" --deb-version "$NEXT_VERSION" 2>&1); then
+	bad "cargo deb -p tern --deb-version $NEXT_VERSION" "$(tail -n 20 <<<"$out")"
+	finish
+	exit 1
+fi
+NEXT_DEB=$(ls "$TMP"/next/tern_*.deb)
+echo "packages: $DEB, then $NEXT_DEB"
 
 # ------------------------------------------------- free ports, namespace --
 read -r LISTEN_PORT ADMIN_PORT RELAY_LO RELAY_HI < <(python3 - <<'EOF'
@@ -274,6 +285,10 @@ SCRIPT=$TMP/operating-script.sh
 		if [[ $block == *"/admin/drain"* ]]; then
 			echo "hold_allocation"
 		fi
+		if [[ $block == *"systemctl restart"* ]]; then
+			# The upgrade: the next revision (the README says "install the new package").
+			printf 'export TERN_DEB=%q\n' "$NEXT_DEB"
+		fi
 		case ${BLOCK_KIND[$i]} in
 		netns)
 			printf 'ip netns exec %q env TERN_TUNE_OPTS=%q PATH=%q bash -euo pipefail <<'"'"'TERN_README_BLOCK'"'"'\n%sTERN_README_BLOCK\n' \
@@ -340,6 +355,12 @@ else
 	check_out "systemctl stop: drained and exited 0" 'inactive \(dead\), last exit status 0'
 	pids=$(wc -l <"$TMP/tern.pids")
 	if [[ $pids == 2 ]]; then ok "restart after the upgrade ran a new process"; else bad "restart: $pids starts"; fi
+fi
+check_out "the upgrade installed $NEXT_VERSION" "Unpacking tern \\($NEXT_VERSION\\) over \\($version\\)"
+if [[ $(grep -Ec ': ok: listen .* 1 secret\(s\)' "$OUT") -ge 2 ]]; then
+	ok "the upgrade kept the edited /etc/tern/tern.toml"
+else
+	bad "the upgrade kept the edited /etc/tern/tern.toml"
 fi
 if dpkg-query -W -f '${Status}' tern 2>/dev/null | grep -q installed; then
 	bad "apt-get purge removed the package"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Debian package, end to end on this machine (root only):
 #
-#   build    cargo deb -p tern (profile $TERN_DEB_PROFILE, default deb-ci)
+#   build    cargo deb -p tern through tests/build-deb.sh: the dev-profile
+#            binary the tests built, or TERN_DEB_PROFILE=release for a
+#            shipping build
 #   inspect  dpkg-deb -I / -c: files, modes, conffiles, depends, scripts
 #   install  dpkg -i: the tern system user, root:tern 0640 on the config,
 #            tern check-config on the packaged config, systemd-analyze
@@ -87,12 +89,13 @@ else
 		exit 1
 	fi
 	start=$SECONDS
-	profile=${TERN_DEB_PROFILE:-deb-ci}
-	if out=$(cargo deb -p tern --profile "$profile" -o "$TMP/" 2>&1); then
-		DEB=$(ls "$TMP"/tern_*.deb)
-		ok "cargo deb -p tern --profile $profile ($(cargo deb --version 2>&1 | head -n1), $((SECONDS - start)) s)"
+	how="the dev-profile binary the tests built"
+	[[ -n ${TERN_DEB_PROFILE:-} ]] && how="profile $TERN_DEB_PROFILE"
+	if out=$(tests/build-deb.sh "$TMP/deb" 2>&1); then
+		DEB=$(ls "$TMP"/deb/tern_*.deb)
+		ok "cargo deb -p tern, $how ($(cargo deb --version 2>&1 | head -n1), $((SECONDS - start)) s)"
 	else
-		bad "cargo deb -p tern" "$(tail -n 20 <<<"$out")"
+		bad "cargo deb -p tern ($how)" "$(tail -n 20 <<<"$out")"
 		finish
 		exit 1
 	fi

@@ -73,12 +73,12 @@ phase() {
 
 total_start=$SECONDS
 phase fmt cargo fmt --all -- --check
-phase clippy cargo clippy --workspace --all-targets -- -D warnings
-phase build-tests cargo test --workspace --no-run
-phase test cargo test --workspace --no-fail-fast
+phase clippy cargo clippy --workspace --all-targets --features tern/xdp -- -D warnings
+phase build-tests cargo test --workspace --features tern/xdp --no-run
+phase test cargo test --workspace --features tern/xdp --no-fail-fast
 # The default run uses the back end `auto` picks (io_uring where the kernel offers
 # it); the daemon's and the end-to-end/interop tests run again on the portable one.
-phase test-mmsg env TERN_TEST_IO_BACKEND=mmsg cargo test -p tern -p tern-tests --no-fail-fast
+phase test-mmsg env TERN_TEST_IO_BACKEND=mmsg cargo test -p tern -p tern-tests --features tern/xdp --no-fail-fast
 phase tuning tuning_suite
 phase package root_phase tests/package.sh
 phase operating root_phase tests/operating.sh

@@ -147,6 +147,25 @@ fn run_tc(netns: Option<&str>, args: &[&str]) -> Result<()> {
 }
 
 /// `ip -n NS -batch -` with `lines` on standard input.
+/// Wait (at most 5 s) until `dev` in `netns` has carrier (LOWER_UP).
+fn wait_carrier(netns: &str, dev: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = Command::new("ip")
+            .args(["-n", netns, "-o", "link", "show", "dev", dev])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error(format!("cannot run ip: {e}")))?;
+        if String::from_utf8_lossy(&out.stdout).contains("LOWER_UP") {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("{dev} in {netns} has no carrier after 5 s");
+        }
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn ip_batch(netns: &str, lines: &str) -> Result<()> {
     let mut child = Command::new("ip")
         .args(["-n", netns, "-batch", "-"])
@@ -458,20 +477,31 @@ impl Topology {
             peer,
         };
         let (c, r, p) = (&t.client.name, &t.relay.name, &t.peer.name);
+        // Fixed MACs and permanent neighbour entries: no datagram waits for (or
+        // is dropped during) ARP resolution, however loaded the machine is.
+        let (c0, r0, r1, p0) = (
+            "02:74:62:01:00:02",
+            "02:74:62:01:00:01",
+            "02:74:62:02:00:01",
+            "02:74:62:02:00:02",
+        );
         run(
             "ip",
             &[
-                "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "r0", "netns", r,
+                "link", "add", "c0", "address", c0, "netns", c, "type", "veth", "peer", "name",
+                "r0", "address", r0, "netns", r,
             ],
         )?;
         run(
             "ip",
             &[
-                "link", "add", "r1", "netns", r, "type", "veth", "peer", "name", "p0", "netns", p,
+                "link", "add", "r1", "address", r1, "netns", r, "type", "veth", "peer", "name",
+                "p0", "address", p0, "netns", p,
             ],
         )?;
-        let mut cl = String::from(
-            "addr add 10.201.1.2/30 dev c0\nlink set c0 up\nroute add default via 10.201.1.1\n",
+        let mut cl = format!(
+            "addr add 10.201.1.2/30 dev c0\nlink set c0 up\nroute add default via 10.201.1.1\n\
+             neigh replace 10.201.1.1 lladdr {r0} dev c0 nud permanent\n"
         );
         for i in 0..clients {
             cl += &format!("addr add {}/32 dev c0\n", Topology::client_ip(i));
@@ -479,13 +509,24 @@ impl Topology {
         ip_batch(c, &cl)?;
         ip_batch(
             r,
-            "addr add 10.201.1.1/30 dev r0\naddr add 10.201.2.1/30 dev r1\nlink set r0 up\n\
-             link set r1 up\nroute add 10.202.0.0/16 via 10.201.1.2\n",
+            &format!(
+                "addr add 10.201.1.1/30 dev r0\naddr add 10.201.2.1/30 dev r1\nlink set r0 up\n\
+                 link set r1 up\nroute add 10.202.0.0/16 via 10.201.1.2\n\
+                 neigh replace 10.201.1.2 lladdr {c0} dev r0 nud permanent\n\
+                 neigh replace 10.201.2.2 lladdr {p0} dev r1 nud permanent\n"
+            ),
         )?;
         ip_batch(
             p,
-            "addr add 10.201.2.2/30 dev p0\nlink set p0 up\nroute add default via 10.201.2.1\n",
+            &format!(
+                "addr add 10.201.2.2/30 dev p0\nlink set p0 up\nroute add default via 10.201.2.1\n\
+                 neigh replace 10.201.2.1 lladdr {r1} dev p0 nud permanent\n"
+            ),
         )?;
+        // A veth passes nothing until both ends report carrier.
+        for (ns, dev) in [(c, "c0"), (r, "r0"), (r, "r1"), (p, "p0")] {
+            wait_carrier(ns, dev)?;
+        }
         // Per-namespace sysctl: written from a thread inside the relay namespace.
         in_netns(&t.relay, || {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")

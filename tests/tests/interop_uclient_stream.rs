@@ -4,6 +4,13 @@
 //! lost. The relayed transport stays UDP; tern's counters must show the
 //! allocations and the relayed messages under the right client transport.
 //! The TLS certificate is self-signed, made by the test (rcgen).
+//!
+//! RFC 6062 (`tcp-relay`): `turnutils_uclient -T` (and `-T -S`) makes TCP
+//! allocations for four clients and has each Connect to the relayed address
+//! of every client after it, so each of the six pairs is spliced on both
+//! ends — a Connect on one side, a ConnectionAttempt on the other,
+//! ConnectionBind on both — across tern's two workers (data connections are
+//! handed to the worker owning their peer connection).
 #![allow(clippy::disallowed_methods)] // tests wait on the wall clock
 
 use std::net::{IpAddr, SocketAddr};
@@ -168,6 +175,83 @@ fn uclient_over_tcp_with_send_indications() {
 #[test]
 fn uclient_over_tls_with_channels() {
     run("uclient-tls-channels", Transport::Tls, &["-S"]);
+}
+
+/// uclient -T: TCP allocations, full mesh of Connects, every message back.
+fn run_tcp_relay(name: &str, tls: bool) {
+    let Some(uclient) = require_tool("turnutils_uclient", INSTALL) else {
+        return;
+    };
+    const MESH: u64 = 4;
+    let dir = scratch_dir(name);
+    let mut config = test_config();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+    config.tcp_relay = true;
+    config.listen_tcp = vec![any];
+    if tls {
+        let (cert, key) = self_signed(&dir);
+        config.listen_tls = vec![any];
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+    }
+    let relay = TestRelay::start_with(config);
+    let server = if tls {
+        relay.handle().listen_tls_addrs()[0]
+    } else {
+        relay.handle().listen_tcp_addrs()[0]
+    };
+    let mut cmd = Command::new(uclient);
+    cmd.args(["-T", "-u", USER, "-w", PASSWORD]);
+    if tls {
+        cmd.arg("-S");
+    }
+    cmd.args(["-m", &MESH.to_string(), "-n", &MESSAGES.to_string()])
+        .args(["-l", "160", "-z", "20"])
+        .args(["-p", &server.port().to_string(), &server.ip().to_string()]);
+    let (status, log) =
+        run_with_timeout(&mut cmd, "turnutils_uclient", &dir, Duration::from_secs(90))
+            .expect("run turnutils_uclient");
+    let context = format!(
+        "uclient -T (tls {tls}) against {server}\n--- uclient log tail ---\n{}",
+        tail(&log, 30)
+    );
+    let status = status.unwrap_or_else(|| panic!("uclient ran past 90 s: {context}"));
+    assert!(status.success(), "uclient exit status {status}: {context}");
+    assert!(
+        log.contains(&format!("{} connections are completed", MESH * (MESH - 1))),
+        "{context}"
+    );
+    let expected = MESH * MESSAGES;
+    assert_eq!(
+        parse_totals(&log),
+        Some((expected, expected, 0, 0)),
+        "{context}"
+    );
+    let stats = relay.stats();
+    // Each of the 6 pairs (i Connects to j for i < j): a ConnectionBind on
+    // the connecting side and one on the accepting side.
+    assert_eq!(
+        stats.turn.tcp_connections_bound,
+        MESH * (MESH - 1),
+        "{context}"
+    );
+    assert!(
+        stats.streams.raw_bytes >= expected * 160,
+        "{:?}",
+        stats.streams
+    );
+    assert_eq!(stats.streams.handoffs_out, stats.streams.handoffs_in);
+    assert_eq!(stats.streams.handoffs_dropped, 0);
+}
+
+#[test]
+fn uclient_tcp_relay_rfc6062() {
+    run_tcp_relay("uclient-rfc6062", false);
+}
+
+#[test]
+fn uclient_tcp_relay_rfc6062_over_tls() {
+    run_tcp_relay("uclient-rfc6062-tls", true);
 }
 
 #[test]

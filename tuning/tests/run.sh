@@ -180,6 +180,20 @@ out=$(tt check 2>&1)
 rc=$?
 if [[ $rc -eq 2 ]]; then ok "check exits 2 again after revert"; else bad "check exits 2 after revert (got $rc)"; fi
 
+# nft lists set elements in ascending order: with a listen port above the
+# relay range, check after apply must still read the table as its own.
+if command -v nft >/dev/null && [[ -e /proc/sys/net/netfilter/nf_conntrack_max ]]; then
+	high=(--relay-ports 40000-44999 --listen-port 59000)
+	tt apply "${high[@]}" >/dev/null 2>&1
+	out=$(tt check "${high[@]}" 2>&1)
+	if grep -Eq 'nft table inet tern_notrack +present +notrack \{ 40000-44999, 59000 \} +OK' <<<"$out"; then
+		ok "nft table with a listen port above the relay range reads as present"
+	else
+		bad "nft table with a listen port above the relay range" "$(grep tern_notrack <<<"$out")"
+	fi
+	tt revert >/dev/null 2>&1
+fi
+
 # A saved host-wide line is outside --scope netns: revert keeps it, untouched.
 mkdir -p "$TMP/s3"
 printf 'host\tsysctl\tnet.core.netdev_max_backlog\t1000\n' >"$TMP/s3/saved"

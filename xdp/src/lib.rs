@@ -277,6 +277,69 @@ impl Filter {
             })
     }
 
+    /// Redirect relay traffic received on `queue` into its AF_XDP socket only
+    /// for ports in `ports` (the slice of the worker serving that queue);
+    /// other relay ports go up the stack to their worker's socket. `None`
+    /// lifts the restriction.
+    pub fn set_queue_slice(
+        &self,
+        queue: u32,
+        ports: Option<std::ops::RangeInclusive<u16>>,
+    ) -> Result<(), Error> {
+        let (lo, hi) = ports.map_or((0, 0), |r| (*r.start(), *r.end()));
+        let mut value = [0u8; 4];
+        value[..2].copy_from_slice(&lo.to_ne_bytes());
+        value[2..].copy_from_slice(&hi.to_ne_bytes());
+        self.skel()
+            .maps
+            .queue_slices
+            .update(&queue.to_ne_bytes(), &value, MapFlags::ANY)
+            .map_err(|source| Error::Map {
+                map: "queue_slices",
+                source,
+            })
+    }
+
+    /// Put AF_XDP socket `xsk_fd`, bound to queue `queue` of interface
+    /// `ifindex`, in the redirect map (for relays with sockets on several
+    /// interfaces; the interface gets a slot the first time). At most 16
+    /// interfaces and 256 queues.
+    pub fn register_xsk_on(
+        &self,
+        ifindex: u32,
+        queue: u32,
+        xsk_fd: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        let slots = &self.skel().maps.if_slots;
+        let key = ifindex.to_ne_bytes();
+        let slot = match slots.lookup(&key, MapFlags::ANY) {
+            Ok(Some(v)) if v.len() == 4 => u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+            Ok(_) => {
+                let next = slots.keys().count() as u32;
+                slots
+                    .update(&key, &next.to_ne_bytes(), MapFlags::NO_EXIST)
+                    .map_err(|source| Error::Map {
+                        map: "if_slots",
+                        source,
+                    })?;
+                next
+            }
+            Err(source) => {
+                return Err(Error::Map {
+                    map: "if_slots",
+                    source,
+                })
+            }
+        };
+        if queue >= 256 || slot >= 16 {
+            return Err(Error::Sys {
+                what: "register_xsk_on",
+                source: std::io::Error::from_raw_os_error(libc::E2BIG),
+            });
+        }
+        self.register_xsk(slot * 256 + queue, xsk_fd)
+    }
+
     /// Remove the AF_XDP socket of `queue` from the redirect map (absent is fine).
     pub fn unregister_xsk(&self, queue: u32) -> Result<(), Error> {
         match self.skel().maps.xsks.delete(&queue.to_ne_bytes()) {

@@ -33,6 +33,7 @@ mod mmsg;
 mod sockaddr;
 pub mod socket;
 mod uring;
+pub mod xsk;
 
 #[cfg(test)]
 mod backend_tests;
@@ -231,6 +232,10 @@ pub enum BackendKind {
     /// io_uring (Linux 6.0+): multishot `recvmsg` into a provided-buffer ring,
     /// `sendmsg` SQEs submitted once per loop turn.
     Uring,
+    /// AF_XDP ([`xsk::XdpIo`]): frames redirected by tern's XDP program into
+    /// a socket per queue, headers built by the relay; never chosen by
+    /// probing (it needs an interface and the XDP program).
+    Xdp,
 }
 
 impl BackendKind {
@@ -239,6 +244,7 @@ impl BackendKind {
         match self {
             BackendKind::Mmsg => "mmsg",
             BackendKind::Uring => "uring",
+            BackendKind::Xdp => "xdp",
         }
     }
 
@@ -254,6 +260,10 @@ impl BackendKind {
             // provided-buffer ring and RLIMIT_MEMLOCK; probed once per process.
             BackendKind::Uring => {
                 uring::probe().map_err(|reason| BackendUnavailable { kind: self, reason })
+            }
+            // An AF_XDP socket can be made (CAP_NET_RAW, kernel support).
+            BackendKind::Xdp => {
+                xsk::probe().map_err(|reason| BackendUnavailable { kind: self, reason })
             }
         }
     }

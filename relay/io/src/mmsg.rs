@@ -30,6 +30,9 @@ use crate::{BackendKind, IoStats, PacketIo, SocketId, Wake, MAX_BATCH, MAX_UDP_P
 const WAKE_TOKEN: Token = Token(usize::MAX);
 /// The descriptor given to [`PacketIo::watch`].
 const WATCH_TOKEN: Token = Token(usize::MAX - 1);
+/// Descriptors a back end built on this one registers (AF_XDP sockets): they
+/// only end the wait; the owner looks at them itself.
+const INNER_TOKEN: Token = Token(usize::MAX - 2);
 
 /// Tuning of an [`MmsgIo`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +110,15 @@ impl Wake for MioWake {
 }
 
 impl MmsgIo {
+    /// For back ends built on this one (AF_XDP): make [`PacketIo::wait`]
+    /// also return when `fd` becomes readable (edge-triggered; the caller
+    /// drains it). The event itself is not reported.
+    pub(crate) fn watch_fd(&self, fd: RawFd) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), INNER_TOKEN, Interest::READABLE)
+    }
+
     /// A back end with its own epoll instance and preallocated buffers.
     pub fn new(config: MmsgConfig) -> io::Result<Self> {
         let poll = Poll::new()?;
@@ -420,7 +432,7 @@ impl PacketIo for MmsgIo {
             Err(e) => return Err(e),
         }
         for event in self.events.iter() {
-            if event.token() == WAKE_TOKEN {
+            if event.token() == WAKE_TOKEN || event.token() == INNER_TOKEN {
                 continue;
             }
             if event.token() == WATCH_TOKEN {

@@ -60,6 +60,7 @@ fn main() {
                 .map(|&s| EncodingParams {
                     ssrc: Some(Ssrc::new(s)),
                     rid: None,
+                    rtx_ssrc: None,
                 })
                 .collect(),
             rid_extension_id: None,
@@ -68,6 +69,8 @@ fn main() {
             key_frame_request: KeyFrameRequest::Pli,
             retransmit_capacity: 512,
             nack: true,
+            rtx_payload_types: vec![],
+            repaired_rid_extension_id: None,
         })
         .unwrap();
     // One SRTP context per subscriber transport, as in production.
@@ -84,6 +87,8 @@ fn main() {
                 paused: false,
                 initial_seq: SeqNo::new(i as u16),
                 initial_timestamp: i,
+                rtx_ssrc: None,
+                rtx_payload_types: vec![],
             })
             .unwrap();
         if let Some(pr) = profile {

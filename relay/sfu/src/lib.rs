@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod fuzz;
 mod loss;
 mod output;
 mod retransmit;

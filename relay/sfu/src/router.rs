@@ -128,6 +128,9 @@ pub struct EncodingParams {
     /// Its RID (RFC 8851), when the SSRC is to be learned from the RID
     /// header extension.
     pub rid: Option<String>,
+    /// SSRC of its RTX stream (RFC 4588), when signalled; a RID-signalled
+    /// encoding's RTX SSRC is learned from the repaired-RID extension.
+    pub rtx_ssrc: Option<Ssrc>,
 }
 
 /// What a producer sends.
@@ -158,6 +161,12 @@ pub struct ProducerParams {
     /// The producer answers generic NACKs (`a=rtcp-fb:* nack`): the router
     /// NACKs packets missing upstream.
     pub nack: bool,
+    /// RTX payload types and the media payload type each repairs
+    /// (`a=fmtp:RTX apt=MEDIA`), as (rtx, apt).
+    pub rtx_payload_types: Vec<(PayloadType, PayloadType)>,
+    /// Header extension id of the repaired RID
+    /// (urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id).
+    pub repaired_rid_extension_id: Option<u8>,
 }
 
 /// What a consumer receives.
@@ -181,6 +190,12 @@ pub struct ConsumerParams {
     pub initial_seq: SeqNo,
     /// First outgoing timestamp (pick at random in production).
     pub initial_timestamp: u32,
+    /// Send retransmissions as RTX (RFC 4588) on this SSRC instead of
+    /// repeating them on the consumer's own SSRC.
+    pub rtx_ssrc: Option<Ssrc>,
+    /// The consumer's RTX payload type for each of its media payload types,
+    /// as (media, rtx). Media types without one are retransmitted plainly.
+    pub rtx_payload_types: Vec<(PayloadType, PayloadType)>,
 }
 
 /// Something the caller may want to act on or log.
@@ -248,8 +263,10 @@ pub struct Router {
     config: RouterConfig,
     producers: Slab<Producer>,
     consumers: Slab<Consumer>,
-    /// (transport, SSRC) → (producer, encoding index).
-    producer_streams: AHashMap<(TransportId, Ssrc), (ProducerId, usize)>,
+    /// (transport, SSRC) → producer stream (media or RTX).
+    producer_streams: AHashMap<(TransportId, Ssrc), StreamRef>,
+    /// Where an RTX packet is rebuilt as the packet it repairs.
+    rtx_scratch: Box<[u8]>,
     /// (transport, SSRC) → consumer.
     consumer_streams: AHashMap<(TransportId, Ssrc), ConsumerId>,
     events: VecDeque<Event>,
@@ -268,11 +285,13 @@ impl Router {
     /// An empty router.
     pub fn new(config: RouterConfig) -> Self {
         let events = VecDeque::with_capacity(config.event_capacity);
+        let rtx_scratch = vec![0; config.max_packet_size].into_boxed_slice();
         Self {
             config,
             producers: Slab::default(),
             consumers: Slab::default(),
             producer_streams: AHashMap::new(),
+            rtx_scratch,
             consumer_streams: AHashMap::new(),
             events,
             stats: RouterStats::default(),
@@ -302,8 +321,11 @@ impl Router {
             if e.ssrc.is_none() && !by_rid {
                 return Err(RouterError::EncodingUnaddressable(i));
             }
-            if let Some(ssrc) = e.ssrc {
-                let dup = params.encodings[..i].iter().any(|o| o.ssrc == Some(ssrc));
+            for ssrc in [e.ssrc, e.rtx_ssrc].into_iter().flatten() {
+                let dup = params.encodings[..i]
+                    .iter()
+                    .any(|o| o.ssrc == Some(ssrc) || o.rtx_ssrc == Some(ssrc))
+                    || e.ssrc == e.rtx_ssrc;
                 if dup
                     || self
                         .producer_streams
@@ -312,6 +334,10 @@ impl Router {
                     return Err(RouterError::SsrcInUse(ssrc));
                 }
             }
+        }
+        let mut rtx_apt = [NO_PT; 128];
+        for (rtx, apt) in &params.rtx_payload_types {
+            rtx_apt[usize::from(rtx.get())] = apt.get();
         }
         let mut pts = [false; 128];
         for pt in &params.payload_types {
@@ -334,13 +360,21 @@ impl Router {
             mid: params.mid.map(|m| m.into_bytes().into_boxed_slice()),
             key_frame_request: params.key_frame_request,
             nack: params.nack,
+            rtx_apt,
+            repaired_rid_extension_id: params.repaired_rid_extension_id,
             consumers: Vec::new(),
         };
         let id = ProducerId(self.producers.insert(producer));
         for (i, e) in params.encodings.iter().enumerate() {
-            if let Some(ssrc) = e.ssrc {
-                self.producer_streams
-                    .insert((params.transport, ssrc), (id, i));
+            for (ssrc, rtx) in [(e.ssrc, false), (e.rtx_ssrc, true)] {
+                if let Some(ssrc) = ssrc {
+                    let r = StreamRef {
+                        producer: id,
+                        encoding: i,
+                        rtx,
+                    };
+                    self.producer_streams.insert((params.transport, ssrc), r);
+                }
             }
         }
         debug!(producer = id.0, encodings = n, "producer added");
@@ -355,7 +389,7 @@ impl Router {
             .remove(id.0)
             .ok_or(RouterError::UnknownProducer(id))?;
         for e in &p.encodings {
-            if let Some(ssrc) = e.ssrc() {
+            for ssrc in [e.ssrc(), e.rtx_ssrc()].into_iter().flatten() {
                 self.producer_streams.remove(&(p.transport, ssrc));
             }
         }
@@ -420,6 +454,18 @@ impl Router {
             ts: TimestampMapper::new(producer.clock_rate, params.initial_timestamp),
             needs_sync: true,
             vp8: (producer.codec == Codec::Vp8).then(Vp8Continuity::default),
+            sr_offset: None,
+            rtx: params.rtx_ssrc.map(|ssrc| {
+                let mut map = [NO_PT; 128];
+                for (media, rtx) in &params.rtx_payload_types {
+                    map[usize::from(media.get())] = rtx.get();
+                }
+                ConsumerRtx {
+                    ssrc,
+                    pt_map: map,
+                    next_seq: params.initial_seq.get() ^ 0x5A5A,
+                }
+            }),
             history: vec![HistoryEntry::default(); HISTORY].into_boxed_slice(),
             sr_sent: [(0, None); SR_MEMORY],
             sr_next: 0,
@@ -565,10 +611,84 @@ impl Router {
         if packet.len() > out.slot_size() {
             return Err(self.count_drop(DropReason::TooLarge));
         }
-        let Some((pid, enc_idx)) = self.lookup_or_bind(transport, &pkt) else {
+        let Some(stream) = self.lookup_or_bind(transport, &pkt) else {
             trace!(ssrc = %pkt.ssrc(), "RTP from unknown SSRC");
             return Err(self.count_drop(DropReason::UnknownSsrc));
         };
+        if stream.rtx {
+            return self.handle_rtx(now, stream, &pkt, out);
+        }
+        self.forward(now, stream.producer, stream.encoding, &pkt, out)
+    }
+
+    /// Rebuild an RTX packet (RFC 4588 §4) as the packet it repairs and
+    /// forward that.
+    fn handle_rtx(
+        &mut self,
+        now: Instant,
+        stream: StreamRef,
+        pkt: &RtpPacket<'_>,
+        out: &mut Output,
+    ) -> Result<usize, DropReason> {
+        let Some(p) = self.producers.get_mut(stream.producer.0) else {
+            return Err(self.count_drop(DropReason::UnknownSsrc));
+        };
+        let Some(apt) = PayloadType::new(p.rtx_apt[usize::from(pkt.payload_type().get())]) else {
+            return Err(self.count_drop(DropReason::UnknownPayloadType));
+        };
+        let e = &mut p.encodings[stream.encoding];
+        let Some(media_ssrc) = e.ssrc() else {
+            return Err(self.count_drop(DropReason::UnknownSsrc));
+        };
+        let payload = pkt.payload();
+        if payload.len() < 2 {
+            // Padding-only RTX is bandwidth probing: nothing to repair.
+            self.stats.rtx_padding_only += 1;
+            return Ok(0);
+        }
+        e.rtx_packets += 1;
+        self.stats.rtx_received += 1;
+        let osn = SeqNo::new(u16::from_be_bytes([payload[0], payload[1]]));
+        let header = pkt.header_len();
+        let len = header + payload.len() - 2;
+        let mut scratch = std::mem::take(&mut self.rtx_scratch);
+        let result = match scratch.get_mut(..len) {
+            None => Err(self.count_drop(DropReason::TooLarge)),
+            Some(dst) => {
+                dst[..header].copy_from_slice(&pkt.as_bytes()[..header]);
+                dst[0] &= !0x20; // the RTX packet's padding is not the original's
+                dst[header..].copy_from_slice(&payload[2..]);
+                let rebuilt = RtpHeaderMut::new(dst).map(|mut h| {
+                    h.set_ssrc(media_ssrc);
+                    h.set_seq(osn);
+                    h.set_payload_type(apt);
+                });
+                match rebuilt
+                    .ok()
+                    .and_then(|()| RtpPacket::parse(&scratch[..len]).ok())
+                {
+                    Some(original) => {
+                        self.forward(now, stream.producer, stream.encoding, &original, out)
+                    }
+                    None => Err(self.count_drop(DropReason::MalformedRtp)),
+                }
+            }
+        };
+        self.rtx_scratch = scratch;
+        result
+    }
+
+    /// Store a producer's packet and write it for every consumer that should
+    /// get it.
+    fn forward(
+        &mut self,
+        now: Instant,
+        pid: ProducerId,
+        enc_idx: usize,
+        pkt: &RtpPacket<'_>,
+        out: &mut Output,
+    ) -> Result<usize, DropReason> {
+        let packet = pkt.as_bytes();
         let epoch = self.epoch.unwrap_or(now);
         let Router {
             producers,
@@ -590,7 +710,7 @@ impl Router {
         let nack = producer.nack;
         let encoding = &mut producer.encodings[enc_idx];
         let missing_before = encoding.missing.len();
-        encoding.on_packet(now, epoch, clock_rate, &pkt, info, nack);
+        encoding.on_packet(now, epoch, clock_rate, pkt, info, nack);
         if encoding.missing.len() > missing_before {
             let due = now + crate::loss::REORDER_GRACE;
             *nack_due = Some(nack_due.map_or(due, |d| d.min(due)));
@@ -607,7 +727,7 @@ impl Router {
                 switched,
                 picture_id,
                 tl0_pic_idx,
-            }) = c.decide(enc_idx, &pkt, info, now)
+            }) = c.decide(enc_idx, pkt, info, now, &producer.encodings)
             else {
                 continue;
             };
@@ -806,11 +926,7 @@ impl Router {
 
     /// The producer stream of a packet, learning a RID-signalled encoding's
     /// SSRC from the packet's RID (and MID) header extensions.
-    fn lookup_or_bind(
-        &mut self,
-        transport: TransportId,
-        pkt: &RtpPacket<'_>,
-    ) -> Option<(ProducerId, usize)> {
+    fn lookup_or_bind(&mut self, transport: TransportId, pkt: &RtpPacket<'_>) -> Option<StreamRef> {
         let ssrc = pkt.ssrc();
         if let Some(&found) = self.producer_streams.get(&(transport, ssrc)) {
             return Some(found);
@@ -823,34 +939,67 @@ impl Router {
             if p.transport != transport {
                 continue;
             }
-            let Some(rid) = p.rid_extension_id.and_then(|id| pkt.extension(id)) else {
-                continue;
-            };
             if let (Some(mid_id), Some(mid)) = (p.mid_extension_id, p.mid.as_deref()) {
                 if pkt.extension(mid_id) != Some(mid) {
                     continue;
                 }
             }
+            // A media stream carries its RID; an RTX stream the RID it repairs.
+            let media = p
+                .rid_extension_id
+                .and_then(|id| pkt.extension(id))
+                .map(|r| (r, false));
+            let repair = || {
+                p.repaired_rid_extension_id
+                    .and_then(|id| pkt.extension(id))
+                    .map(|r| (r, true))
+            };
+            let Some((rid, rtx)) = media.or_else(repair) else {
+                continue;
+            };
+            let free = |e: &Encoding| {
+                if rtx {
+                    e.rtx_ssrc().is_none()
+                } else {
+                    e.ssrc().is_none()
+                }
+            };
             let Some(i) = p
                 .encodings
                 .iter()
-                .position(|e| e.ssrc().is_none() && e.rid.as_deref() == Some(rid))
+                .position(|e| free(e) && e.rid.as_deref() == Some(rid))
             else {
                 continue;
             };
-            p.encodings[i].bound_ssrc = Some(ssrc);
-            bound = Some((ProducerId(raw), i));
+            if rtx {
+                p.encodings[i].rtx_bound = Some(ssrc);
+            } else {
+                p.encodings[i].bound_ssrc = Some(ssrc);
+            }
+            bound = Some(StreamRef {
+                producer: ProducerId(raw),
+                encoding: i,
+                rtx,
+            });
             break;
         }
-        let (pid, i) = bound?;
-        self.producer_streams.insert((transport, ssrc), (pid, i));
-        self.push_event(Event::EncodingBound {
-            producer: pid,
-            encoding: i as u8,
-            ssrc,
-        });
-        debug!(producer = pid.0, encoding = i, %ssrc, "encoding bound by RID");
-        Some((pid, i))
+        let found = bound?;
+        self.producer_streams.insert((transport, ssrc), found);
+        if !found.rtx {
+            self.push_event(Event::EncodingBound {
+                producer: found.producer,
+                encoding: found.encoding as u8,
+                ssrc,
+            });
+        }
+        debug!(
+            producer = found.producer.0,
+            encoding = found.encoding,
+            rtx = found.rtx,
+            %ssrc,
+            "stream bound by RID"
+        );
+        Some(found)
     }
 
     /// Recompute every consumer's target encoding and mark the key frames
@@ -888,8 +1037,13 @@ impl Router {
         info: SenderInfo,
         out: &mut Output,
     ) {
-        let Some(&(pid, enc_idx)) = self.producer_streams.get(&(transport, info.ssrc)) else {
-            return; // An SR from a consumer that also sends: only its blocks matter.
+        let Some(&StreamRef {
+            producer: pid,
+            encoding: enc_idx,
+            rtx: false,
+        }) = self.producer_streams.get(&(transport, info.ssrc))
+        else {
+            return; // An SR from a consumer that also sends (or for RTX): only blocks matter.
         };
         let Router {
             producers,
@@ -1007,8 +1161,43 @@ impl Router {
                 continue;
             };
             let ts = orig.timestamp().wrapping_add(entry.ts_offset);
-            let ssrc = c.ssrc;
             let header = orig.header_len();
+            if let Some(rtx) = c.rtx.as_mut() {
+                if let Some(rtx_pt) = PayloadType::new(rtx.pt_map[usize::from(pt.get())]) {
+                    let picture_id = (entry.picture_id != NONE16).then_some(entry.picture_id);
+                    let tl0 = (entry.tl0_pic_idx != NONE16).then_some(entry.tl0_pic_idx as u8);
+                    let rtx_seq = SeqNo::new(rtx.next_seq);
+                    let rtx_ssrc = rtx.ssrc;
+                    let written = out.push(c.transport, PacketKind::Rtp, Some(cid), |slot| {
+                        let payload = orig.payload();
+                        let n = header + 2 + payload.len();
+                        let dst = slot.get_mut(..n)?;
+                        dst[..header].copy_from_slice(&original[..header]);
+                        dst[0] &= !0x20;
+                        dst[header..header + 2].copy_from_slice(&seq.get().to_be_bytes());
+                        dst[header + 2..].copy_from_slice(payload);
+                        let mut h = RtpHeaderMut::new(dst).ok()?;
+                        h.set_ssrc(rtx_ssrc);
+                        h.set_seq(rtx_seq);
+                        h.set_timestamp(ts);
+                        h.set_payload_type(rtx_pt);
+                        if picture_id.is_some() || tl0.is_some() {
+                            vp8::rewrite(&mut dst[header + 2..], picture_id, tl0);
+                        }
+                        Some(n)
+                    });
+                    if written {
+                        rtx.next_seq = rtx.next_seq.wrapping_add(1);
+                        c.stats.retransmitted += 1;
+                        stats.retransmitted += 1;
+                    } else {
+                        count(stats, DropReason::OutputFull);
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let ssrc = c.ssrc;
             let picture_id = (entry.picture_id != NONE16).then_some(entry.picture_id);
             let tl0_pic_idx = (entry.tl0_pic_idx != NONE16).then_some(entry.tl0_pic_idx as u8);
             let written = out.push(c.transport, PacketKind::Rtp, Some(cid), |slot| {
@@ -1088,7 +1277,27 @@ struct Producer {
     mid: Option<Box<[u8]>>,
     key_frame_request: KeyFrameRequest,
     nack: bool,
+    /// RTX payload type → the media payload type it repairs (`NO_PT`: none).
+    rtx_apt: [u8; 128],
+    repaired_rid_extension_id: Option<u8>,
     consumers: Vec<ConsumerId>,
+}
+
+/// What a (transport, SSRC) names: an encoding's media or RTX stream.
+#[derive(Clone, Copy, Debug)]
+struct StreamRef {
+    producer: ProducerId,
+    encoding: usize,
+    rtx: bool,
+}
+
+/// A consumer's RTX stream.
+#[derive(Clone, Debug)]
+struct ConsumerRtx {
+    ssrc: Ssrc,
+    /// Consumer media payload type → its RTX payload type (`NO_PT`: none).
+    pt_map: [u8; 128],
+    next_seq: u16,
 }
 
 #[derive(Debug)]
@@ -1111,6 +1320,9 @@ struct Encoding {
     last_key_frame_request: Option<Instant>,
     fir_seq: u8,
     missing: MissingList,
+    rtx_ssrc: Option<Ssrc>,
+    rtx_bound: Option<Ssrc>,
+    rtx_packets: u64,
     nacks_sent: u64,
     recovered: u64,
     /// Expected and received at the previous RR (for its fraction lost).
@@ -1138,6 +1350,9 @@ impl Encoding {
             last_key_frame_request: None,
             fir_seq: 0,
             missing: MissingList::new(),
+            rtx_ssrc: p.rtx_ssrc,
+            rtx_bound: None,
+            rtx_packets: 0,
             nacks_sent: 0,
             recovered: 0,
             expected_prior: 0,
@@ -1147,6 +1362,10 @@ impl Encoding {
 
     fn ssrc(&self) -> Option<Ssrc> {
         self.ssrc.or(self.bound_ssrc)
+    }
+
+    fn rtx_ssrc(&self) -> Option<Ssrc> {
+        self.rtx_ssrc.or(self.rtx_bound)
     }
 
     fn on_packet(
@@ -1202,6 +1421,8 @@ impl Encoding {
             key_frames: self.key_frames,
             nacks_sent: self.nacks_sent,
             recovered: self.recovered,
+            rtx_ssrc: self.rtx_ssrc(),
+            rtx_packets: self.rtx_packets,
         }
     }
 
@@ -1504,6 +1725,11 @@ struct Consumer {
     needs_sync: bool,
     /// VP8 descriptor continuity (VP8 producers only).
     vp8: Option<Vp8Continuity>,
+    /// Timestamp offset for the run a switch starts, from the two
+    /// encodings' sender reports.
+    sr_offset: Option<u32>,
+    /// RTX stream for retransmissions, when negotiated.
+    rtx: Option<ConsumerRtx>,
     history: Box<[HistoryEntry]>,
     sr_sent: [(u32, Option<Instant>); SR_MEMORY],
     sr_next: usize,
@@ -1518,6 +1744,7 @@ impl Consumer {
         pkt: &RtpPacket<'_>,
         info: FrameInfo,
         now: Instant,
+        encodings: &[Encoding],
     ) -> Option<Forward> {
         if self.paused {
             return None;
@@ -1528,6 +1755,16 @@ impl Consumer {
                 && self.current_spatial != Some(enc)
                 && info.key_frame_start
             {
+                // From a running encoding: align the new one's timestamps
+                // by both encodings' sender reports where they have them.
+                self.sr_offset = self.current_spatial.and_then(|from| {
+                    aligned_offset(
+                        &encodings[from],
+                        &encodings[enc],
+                        self.ts.clock_rate(),
+                        self.ts.offset(),
+                    )
+                });
                 self.current_spatial = Some(enc);
                 self.current_temporal = self.target_temporal;
                 self.needs_sync = true;
@@ -1575,7 +1812,14 @@ impl Consumer {
         }
         if self.needs_sync {
             self.seq.sync(pkt.seq());
-            self.ts.sync(pkt.timestamp(), now);
+            match self.sr_offset.take() {
+                Some(offset) => {
+                    let tolerance = self.ts.clock_rate(); // one second
+                    self.ts
+                        .sync_with_offset(pkt.timestamp(), offset, now, tolerance);
+                }
+                None => self.ts.sync(pkt.timestamp(), now),
+            }
             if let Some(v) = self.vp8.as_mut() {
                 v.sync(&info);
             }
@@ -1612,6 +1856,29 @@ impl Consumer {
             temporal,
         }
     }
+}
+
+/// The timestamp offset that carries a consumer from encoding `from` (sent
+/// with `from_offset`) to encoding `to` so both map the same capture instant
+/// to the same output time: RTP(to) → NTP by `to`'s last SR → RTP(from) by
+/// `from`'s last SR. `None` unless both have sent an SR.
+fn aligned_offset(
+    from: &Encoding,
+    to: &Encoding,
+    clock_rate: u32,
+    from_offset: u32,
+) -> Option<u32> {
+    let (a, _) = from.last_sr?;
+    let (b, _) = to.last_sr?;
+    // NTP difference in 32.32 fixed-point seconds, then in RTP ticks.
+    let ntp_diff = b.ntp.wrapping_sub(a.ntp) as i64;
+    let tick_diff = ((i128::from(ntp_diff) * i128::from(clock_rate)) >> 32) as i64;
+    Some(
+        a.rtp_timestamp
+            .wrapping_sub(b.rtp_timestamp)
+            .wrapping_add(tick_diff as u32)
+            .wrapping_add(from_offset),
+    )
 }
 
 /// Copy `packet` into `slot` and rewrite its header for a consumer.

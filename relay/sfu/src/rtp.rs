@@ -254,8 +254,10 @@ impl<'a> Iterator for Extensions<'a> {
     fn next(&mut self) -> Option<Extension<'a>> {
         loop {
             let (&first, tail) = self.rest.split_first()?;
-            if first == 0 {
-                // Padding byte between elements (both forms).
+            // Padding between elements: a zero byte (two-byte form), or any
+            // byte with ID 0 in the one-byte form, whose length is ignored
+            // (ID 0 is reserved for padding, RFC 8285 §4.2; as libwebrtc).
+            if first == 0 || (!self.two_byte && first >> 4 == 0) {
                 self.rest = tail;
                 continue;
             }
@@ -290,7 +292,7 @@ fn validate_elements(profile: u16, body: &[u8]) -> Result<(), RtpError> {
     let mut at = 0;
     while at < body.len() {
         let first = body[at];
-        if first == 0 {
+        if first == 0 || (!two_byte && first >> 4 == 0) {
             at += 1;
             continue;
         }
@@ -438,6 +440,16 @@ mod tests {
         assert_eq!(p.extension(2), Some(&b"c"[..]));
         assert_eq!(p.extension(3), None);
         assert_eq!(p.payload(), b"x");
+    }
+
+    #[test]
+    fn one_byte_id_zero_is_padding_whatever_its_length() {
+        // 0x05 has ID 0 and a length nibble: one byte of padding, not an element.
+        let body = [0x05, 0x10, b'a', 0x00];
+        let buf = packet(Some((PROFILE_ONE_BYTE, &body)), &[], b"x", 0);
+        let p = RtpPacket::parse(&buf).unwrap();
+        let all: Vec<_> = p.extensions().collect();
+        assert_eq!(all, vec![Extension { id: 1, value: b"a" }]);
     }
 
     #[test]

@@ -273,6 +273,36 @@ impl TimestampMapper {
         self.offset = out.wrapping_sub(input);
     }
 
+    /// Start a new run at `input` with `offset` (derived from sender reports,
+    /// which align the new stream's clock with the old one's) when that keeps
+    /// the output moving forward and within `tolerance` ticks of what the
+    /// elapsed time predicts; otherwise as [`sync`](Self::sync). Returns
+    /// whether `offset` was used.
+    pub fn sync_with_offset(
+        &mut self,
+        input: u32,
+        offset: u32,
+        now: Instant,
+        tolerance: u32,
+    ) -> bool {
+        let Some(at) = self.last_at else {
+            self.sync(input, now);
+            return false;
+        };
+        let elapsed = ticks(now.saturating_duration_since(at), self.clock_rate).max(1);
+        let predicted = self.last_out.wrapping_add(elapsed);
+        let out = input.wrapping_add(offset);
+        let forward = (out.wrapping_sub(self.last_out) as i32) > 0;
+        let near = (out.wrapping_sub(predicted) as i32).unsigned_abs() <= tolerance;
+        if forward && near {
+            self.offset = offset;
+            true
+        } else {
+            self.sync(input, now);
+            false
+        }
+    }
+
     /// The output for `input`, remembering it as the newest when it is newer.
     pub fn map(&mut self, input: u32, now: Instant) -> u32 {
         let out = input.wrapping_add(self.offset);
@@ -286,6 +316,11 @@ impl TimestampMapper {
     /// The current offset (output − input, mod 2^32).
     pub fn offset(&self) -> u32 {
         self.offset
+    }
+
+    /// The clock rate in Hz.
+    pub fn clock_rate(&self) -> u32 {
+        self.clock_rate
     }
 }
 
@@ -399,6 +434,24 @@ mod tests {
         assert_eq!(m.map(11), Some(0x7FFF));
         assert_eq!(m.map(12), Some(0));
         assert_eq!(m.bits(), 15);
+    }
+
+    #[test]
+    fn sender_report_offsets_are_used_only_when_plausible() {
+        #[allow(clippy::disallowed_methods)]
+        let t0 = Instant::now();
+        let mut t = TimestampMapper::new(90_000, 0);
+        t.sync(0, t0);
+        t.map(0, t0);
+        let t1 = t0 + Duration::from_millis(33);
+        // 3000 ahead of the last output: exact frame spacing, accepted.
+        assert!(t.sync_with_offset(100, 2900, t1, 90_000));
+        assert_eq!(t.map(100, t1), 3000);
+        // Backwards (or equal): refused, elapsed time used instead.
+        assert!(!t.sync_with_offset(500, 2500, t1, 90_000));
+        assert_eq!(t.map(500, t1), 3001);
+        // Far from what the clock says: refused.
+        assert!(!t.sync_with_offset(0, 1_000_000, t1, 90_000));
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct RouterStats {
     pub remb_ignored: u64,
     /// Other RTCP packets (SDES, BYE, APP, XR, TWCC, …) received and ignored.
     pub rtcp_ignored: u64,
+    /// RTX packets received from producers and rebuilt as what they repair.
+    pub rtx_received: u64,
+    /// Padding-only RTX packets (bandwidth probes) received and ignored.
+    pub rtx_padding_only: u64,
     /// NACK packets sent to producers for packets missing upstream.
     pub upstream_nacks_sent: u64,
     /// Receiver reports sent to producers.
@@ -116,6 +120,10 @@ pub struct EncodingStats {
     pub nacks_sent: u64,
     /// Missing packets that arrived later (retransmitted or reordered).
     pub recovered: u64,
+    /// The RTX SSRC, once known.
+    pub rtx_ssrc: Option<Ssrc>,
+    /// RTX packets received.
+    pub rtx_packets: u64,
 }
 
 /// Counters and the latest receiver-report view of one consumer.

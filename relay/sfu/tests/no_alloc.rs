@@ -82,13 +82,21 @@ fn forwarding_path_does_not_allocate() {
     let mut out = Output::new(256, 1600);
     let mut now = t0();
     let p = router
-        .add_producer(video_producer(Codec::Vp8, &[0xA0, 0xA1]))
+        .add_producer({
+            let mut params = video_producer(Codec::Vp8, &[0xA0, 0xA1]);
+            params.encodings[0].rtx_ssrc = Some(Ssrc::new(0xB0));
+            params.rtx_payload_types = vec![(pt(97), pt(VP8_PT))];
+            params
+        })
         .unwrap();
     let mut ids = Vec::new();
     for i in 0..CONSUMERS {
         let mut c = consumer(p, 10 + i, 0x100 + i);
         if i % 2 == 0 {
             c.preferred_temporal = Some(0);
+        } else {
+            c.rtx_ssrc = Some(Ssrc::new(0x300 + i));
+            c.rtx_payload_types = vec![(pt(VP8_PT), pt(97))];
         }
         ids.push(router.add_consumer(c).unwrap());
     }
@@ -103,6 +111,8 @@ fn forwarding_path_does_not_allocate() {
     ];
     let mut audio = Stream::new(Codec::Opus, 0xAA, 0, 0, 0);
     let mut frames = Vec::new();
+    let mut rtx_seq = 0u16;
+    let mut repair = None;
     for f in 0..FRAMES {
         let mut pkts = Vec::new();
         for s in streams.iter_mut() {
@@ -111,7 +121,12 @@ fn forwarding_path_does_not_allocate() {
         }
         pkts.extend(audio.frame(false, 1, None, false));
         if f % 7 == 3 {
-            pkts.remove(1); // lost upstream: NACKed by the router
+            // Lost upstream: NACKed by the router, repaired by RTX a frame later.
+            let lost = pkts.remove(1);
+            rtx_seq = rtx_seq.wrapping_add(1);
+            repair = Some(rtx_of(&lost, 0xB0, 97, rtx_seq, 0));
+        } else if let Some(r) = repair.take() {
+            pkts.push(r);
         }
         frames.push(pkts);
     }
@@ -210,6 +225,7 @@ fn forwarding_path_does_not_allocate() {
     assert!(st.retransmitted > 0 && st.sender_reports_forwarded > 0);
     assert!(st.key_frame_requests_sent > 0);
     assert!(st.upstream_nacks_sent > 0 && st.receiver_reports_sent > 0);
+    assert!(st.rtx_received > 0);
     assert!(events > 0, "layer switches happened");
     assert!(protected >= st.rtp_forwarded);
     let switches: u64 = ids

@@ -581,6 +581,7 @@ fn rid_encodings_are_bound_from_header_extensions() {
         .map(|r| EncodingParams {
             ssrc: None,
             rid: Some(r.to_string()),
+            rtx_ssrc: None,
         })
         .collect();
     params.rid_extension_id = Some(10);
@@ -729,6 +730,7 @@ fn control_calls_validate_and_removal_closes_consumers() {
     bad.encodings[1] = EncodingParams {
         ssrc: None,
         rid: Some("h".into()),
+        rtx_ssrc: None,
     };
     assert_eq!(
         w.router.add_producer(bad),
@@ -891,4 +893,194 @@ fn producers_get_receiver_reports_with_loss_jitter_and_lsr() {
     assert!(b.delay_since_last_sr > 0 && b.delay_since_last_sr <= 65_536);
     assert!(blocks.iter().all(|b| b.ssrc.get() == 0x5));
     assert!(w.router.stats().receiver_reports_sent >= 1);
+}
+
+#[test]
+fn a_switch_aligns_timestamps_by_the_encodings_sender_reports() {
+    let mut w = World::new();
+    let p = w
+        .router
+        .add_producer(video_producer(Codec::Vp8, &[0xA0, 0xA1]))
+        .unwrap();
+    let c = w.add_consumer(consumer(p, 10, 0xC0)).unwrap();
+    let mut st = [
+        Stream::new(Codec::Vp8, 0xA0, 0, 100, 7_777),
+        Stream::new(Codec::Vp8, 0xA1, 1, 9, 3_000_000_000),
+    ];
+    // Both encodings share one capture clock: 30 frames/s, 3000 ticks each.
+    let ntp = |frame: u32| (3_900_000_000u64 << 32) + u64::from(frame) * ((1u64 << 32) / 30);
+    for f in 0..20u32 {
+        if f == 8 {
+            w.router.set_preferred_layers(c, Some(0), None).unwrap();
+        }
+        for s in st.iter_mut() {
+            let key = f == 0 || (s.encoding == 0 && f == 12);
+            for pkt in s.frame(key, 2, None, false) {
+                w.input(PUB, &pkt).unwrap();
+            }
+            if f == 4 {
+                let sr = s.sender_report(ntp(s.frame), 1, 1);
+                w.input(PUB, &sr).unwrap();
+            }
+        }
+        // 33 ms, not 33.3: elapsed time alone would make the step 2970.
+        w.advance(FRAME);
+    }
+    let rx = w.rtp_to(TransportId(10));
+    let i = rx.iter().position(|r| r.tag(Codec::Vp8).0 == 0).unwrap();
+    assert_eq!(rx[i].tag(Codec::Vp8).1, 12);
+    assert_eq!(
+        rx[i].ts.wrapping_sub(rx[i - 1].ts),
+        3000,
+        "exactly one frame later"
+    );
+    assert_eq!(rx[i + 2].ts.wrapping_sub(rx[i].ts), 3000);
+    assert_contiguous(&rx);
+}
+
+#[test]
+fn rtx_from_the_publisher_repairs_upstream_loss() {
+    let mut w = World::new();
+    let mut params = video_producer(Codec::Vp8, &[0x5]);
+    params.encodings[0].rtx_ssrc = Some(Ssrc::new(0x6));
+    params.rtx_payload_types = vec![(pt(97), pt(VP8_PT))];
+    let p = w.router.add_producer(params).unwrap();
+    w.add_consumer(consumer(p, 10, 0x50)).unwrap();
+    let mut s = Stream::new(Codec::Vp8, 0x5, 0, 65_534, 0);
+    let mut lost = None;
+    for f in 0..4 {
+        for (i, pkt) in s.frame(f == 0, 3, None, false).into_iter().enumerate() {
+            if f == 1 && i == 1 {
+                lost = Some(pkt); // seq 2
+                continue;
+            }
+            w.input(PUB, &pkt).unwrap();
+        }
+    }
+    w.advance(Duration::from_millis(10));
+    assert_eq!(upstream_nacks(&w), vec![2]);
+    let lost = lost.unwrap();
+    // A padding-only probe on the RTX stream (header and 4 padding bytes)
+    // repairs nothing.
+    let rtx = rtx_of(&lost, 0x6, 97, 700, 0);
+    let mut probe = rtx[..12].to_vec();
+    probe[0] |= 0x20;
+    probe.extend_from_slice(&[0, 0, 0, 4]);
+    assert_eq!(w.input(PUB, &probe), Ok(0));
+    // An RTX packet with a payload type that is not a declared RTX type.
+    assert_eq!(
+        w.input(PUB, &rtx_of(&lost, 0x6, 98, 701, 0)),
+        Err(DropReason::UnknownPayloadType)
+    );
+    // The repair, with RTP padding of its own.
+    assert_eq!(w.input(PUB, &rtx_of(&lost, 0x6, 97, 702, 8)), Ok(1));
+    let rx = w.rtp_to(TransportId(10));
+    let repaired = rx.last().unwrap();
+    assert_eq!(
+        (repaired.ssrc, repaired.seq, repaired.pt),
+        (0x50, 1004, VP8_PT)
+    );
+    let orig = rtp::RtpPacket::parse(&lost).unwrap();
+    assert_eq!(repaired.payload, orig.payload());
+    assert_eq!(
+        repaired.ts,
+        rx[0].ts.wrapping_add(orig.timestamp()),
+        "same timestamp offset"
+    );
+    assert!(!rtp::RtpPacket::parse(&repaired.bytes)
+        .unwrap()
+        .has_padding());
+    let es = w.router.producer_stats(p).unwrap().next().unwrap();
+    assert_eq!(
+        (es.rtx_packets, es.recovered, es.rtx_ssrc),
+        (1, 1, Some(Ssrc::new(0x6)))
+    );
+    let st = w.router.stats();
+    assert_eq!((st.rtx_received, st.rtx_padding_only), (1, 1));
+    w.advance(Duration::from_millis(500));
+    assert_eq!(upstream_nacks(&w), vec![2], "repaired: no more NACKs");
+}
+
+#[test]
+fn rid_encodings_learn_their_rtx_ssrc_from_the_repaired_rid() {
+    let mut w = World::new();
+    let mut params = video_producer(Codec::Vp8, &[]);
+    params.encodings = vec![EncodingParams {
+        ssrc: None,
+        rid: Some("f".into()),
+        rtx_ssrc: None,
+    }];
+    params.rid_extension_id = Some(10);
+    params.repaired_rid_extension_id = Some(11);
+    params.rtx_payload_types = vec![(pt(97), pt(VP8_PT))];
+    let p = w.router.add_producer(params).unwrap();
+    w.add_consumer(consumer(p, 10, 0x50)).unwrap();
+    let mut s = Stream::new(Codec::Vp8, 0x300, 0, 10, 0);
+    s.extensions = vec![(10, b"f".to_vec())];
+    let first = s.frame(true, 1, None, false).remove(0);
+    w.input(PUB, &first).unwrap();
+    let lost = s.frame(false, 1, None, false).remove(0);
+    w.input(PUB, &s.frame(false, 1, None, false)[0]).unwrap();
+    // The RTX stream names the RID it repairs in its own extension.
+    // Its extension block is the media packet's with the element id 10
+    // (RID) turned into 11 (repaired RID), same length.
+    let mut rtx = rtx_of(&lost, 0x301, 97, 1, 0);
+    let element = 12 + 4;
+    assert_eq!(rtx[element] >> 4, 10);
+    rtx[element] = (11 << 4) | (rtx[element] & 0x0F);
+    assert_eq!(
+        rtp::RtpPacket::parse(&rtx).unwrap().extension(11),
+        Some(&b"f"[..])
+    );
+    assert_eq!(w.input(PUB, &rtx), Ok(1));
+    let es = w.router.producer_stats(p).unwrap().next().unwrap();
+    assert_eq!(es.rtx_ssrc, Some(Ssrc::new(0x301)));
+    let rx = w.rtp_to(TransportId(10));
+    assert_eq!(
+        rx.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1000, 1002, 1001]
+    );
+}
+
+#[test]
+fn consumers_with_rtx_get_retransmissions_on_their_rtx_stream() {
+    let mut w = World::new();
+    let p = w
+        .router
+        .add_producer(video_producer(Codec::Vp8, &[0x5]))
+        .unwrap();
+    let mut c = consumer(p, 10, 0x50);
+    c.rtx_ssrc = Some(Ssrc::new(0x51));
+    c.rtx_payload_types = vec![(pt(VP8_PT), pt(97))];
+    c.initial_seq = SeqNo::new(0);
+    w.add_consumer(c).unwrap();
+    let mut s = Stream::new(Codec::Vp8, 0x5, 0, 100, 0);
+    for f in 0..4 {
+        for pkt in s.frame(f == 0, 3, None, false) {
+            w.input(PUB, &pkt).unwrap();
+        }
+    }
+    let sent = w.rtp_to(TransportId(10));
+    w.clear_sent();
+    assert_eq!(w.input(TransportId(10), &nack(0x50, &[3, 7])), Ok(2));
+    let rtx = w.rtp_to(TransportId(10));
+    assert_eq!(rtx.len(), 2);
+    for (r, osn) in rtx.iter().zip([3u16, 7]) {
+        let orig = &sent[usize::from(osn)];
+        assert_eq!(
+            (r.ssrc, r.pt, r.ts, r.marker),
+            (0x51, 97, orig.ts, orig.marker)
+        );
+        assert_eq!(&r.payload[..2], &osn.to_be_bytes());
+        assert_eq!(
+            &r.payload[2..],
+            &orig.payload[..],
+            "OSN, then the payload as first sent"
+        );
+    }
+    assert_eq!(
+        rtx[1].seq,
+        rtx[0].seq.wrapping_add(1),
+        "the RTX stream has its own sequence"
+    );
 }

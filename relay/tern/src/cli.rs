@@ -14,7 +14,7 @@ use tern_turn::policy::Cidr;
 
 use crate::config::{
     self, AdminListen, Config, ConfigError, ExternalIp, IoBackend, NicSelection, RegistryUrl,
-    DEV_REALM, DEV_USER,
+    XdpMode, DEV_REALM, DEV_USER,
 };
 
 /// tern: a thread-per-core TURN relay (RFC 8656).
@@ -87,6 +87,9 @@ pub struct Flags {
     /// Local address SFU transports bind [default: the first listen address's IP].
     #[arg(long, value_name = "IP", value_parser = config::parse_ip)]
     pub sfu_ip: Option<IpAddr>,
+    /// Offer RFC 6062 TCP allocations (Connect, ConnectionBind) to TCP/TLS clients.
+    #[arg(long)]
+    pub tcp_relay: bool,
     /// Relay port range, inclusive [default: 49152-65535].
     #[arg(long, value_name = "LO-HI", value_parser = config::parse_relay_ports)]
     pub relay_ports: Option<(u16, u16)>,
@@ -132,8 +135,8 @@ pub struct Flags {
     /// SOFTWARE attribute in responses; empty sends none [default: tern VERSION].
     #[arg(long, value_name = "TEXT")]
     pub software: Option<String>,
-    /// Packet I/O back end: auto (probe, fastest available), uring or mmsg [default: auto].
-    #[arg(long, value_name = "BACKEND", value_parser = config::parse_io_backend)]
+    /// Packet I/O back end: auto (probe, fastest available), uring, mmsg, or xdp (AF_XDP, never chosen by auto) [default: auto].
+    #[arg(long, value_name = "BACKEND", env = "TERN_IO_BACKEND", value_parser = config::parse_io_backend)]
     pub io_backend: Option<IoBackend>,
     /// Allocation lifetime in seconds when the client asks for none [default: 600].
     #[arg(long, value_name = "SECONDS")]
@@ -185,6 +188,23 @@ pub struct Flags {
     /// Seconds between readings of the NIC allowance counters [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub nic_stats_interval: Option<u64>,
+    /// XDP pre-filter: off, auto (native where the driver allows, else
+    /// generic; without it when XDP cannot run, saying why), native or generic
+    /// (refuse to start when that mode cannot run) [default: off].
+    #[arg(long, value_name = "MODE", value_parser = config::parse_xdp_mode)]
+    pub xdp: Option<XdpMode>,
+    /// Interface to attach the XDP pre-filter to (repeatable) [default: those carrying --listen addresses].
+    #[arg(long, value_name = "IFNAME", value_parser = config::parse_interface)]
+    pub xdp_interfaces: Vec<String>,
+    /// Unauthenticated STUN requests per second per source (IPv4 address, IPv6 /64) the XDP pre-filter passes; 0 = no limit [default: 100].
+    #[arg(long, value_name = "PER_SECOND")]
+    pub xdp_unauth_rate: Option<u32>,
+    /// Burst of unauthenticated requests a quiet source may send [default: 200].
+    #[arg(long, value_name = "COUNT")]
+    pub xdp_unauth_burst: Option<u32>,
+    /// io-backend xdp: drop received datagrams with a wrong UDP checksum (XDP sees frames before the kernel checks them) [default: true].
+    #[arg(long, value_name = "BOOL", env = "TERN_XDP_VERIFY_CHECKSUMS")]
+    pub xdp_verify_checksums: Option<bool>,
 }
 
 /// Where the configuration in force came from.
@@ -248,6 +268,9 @@ impl Flags {
         );
         set(&mut c.stream_idle_timeout, &self.stream_idle_timeout);
         set(&mut c.tls_handshake_timeout, &self.tls_handshake_timeout);
+        if self.tcp_relay {
+            c.tcp_relay = true;
+        }
         set(&mut c.relay_ports, &self.relay_ports);
         set(&mut c.sfu_ports, &self.sfu_ports);
         if self.sfu_ip.is_some() {
@@ -308,6 +331,11 @@ impl Flags {
             c.nic_stats = selection;
         }
         set(&mut c.nic_stats_interval, &self.nic_stats_interval);
+        set(&mut c.xdp, &self.xdp);
+        replace(&mut c.xdp_interfaces, &self.xdp_interfaces);
+        set(&mut c.xdp_unauth_rate, &self.xdp_unauth_rate);
+        set(&mut c.xdp_unauth_burst, &self.xdp_unauth_burst);
+        set(&mut c.xdp_verify_checksums, &self.xdp_verify_checksums);
     }
 }
 

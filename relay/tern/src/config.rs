@@ -22,6 +22,7 @@ use tern_turn::{RelayAddress, RelayAddresses};
 pub use crate::nicstats::NicSelection;
 use crate::registry::Registry;
 pub use crate::registry::RegistryUrl;
+pub use crate::xdp::{parse_interface, parse_xdp_mode, XdpMode};
 
 /// Everything the relay is configured with. Field names are the TOML keys
 /// (kebab-case there, snake_case here); see `tern --help` for each one.
@@ -45,6 +46,8 @@ pub struct Config {
     pub stream_idle_timeout: u64,
     /// Seconds a TLS client has to finish its handshake.
     pub tls_handshake_timeout: u64,
+    /// Offer RFC 6062 TCP allocations to TCP/TLS clients (Connect, ConnectionBind).
+    pub tcp_relay: bool,
     /// Relay ports, inclusive (`relay-ports = "49152-65535"`).
     pub relay_ports: (u16, u16),
     /// Local addresses relay sockets bind to, at most one per family.
@@ -115,6 +118,19 @@ pub struct Config {
     pub sfu_ports: (u16, u16),
     /// Local address SFU transports bind; `None`: the first listen address's IP.
     pub sfu_ip: Option<IpAddr>,
+    /// The XDP pre-filter: off, auto, native or generic.
+    pub xdp: XdpMode,
+    /// Interfaces to attach the pre-filter to; empty means those carrying
+    /// the listen addresses.
+    pub xdp_interfaces: Vec<String>,
+    /// Unauthenticated STUN requests per second per source the pre-filter
+    /// lets through; 0 means no limit.
+    pub xdp_unauth_rate: u32,
+    /// How many unauthenticated requests a quiet source may send at once.
+    pub xdp_unauth_burst: u32,
+    /// `io-backend = "xdp"`: drop received datagrams whose UDP checksum is
+    /// wrong (XDP sees frames before the kernel has checked them).
+    pub xdp_verify_checksums: bool,
 }
 
 /// Where the admin endpoint listens unless `admin` says otherwise.
@@ -153,6 +169,9 @@ pub enum IoBackend {
     Mmsg,
     /// io_uring (Linux 6.0+); the relay refuses to start when it is unavailable.
     Uring,
+    /// AF_XDP: one socket per worker and interface queue, fed by the XDP
+    /// pre-filter (attached even when `xdp = "off"`); never chosen by `auto`.
+    Xdp,
 }
 
 /// A configuration that cannot be used, naming the key at fault.
@@ -227,6 +246,7 @@ impl Default for Config {
             max_connections_per_source: 64,
             stream_idle_timeout: 30,
             tls_handshake_timeout: 10,
+            tcp_relay: false,
             relay_ports: (49152, 65535),
             relay_ip: Vec::new(),
             realm: String::new(),
@@ -260,6 +280,11 @@ impl Default for Config {
             sfu: false,
             sfu_ports: DEFAULT_SFU_PORTS,
             sfu_ip: None,
+            xdp: XdpMode::Off,
+            xdp_interfaces: Vec::new(),
+            xdp_unauth_rate: crate::xdp::DEFAULT_UNAUTH_RATE,
+            xdp_unauth_burst: crate::xdp::DEFAULT_UNAUTH_BURST,
+            xdp_verify_checksums: true,
         }
     }
 }
@@ -339,6 +364,12 @@ impl Config {
             }
         }
         self.validate_tls_files()?;
+        if self.tcp_relay && self.listen_tcp.is_empty() && self.listen_tls.is_empty() {
+            return Err(ConfigError::problem(
+                "tcp-relay",
+                "RFC 6062 needs a listen-tcp or listen-tls address",
+            ));
+        }
         for (key, v) in [
             ("stream-idle-timeout", self.stream_idle_timeout),
             ("tls-handshake-timeout", self.tls_handshake_timeout),
@@ -398,6 +429,12 @@ impl Config {
             return Err(ConfigError::problem(
                 "nic-stats-interval",
                 "must be at least 1 second",
+            ));
+        }
+        if self.xdp_unauth_rate > 0 && self.xdp_unauth_burst == 0 {
+            return Err(ConfigError::problem(
+                "xdp-unauth-burst",
+                "must be at least 1 when xdp-unauth-rate is set",
             ));
         }
         let relay = self.relay_addresses()?;
@@ -631,7 +668,7 @@ pub struct Validated {
 
 impl IoBackend {
     /// Every back end name accepted by `io-backend`, in variant order.
-    pub const NAMES: &'static [&'static str] = &["auto", "mmsg", "uring"];
+    pub const NAMES: &'static [&'static str] = &["auto", "mmsg", "uring", "xdp"];
 
     /// The back end to insist on, or `None` to let [`tern_io::select_backend`] probe.
     pub fn requested(self) -> Option<tern_io::BackendKind> {
@@ -639,6 +676,7 @@ impl IoBackend {
             IoBackend::Auto => None,
             IoBackend::Mmsg => Some(tern_io::BackendKind::Mmsg),
             IoBackend::Uring => Some(tern_io::BackendKind::Uring),
+            IoBackend::Xdp => Some(tern_io::BackendKind::Xdp),
         }
     }
 
@@ -648,6 +686,7 @@ impl IoBackend {
             IoBackend::Auto => "auto",
             IoBackend::Mmsg => "mmsg",
             IoBackend::Uring => "uring",
+            IoBackend::Xdp => "xdp",
         }
     }
 }
@@ -666,6 +705,7 @@ impl FromStr for IoBackend {
             "auto" => Ok(IoBackend::Auto),
             "mmsg" => Ok(IoBackend::Mmsg),
             "uring" => Ok(IoBackend::Uring),
+            "xdp" => Ok(IoBackend::Xdp),
             _ => Err(format!(
                 "unknown back end; expected one of {}",
                 IoBackend::NAMES.join(", ")
@@ -950,6 +990,7 @@ struct RawConfig {
     max_connections_per_source: Option<toml::Value>,
     stream_idle_timeout: Option<toml::Value>,
     tls_handshake_timeout: Option<toml::Value>,
+    tcp_relay: Option<toml::Value>,
     relay_ports: Option<toml::Value>,
     relay_ip: Option<toml::Value>,
     realm: Option<toml::Value>,
@@ -983,6 +1024,11 @@ struct RawConfig {
     sfu: Option<toml::Value>,
     sfu_ports: Option<toml::Value>,
     sfu_ip: Option<toml::Value>,
+    xdp: Option<toml::Value>,
+    xdp_interfaces: Option<toml::Value>,
+    xdp_unauth_rate: Option<toml::Value>,
+    xdp_unauth_burst: Option<toml::Value>,
+    xdp_verify_checksums: Option<toml::Value>,
 }
 
 impl RawConfig {
@@ -1013,6 +1059,9 @@ impl RawConfig {
         }
         if let Some(v) = self.tls_handshake_timeout {
             c.tls_handshake_timeout = integer("tls-handshake-timeout", v)?;
+        }
+        if let Some(v) = self.tcp_relay {
+            c.tcp_relay = boolean("tcp-relay", v)?;
         }
         if let Some(v) = self.relay_ports {
             c.relay_ports = one("relay-ports", v, parse_relay_ports)?;
@@ -1120,6 +1169,21 @@ impl RawConfig {
         }
         if let Some(v) = self.sfu_ip {
             c.sfu_ip = Some(one("sfu-ip", v, parse_ip)?);
+        }
+        if let Some(v) = self.xdp {
+            c.xdp = one("xdp", v, parse_xdp_mode)?;
+        }
+        if let Some(v) = self.xdp_interfaces {
+            c.xdp_interfaces = each("xdp-interfaces", v, parse_interface, true)?;
+        }
+        if let Some(v) = self.xdp_unauth_rate {
+            c.xdp_unauth_rate = integer("xdp-unauth-rate", v)?;
+        }
+        if let Some(v) = self.xdp_unauth_burst {
+            c.xdp_unauth_burst = integer("xdp-unauth-burst", v)?;
+        }
+        if let Some(v) = self.xdp_verify_checksums {
+            c.xdp_verify_checksums = boolean("xdp-verify-checksums", v)?;
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ mod shared;
 mod side;
 mod stream;
 mod worker;
+pub mod xdp;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -101,6 +102,9 @@ pub enum StartError {
         /// The kernel's answer.
         source: io::Error,
     },
+    /// A forced XDP mode (`xdp = "native"` or `"generic"`) cannot run.
+    #[error("xdp: {0}")]
+    Xdp(#[from] xdp::XdpError),
     /// A worker could not be started.
     #[error("worker {index}: {source}")]
     Worker {
@@ -147,6 +151,31 @@ impl Relay {
             0 => cores.len().max(1),
             n => n,
         };
+        // AF_XDP: one worker per receive queue of the one interface.
+        let mut af_xdp = match selection.kind {
+            BackendKind::Xdp => {
+                let relay_ips: Vec<std::net::IpAddr> = [
+                    validated.relay.v4.map(|a| std::net::IpAddr::V4(a.bind)),
+                    validated.relay.v6.map(|a| std::net::IpAddr::V6(a.bind)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Some(xdp::AfXdpPlan::new(&config, &relay_ips)?)
+            }
+            _ => None,
+        };
+        let wanted = match &af_xdp {
+            Some(plan) if plan.queues as usize != wanted => {
+                tracing::info!(
+                    interfaces = ?plan.interfaces,
+                    queues = plan.queues,
+                    "io-backend xdp: one worker per receive queue"
+                );
+                wanted.min(plan.queues as usize)
+            }
+            _ => wanted,
+        };
         let (lo, hi) = config.relay_ports;
         let range = RelayPortRange::new(lo, hi).map_err(|e| ConfigError::Invalid {
             key: "relay-ports",
@@ -162,6 +191,9 @@ impl Relay {
             );
         }
         let workers = slices.len();
+        if let Some(plan) = af_xdp.as_mut() {
+            plan.slices = slices.iter().map(|s| (s.lo(), s.hi())).collect();
+        }
 
         let (listen, mut listeners) = bind_listeners(&config.listen, workers)?;
         let tls = match (&config.tls_cert, &config.tls_key) {
@@ -183,6 +215,7 @@ impl Relay {
             tls,
         };
         let admin_listener = bind_admin(config.admin)?;
+        let xdp = Arc::new(xdp::Xdp::start(&config, &listen, af_xdp.as_ref())?);
         let shared = Arc::new(
             Shared::new(config.max_allocations, config.max_allocations_per_user)
                 .with_connection_limits(config.max_connections, config.max_connections_per_source),
@@ -190,6 +223,13 @@ impl Relay {
         let (credentials, policy) = credentials_and_policy(&config);
         let sfu_slices = sfu_slices(&config, &listen, workers)?;
 
+        // RFC 6062: a data connection may land on any worker; it is handed to
+        // the one owning its peer connection over these queues.
+        let (handoff_tx, mut handoff_rx): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| channel::bounded::<stream::Handoff>(256))
+            .map(|(tx, rx)| (tx, Some(rx)))
+            .unzip();
+        let mut wakers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         let mut links = Vec::with_capacity(workers);
         let mut recycle = Vec::with_capacity(workers);
@@ -209,6 +249,8 @@ impl Relay {
             server.max_lifetime = Duration::from_secs(config.max_lifetime);
             server.nonce_lifetime = Duration::from_secs(config.nonce_lifetime);
             server.alternate_server = config.alternate_server;
+            server.tcp_relay = config.tcp_relay;
+            server.shard = index as u8;
 
             let (control_tx, control_rx) = channel::unbounded();
             let (ready_tx, ready_rx) = channel::bounded(1);
@@ -224,12 +266,24 @@ impl Relay {
                 listeners: std::mem::take(&mut listeners[index]),
                 stream_listeners: std::mem::take(&mut tcp_listeners[index]),
                 stream_config: stream_config.clone(),
+                handoffs: (
+                    handoff_rx[index]
+                        .take()
+                        .unwrap_or_else(|| channel::bounded(1).1),
+                    workers,
+                ),
                 server,
                 shared: shared.clone(),
                 control: control_rx,
                 reporter: Reporter::new(report_tx.clone(), recycle_rx),
                 seed,
                 sfu: sfu_slices.get(index).cloned(),
+                xsk: af_xdp.as_ref().map(|plan| xdp::XskSetup {
+                    interfaces: plan.interfaces.clone(),
+                    verify_checksums: config.xdp_verify_checksums,
+                    queue: index as u32,
+                    xdp: xdp.clone(),
+                }),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("tern-worker-{index}"))
@@ -246,6 +300,7 @@ impl Relay {
             });
             match ready {
                 Ok(waker) => {
+                    wakers.push(waker.clone());
                     links.push(WorkerLink {
                         control: control_tx,
                         waker,
@@ -260,6 +315,7 @@ impl Relay {
                 }
             }
         }
+        shared.set_handoffs(handoff_tx.into_iter().zip(wakers).collect());
         let pinned: Vec<usize> = (0..workers)
             .filter_map(|i| cores.get(i % cores.len().max(1)).map(|c| c.id))
             .collect();
@@ -291,6 +347,8 @@ impl Relay {
             config.nic_stats.clone(),
             Duration::from_secs(config.nic_stats_interval),
         );
+        // A fresh OnceLock: cannot be set already.
+        let _ = side.xdp.set(xdp);
         let mut relay = RelayHandle {
             workers: handles,
             side_threads: Vec::new(),
@@ -557,6 +615,11 @@ impl RelayHandle {
             running.tls_cert.clone_from(&config.tls_cert);
             running.tls_key.clone_from(&config.tls_key);
         }
+        if let Some(x) = self.side.xdp.get() {
+            x.reconfigure(config);
+        }
+        running.xdp_unauth_rate = config.xdp_unauth_rate;
+        running.xdp_unauth_burst = config.xdp_unauth_burst;
         tracing::info!(
             users = config.user.len(),
             secrets = config.auth_secret.len(),
@@ -592,6 +655,9 @@ impl RelayHandle {
         self.side.shutting_down();
         self.admin_stop.store(true, Ordering::Relaxed);
         stop_all(&self.side.links, &mut self.workers);
+        if let Some(x) = self.side.xdp.get() {
+            x.detach();
+        }
         self.side_stop = None;
         for t in self.side_threads.drain(..) {
             if t.join().is_err() {
@@ -848,6 +914,7 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     };
     check(running.listen != new.listen, "listen");
     check(running.listen_tcp != new.listen_tcp, "listen-tcp");
+    check(running.tcp_relay != new.tcp_relay, "tcp-relay");
     check(running.listen_tls != new.listen_tls, "listen-tls");
     check(
         running.max_connections != new.max_connections,
@@ -889,6 +956,11 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     );
     check(running.software != new.software, "software");
     check(running.io_backend != new.io_backend, "io-backend");
+    check(running.xdp != new.xdp, "xdp");
+    check(
+        running.xdp_interfaces != new.xdp_interfaces,
+        "xdp-interfaces",
+    );
     check(
         running.default_lifetime != new.default_lifetime,
         "default-lifetime",

@@ -802,6 +802,51 @@ impl Collected {
         }
         header(
             o,
+            "tern_tcp_relay_connections_bound_total",
+            "counter",
+            "RFC 6062 peer connections spliced to a client data connection (ConnectionBind).",
+        );
+        sample(
+            o,
+            "tern_tcp_relay_connections_bound_total",
+            &[],
+            t.turn.tcp_connections_bound,
+        );
+        for (name, help, value) in [
+            (
+                "tern_tcp_relay_peers_opened_total",
+                "RFC 6062 peer connections opened by Connect or accepted on a relayed address.",
+                s.peers_opened,
+            ),
+            (
+                "tern_tcp_relay_peers_closed_total",
+                "RFC 6062 peer connections closed.",
+                s.peers_closed,
+            ),
+            (
+                "tern_tcp_relay_bytes_total",
+                "RFC 6062 bytes relayed between data and peer connections (both ways).",
+                s.raw_bytes,
+            ),
+        ] {
+            header(o, name, "counter", help);
+            sample(o, name, &[], value);
+        }
+        header(
+            o,
+            "tern_stream_handoffs_total",
+            "counter",
+            "Data connections handed to the worker owning their peer connection (out, in, dropped: queue full).",
+        );
+        for (dir, value) in [
+            ("out", s.handoffs_out),
+            ("in", s.handoffs_in),
+            ("dropped", s.handoffs_dropped),
+        ] {
+            sample(o, "tern_stream_handoffs_total", &[("result", dir)], value);
+        }
+        header(
+            o,
             "tern_stream_accept_errors_total",
             "counter",
             "accept() calls that failed (out of descriptors...).",

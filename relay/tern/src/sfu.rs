@@ -963,6 +963,7 @@ impl ProducerSpec {
                 .map(|e| tern_sfu::EncodingParams {
                     ssrc: e.ssrc.map(tern_sfu::Ssrc::new),
                     rid: e.rid.clone(),
+                    rtx_ssrc: e.rtx_ssrc.map(tern_sfu::Ssrc::new),
                 })
                 .collect(),
             rid_extension_id: self.rid_extension_id,
@@ -971,6 +972,8 @@ impl ProducerSpec {
             key_frame_request: self.key_frame_request.into(),
             retransmit_capacity: self.retransmit_capacity,
             nack: self.nack,
+            rtx_payload_types: rtx_map(&self.rtx_payload_types, |m| (m.rtx, m.apt)),
+            repaired_rid_extension_id: self.repaired_rid_extension_id,
         }
     }
 }
@@ -996,6 +999,25 @@ impl ConsumerSpec {
             paused: self.paused,
             initial_seq: tern_sfu::SeqNo::new(rand::random()),
             initial_timestamp: rand::random(),
+            rtx_ssrc: self.rtx_ssrc.map(tern_sfu::Ssrc::new),
+            // The consumer's map is (media, rtx).
+            rtx_payload_types: rtx_map(&self.rtx_payload_types, |m| (m.apt, m.rtx)),
         }
     }
+}
+
+/// Payload type pairs from the API's RTX maps (validated to 0..=127).
+fn rtx_map(
+    maps: &[api::RtxMap],
+    pair: impl Fn(&api::RtxMap) -> (u8, u8),
+) -> Vec<(tern_sfu::PayloadType, tern_sfu::PayloadType)> {
+    maps.iter()
+        .filter_map(|m| {
+            let (a, b) = pair(m);
+            Some((
+                tern_sfu::PayloadType::new(a)?,
+                tern_sfu::PayloadType::new(b)?,
+            ))
+        })
+        .collect()
 }

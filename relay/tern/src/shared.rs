@@ -11,7 +11,12 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, UdpSocket};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use crossbeam::channel::{Sender, TrySendError};
+use tern_io::Wake;
+
+use crate::stream::Handoff;
 
 use tern_turn::QuotaError;
 
@@ -23,6 +28,19 @@ pub(crate) struct Shared {
     max_connections: usize,
     max_connections_per_source: usize,
     state: Mutex<State>,
+    /// RFC 6062: each worker's queue of data connections handed to it (a
+    /// ConnectionBind that landed on another worker), and its waker. Set once
+    /// every worker runs.
+    handoffs: OnceLock<Handoffs>,
+}
+
+/// Every worker's handoff queue and waker.
+struct Handoffs(Vec<(Sender<Handoff>, Arc<dyn Wake>)>);
+
+impl std::fmt::Debug for Handoffs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Handoffs({} workers)", self.0.len())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +70,7 @@ impl Shared {
             max_connections: 0,
             max_connections_per_source: 0,
             state: Mutex::new(State::default()),
+            handoffs: OnceLock::new(),
         }
     }
 
@@ -86,6 +105,26 @@ impl Shared {
             if *n == 0 {
                 s.per_source.remove(&source);
             }
+        }
+    }
+
+    /// Install every worker's handoff queue and waker (once, at start).
+    pub(crate) fn set_handoffs(&self, queues: Vec<(Sender<Handoff>, Arc<dyn Wake>)>) {
+        let _set_once = self.handoffs.set(Handoffs(queues));
+    }
+
+    /// Hand a data connection to worker `to`; gives it back when the queue
+    /// is full or the worker unknown (the caller closes it and counts).
+    pub(crate) fn hand_off(&self, to: usize, handoff: Handoff) -> Result<(), Handoff> {
+        let Some((tx, waker)) = self.handoffs.get().and_then(|q| q.0.get(to)) else {
+            return Err(handoff);
+        };
+        match tx.try_send(handoff) {
+            Ok(()) => {
+                let _woken_or_stopping = waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => Err(h),
         }
     }
 

@@ -129,6 +129,8 @@ pub(crate) struct Side {
     pub(crate) nic: Arc<NicStats>,
     /// The SFU router directory; set once at start when `sfu = true`.
     pub(crate) sfu: std::sync::OnceLock<crate::sfu::api::Directory>,
+    /// The XDP pre-filter (or why there is none), set once at start.
+    pub(crate) xdp: std::sync::OnceLock<Arc<crate::xdp::Xdp>>,
 }
 
 struct SideState {
@@ -230,6 +232,7 @@ impl Side {
             registry_errors: AtomicU64::new(0),
             nic: Arc::new(NicStats::default()),
             sfu: std::sync::OnceLock::new(),
+            xdp: std::sync::OnceLock::new(),
         }
     }
 
@@ -397,6 +400,9 @@ impl Side {
         });
         drop(s);
         self.nic.render(&mut out);
+        if let Some(x) = self.xdp.get() {
+            x.render_prometheus(&mut out);
+        }
         out
     }
 

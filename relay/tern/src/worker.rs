@@ -28,8 +28,8 @@ use tern_io::{
 };
 use tern_turn::policy::PeerPolicy;
 use tern_turn::{
-    BindError, Credentials, Event, Forward, Host, QuotaError, Server, ServerConfig, Stats,
-    Transport, Via, PEER_HEADROOM, PEER_TAILROOM,
+    BindError, ConnectionId, Credentials, Event, Forward, Host, QuotaError, Server, ServerConfig,
+    Stats, Transport, Via, PEER_HEADROOM, PEER_TAILROOM,
 };
 
 use crate::metrics::{Counters, Reporter};
@@ -87,6 +87,8 @@ pub(crate) struct Setup {
     /// This worker's TCP/TLS listeners (empty: no stream transport).
     pub(crate) stream_listeners: Vec<(TcpListener, Transport)>,
     pub(crate) stream_config: StreamConfig,
+    /// Data connections other workers hand over (RFC 6062), and how many workers run.
+    pub(crate) handoffs: (Receiver<crate::stream::Handoff>, usize),
     pub(crate) server: ServerConfig,
     pub(crate) shared: Arc<Shared>,
     pub(crate) control: Receiver<Control>,
@@ -94,6 +96,8 @@ pub(crate) struct Setup {
     pub(crate) seed: [u8; 32],
     /// The SFU's bind address and port slice, when `sfu = true`.
     pub(crate) sfu: Option<crate::sfu::ShardConfig>,
+    /// The AF_XDP socket's interface and queue (`io-backend = "xdp"`).
+    pub(crate) xsk: Option<crate::xdp::XskSetup>,
 }
 
 /// The thread body: build the back end, report readiness (the waker) on
@@ -125,6 +129,18 @@ pub(crate) fn run(setup: Setup, ready: Sender<io::Result<Arc<dyn Wake>>>) {
                 let _receiver_may_be_gone = ready.send(Err(e));
             }
         },
+        BackendKind::Xdp => {
+            let built = match &setup.xsk {
+                Some(s) => crate::xdp::open_worker_io(s),
+                None => Err(io::Error::other("io-backend xdp without an XDP interface")),
+            };
+            match built {
+                Ok(io) => start(io, setup, ready),
+                Err(e) => {
+                    let _receiver_may_be_gone = ready.send(Err(e));
+                }
+            }
+        }
         other => {
             let e = io::Error::other(format!("back end {other} not built into this worker"));
             let _receiver_may_be_gone = ready.send(Err(e));
@@ -165,6 +181,18 @@ struct Sockets {
     /// TCP/TLS clients, when any stream listener is configured. Taken out
     /// while they are being read (see `service_streams`).
     streams: Option<Box<Streams>>,
+    /// RFC 6062 work the core asked of the host while the streams were taken
+    /// out; applied by `apply_stream_ops`.
+    stream_ops: Vec<StreamOp>,
+}
+
+/// An RFC 6062 request of the core to the stream module.
+enum StreamOp {
+    Listen(TcpListener, SocketAddr),
+    Unlisten(SocketAddr),
+    Connect(u32, SocketAddr, SocketAddr),
+    ClosePeer(u32),
+    BindData(u32, tern_turn::FiveTuple),
 }
 
 /// Relayed socket by relayed address, looked up for every datagram a client
@@ -271,6 +299,7 @@ impl<P: PacketIo> Worker<P> {
             relays: RelayTable::new(),
             unroutable: 0,
             streams: None,
+            stream_ops: Vec::new(),
         };
         for socket in setup.listeners {
             let local = socket.local_addr()?;
@@ -285,6 +314,7 @@ impl<P: PacketIo> Worker<P> {
                 setup.stream_listeners,
                 setup.stream_config,
                 setup.shared.clone(),
+                setup.handoffs,
                 now,
             )?;
             io.watch(streams.fd())?;
@@ -417,6 +447,7 @@ impl<P: PacketIo> Worker<P> {
         if let Some(sfu) = &mut self.sfu {
             sfu.on_timeout(&mut self.io, Instant::now());
         }
+        self.apply_stream_ops();
         if let Some(streams) = &mut self.sockets.streams {
             streams.flush();
         }
@@ -465,8 +496,50 @@ impl<P: PacketIo> Worker<P> {
             };
             self.server.handle_client_closed(&mut host, ft, now);
         }
+        // RFC 6062 peer connections: incoming ones, Connect outcomes, closes.
+        while let Some(incoming) = streams.take_incoming() {
+            let id = self
+                .server
+                .handle_peer_incoming(incoming.relay, incoming.peer, now);
+            streams.decide_incoming(incoming, id.map(|i| i.0));
+        }
+        while let Some((id, connected)) = streams.take_connected() {
+            let mut host = WorkerHost {
+                io: &mut self.io,
+                sockets: &mut self.sockets,
+                shared: &self.shared,
+            };
+            self.server
+                .handle_peer_connected(&mut host, ConnectionId(id), connected, now);
+        }
+        while let Some(id) = streams.take_peer_closed() {
+            self.server.handle_peer_closed(ConnectionId(id));
+        }
         self.sockets.streams = Some(streams);
         self.drain_outputs();
+        self.apply_stream_ops();
+    }
+
+    /// Carry out what the core asked of the host for RFC 6062 (after the
+    /// responses it queued, so a ConnectionBind answer precedes raw bytes).
+    fn apply_stream_ops(&mut self) {
+        if self.sockets.stream_ops.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let Some(streams) = &mut self.sockets.streams else {
+            self.sockets.stream_ops.clear();
+            return;
+        };
+        for op in self.sockets.stream_ops.drain(..) {
+            match op {
+                StreamOp::Listen(socket, addr) => streams.add_relay_listener(socket, addr),
+                StreamOp::Unlisten(addr) => streams.remove_relay_listener(addr),
+                StreamOp::Connect(id, relay, peer) => streams.connect_peer(id, relay, peer, now),
+                StreamOp::ClosePeer(id) => streams.close_peer(id),
+                StreamOp::BindData(id, ft) => streams.bind_data(id, ft),
+            }
+        }
     }
 
     /// Feed every datagram of the batch to the core and queue its forwards;
@@ -796,6 +869,38 @@ impl<P: PacketIo> Host for WorkerHost<'_, P> {
 
     fn release_allocation(&mut self, user: &str) {
         self.shared.release(user);
+    }
+
+    fn bind_relay_tcp(&mut self, addr: SocketAddr) -> Result<(), BindError> {
+        match tern_io::socket::bind_tcp_listener(addr, 128) {
+            Ok(socket) => {
+                self.sockets.stream_ops.push(StreamOp::Listen(socket, addr));
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(BindError::InUse),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "could not bind a TCP relayed address");
+                Err(BindError::Other)
+            }
+        }
+    }
+
+    fn close_relay_tcp(&mut self, addr: SocketAddr) {
+        self.sockets.stream_ops.push(StreamOp::Unlisten(addr));
+    }
+
+    fn connect_peer(&mut self, id: ConnectionId, relay: SocketAddr, peer: SocketAddr) {
+        self.sockets
+            .stream_ops
+            .push(StreamOp::Connect(id.0, relay, peer));
+    }
+
+    fn close_peer_connection(&mut self, id: ConnectionId) {
+        self.sockets.stream_ops.push(StreamOp::ClosePeer(id.0));
+    }
+
+    fn bind_data_connection(&mut self, id: ConnectionId, data: tern_turn::FiveTuple) {
+        self.sockets.stream_ops.push(StreamOp::BindData(id.0, data));
     }
 }
 

@@ -639,6 +639,190 @@ impl StreamTurn<TlsStream> {
     }
 }
 
+// ---- RFC 6062 ----------------------------------------------------------------
+
+impl<S: Read + Write> StreamTurn<S> {
+    fn allocate_tcp(&mut self) -> SocketAddr {
+        let challenge = self.request(Method::ALLOCATE, false, |w| {
+            w.add_requested_transport(tern_stun::PROTOCOL_TCP).unwrap();
+        });
+        assert_eq!(challenge.error, Some(401), "{challenge:?}");
+        self.nonce = challenge.nonce.expect("NONCE in the 401");
+        let a = self.request(Method::ALLOCATE, true, |w| {
+            w.add_requested_transport(tern_stun::PROTOCOL_TCP).unwrap();
+        });
+        assert_eq!(a.class, Class::Success, "{a:?}");
+        a.relayed.expect("XOR-RELAYED-ADDRESS")
+    }
+
+    /// A request answered with CONNECTION-ID (Connect), or its error code.
+    fn connection_request(
+        &mut self,
+        method: Method,
+        build: impl FnOnce(&mut MessageWriter<'_>),
+    ) -> Result<Option<u32>, u16> {
+        let tid = TransactionId([self.next_tid; 12]);
+        self.next_tid = self.next_tid.wrapping_add(1);
+        let mut out = [0u8; 512];
+        let mut w = MessageWriter::new(&mut out, method, Class::Request, tid).unwrap();
+        build(&mut w);
+        let key = tern_stun::long_term_key_md5(USER, REALM, PASSWORD);
+        w.add_raw(attr::USERNAME, USER.as_bytes()).unwrap();
+        w.add_raw(attr::REALM, REALM.as_bytes()).unwrap();
+        w.add_raw(attr::NONCE, &self.nonce).unwrap();
+        w.add_message_integrity(&key).unwrap();
+        let len = w.finish();
+        self.stream.write_all(&out[..len]).unwrap();
+        loop {
+            let frame = self.recv().expect("a response");
+            let msg = Message::parse(&frame).expect("STUN");
+            if msg.transaction_id() != tid {
+                continue;
+            }
+            if msg.class() == Class::Error {
+                let code = msg
+                    .get(attr::ERROR_CODE)
+                    .and_then(|a| tern_stun::decode_error_code(a.value).ok())
+                    .map_or(0, |(c, _)| c);
+                return Err(code);
+            }
+            return Ok(msg
+                .get(attr::CONNECTION_ID)
+                .and_then(|a| tern_stun::decode_u32(a.value).ok()));
+        }
+    }
+}
+
+/// A TCP echo server on loopback: echoes every byte of every connection.
+fn tcp_echo() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(8) {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Our own client drives both directions of RFC 6062: Connect to a TCP echo
+/// peer and ConnectionBind a data connection; a peer connecting to the
+/// relayed address is announced (ConnectionAttempt) and bound. Bytes flow
+/// raw both ways; a failed Connect is 447; the allocation's end closes its
+/// peer and data connections.
+fn tcp_relay_both_directions(backend: IoBackend) {
+    if !available(backend) {
+        return;
+    }
+    let mut cfg = config(backend);
+    cfg.tcp_relay = true;
+    let relay = Relay::start(cfg).unwrap();
+    let server = relay.listen_tcp_addrs()[0];
+    let mut control = StreamTurn::new(tcp(server));
+    let relayed = control.allocate_tcp();
+    // Active: Connect to the echo peer.
+    let echo = tcp_echo();
+    let id = control
+        .connection_request(Method::CONNECT, |w| {
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, echo).unwrap();
+        })
+        .expect("Connect succeeds")
+        .expect("CONNECTION-ID");
+    assert_eq!(
+        control.connection_request(Method::CONNECT, |w| {
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, echo).unwrap();
+        }),
+        Err(446)
+    );
+    let mut data = StreamTurn::new(tcp(server));
+    data.nonce = control.nonce.clone();
+    data.connection_request(Method::CONNECTION_BIND, |w| {
+        w.add_u32(attr::CONNECTION_ID, id).unwrap();
+    })
+    .expect("ConnectionBind succeeds");
+    // Raw bytes now, any size, no framing: 64 KiB through the echo.
+    let blob: Vec<u8> = (0..65_536u32).map(|i| (i * 7 + 3) as u8).collect();
+    let mut raw = data.stream;
+    raw.write_all(&blob).unwrap();
+    let mut back = vec![0u8; blob.len()];
+    raw.read_exact(&mut back).unwrap();
+    assert_eq!(back, blob);
+
+    // A Connect to a port nobody listens on: 447.
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    assert_eq!(
+        control.connection_request(Method::CONNECT, |w| {
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, closed_port)
+                .unwrap();
+        }),
+        Err(447)
+    );
+
+    // Passive: a peer connects to the relayed address after a permission.
+    let pa = control.request(Method::CREATE_PERMISSION, true, |w| {
+        w.add_xor_address(attr::XOR_PEER_ADDRESS, "127.0.0.1:1".parse().unwrap())
+            .unwrap();
+    });
+    assert_eq!(pa.class, Class::Success);
+    let mut peer = TcpStream::connect(relayed).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    peer.write_all(b"early bytes from the peer").unwrap();
+    let attempt = control.recv().expect("ConnectionAttempt");
+    let msg = Message::parse(&attempt).unwrap();
+    assert_eq!(msg.method(), Method::CONNECTION_ATTEMPT);
+    let id2 = tern_stun::decode_u32(msg.get(attr::CONNECTION_ID).unwrap().value).unwrap();
+    let from = tern_stun::decode_xor_address(
+        msg.get(attr::XOR_PEER_ADDRESS).unwrap().value,
+        &msg.transaction_id(),
+    )
+    .unwrap();
+    assert_eq!(from, peer.local_addr().unwrap());
+    // The data connection may land on the other worker: it is handed over.
+    let mut data2 = StreamTurn::new(tcp(server));
+    data2.nonce = control.nonce.clone();
+    data2
+        .connection_request(Method::CONNECTION_BIND, |w| {
+            w.add_u32(attr::CONNECTION_ID, id2).unwrap();
+        })
+        .expect("ConnectionBind succeeds");
+    let mut raw2 = data2.stream;
+    let mut early = [0u8; 25];
+    // Bytes the peer sent before the bind arrive after the response.
+    let pending = data2.buf.len();
+    raw2.read_exact(&mut early[pending..]).unwrap();
+    early[..pending].copy_from_slice(&data2.buf);
+    assert_eq!(&early, b"early bytes from the peer");
+    raw2.write_all(b"hello peer").unwrap();
+    let mut got = [0u8; 10];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello peer");
+
+    let stats = relay.stats();
+    assert_eq!(stats.turn.tcp_connections_bound, 2);
+    assert!(stats.streams.raw_bytes >= 2 * 65_536 + 35);
+    // The allocation ends with its control connection; so do the pairs.
+    drop(control);
+    assert_closed(&mut raw);
+    assert_closed(&mut raw2);
+    assert_closed(&mut peer);
+    assert!(eventually(Duration::from_secs(5), || relay
+        .stats()
+        .allocations
+        == 0));
+    relay.shutdown();
+}
+
 /// Instantiate the flows once per back end.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -653,6 +837,7 @@ macro_rules! on_every_backend {
 
 on_every_backend!(
     tcp_allocation_relays_and_ends_with_its_connection,
+    tcp_relay_both_directions,
     slow_reader_is_disconnected,
     tls_allocation_relays_with_alpn,
     tls_reload_keeps_live_connections,

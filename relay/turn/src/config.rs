@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// Offer RFC 6062 TCP allocations (REQUESTED-TRANSPORT TCP, Connect,
     /// ConnectionBind) to TCP and TLS clients; without it they get 442.
     pub tcp_relay: bool,
+    /// This shard's number (0-255), the low byte of every CONNECTION-ID it
+    /// hands out, so a ConnectionBind that lands on another shard can be
+    /// routed to this one.
+    pub shard: u8,
 }
 
 impl ServerConfig {
@@ -76,6 +80,7 @@ impl ServerConfig {
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 256,
             tcp_relay: false,
+            shard: 0,
         }
     }
 }

@@ -298,6 +298,8 @@ fn connect_failure_and_timeout_answer_447() {
         .handle_peer_connected(&mut h.host, refused, false, now);
     let t = h.server.poll_transmit().unwrap();
     Response(t.payload).expect_error(447);
+    assert_eq!(h.host.peers_closed, vec![refused]);
+    h.host.peers_closed.clear();
     // The other never completes: 447 at 30 s, and the host closes it.
     let (slow, _, _) = h.host.connects[1];
     h.advance_secs(29);

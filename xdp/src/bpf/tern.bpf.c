@@ -121,10 +121,39 @@ struct {
 	__type(value, __u64);
 } unauth_tat SEC(".maps");
 
-// Queue index -> AF_XDP socket, filled by the relay's AF_XDP back end.
+// Queue index -> the relay ports of the worker whose AF_XDP socket serves
+// that queue. Relay traffic to another worker's port is passed up the stack
+// (to that worker's socket) instead of into this queue's XSK. hi == 0: no
+// restriction.
+struct tern_slice {
+	__u16 lo;
+	__u16 hi;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct tern_slice);
+} queue_slices SEC(".maps");
+
+// Interface index -> slot, for relays with AF_XDP sockets on several
+// interfaces: the XSK of queue q on the interface in slot s sits at key
+// s * TERN_MAX_QUEUES + q. An interface without a slot uses slot 0.
+#define TERN_MAX_QUEUES 256
+#define TERN_MAX_XSK_IFS 16
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TERN_MAX_XSK_IFS);
+	__type(key, __u32);
+	__type(value, __u32);
+} if_slots SEC(".maps");
+
+// (slot, queue) -> AF_XDP socket, filled by the relay's AF_XDP back end.
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, 256);
+	__uint(max_entries, TERN_MAX_XSK_IFS * TERN_MAX_QUEUES);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
@@ -149,10 +178,17 @@ static __always_inline int count(__u32 reason, int action)
 static __always_inline int deliver(struct xdp_md *ctx, int redirect, __u32 pass_reason,
 				   __u32 redirect_reason)
 {
-	__u32 queue = ctx->rx_queue_index;
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 key = ctx->rx_queue_index;
+	__u32 *slot;
 
-	if (redirect && bpf_map_lookup_elem(&xsks, &queue))
-		return count(redirect_reason, bpf_redirect_map(&xsks, queue, XDP_PASS));
+	if (!redirect || key >= TERN_MAX_QUEUES)
+		return count(pass_reason, XDP_PASS);
+	slot = bpf_map_lookup_elem(&if_slots, &ifindex);
+	if (slot && *slot < TERN_MAX_XSK_IFS)
+		key += *slot * TERN_MAX_QUEUES;
+	if (bpf_map_lookup_elem(&xsks, &key))
+		return count(redirect_reason, bpf_redirect_map(&xsks, key, XDP_PASS));
 	return count(pass_reason, XDP_PASS);
 }
 
@@ -361,9 +397,15 @@ int tern_xdp(struct xdp_md *ctx)
 
 	if (ulen < sizeof(*udp) || ulen > l4_room || (void *)udp + ulen > data_end)
 		return count(R_DROP_UDP_LENGTH, XDP_DROP);
-	if (relay)
-		return deliver(ctx, cfg->flags & TERN_F_REDIRECT_RELAY, R_PASS_RELAY,
-			       R_REDIRECT_RELAY);
+	if (relay) {
+		int redirect = cfg->flags & TERN_F_REDIRECT_RELAY;
+		__u32 queue = ctx->rx_queue_index;
+		struct tern_slice *slice = bpf_map_lookup_elem(&queue_slices, &queue);
+
+		if (slice && slice->hi != 0 && (port < slice->lo || port > slice->hi))
+			redirect = 0;
+		return deliver(ctx, redirect, R_PASS_RELAY, R_REDIRECT_RELAY);
+	}
 	return check_listen(ctx, cfg, payload, data_end, ulen - sizeof(*udp), &src);
 }
 

@@ -356,6 +356,7 @@ pub fn video_producer(codec: Codec, ssrcs: &[u32]) -> ProducerParams {
             .map(|&s| EncodingParams {
                 ssrc: Some(Ssrc::new(s)),
                 rid: None,
+                rtx_ssrc: None,
             })
             .collect(),
         rid_extension_id: None,
@@ -364,6 +365,8 @@ pub fn video_producer(codec: Codec, ssrcs: &[u32]) -> ProducerParams {
         key_frame_request: KeyFrameRequest::Pli,
         retransmit_capacity: 512,
         nack: true,
+        rtx_payload_types: vec![],
+        repaired_rid_extension_id: None,
     }
 }
 
@@ -377,6 +380,7 @@ pub fn audio_producer(ssrc: u32) -> ProducerParams {
         encodings: vec![EncodingParams {
             ssrc: Some(Ssrc::new(ssrc)),
             rid: None,
+            rtx_ssrc: None,
         }],
         rid_extension_id: None,
         mid_extension_id: None,
@@ -384,6 +388,8 @@ pub fn audio_producer(ssrc: u32) -> ProducerParams {
         key_frame_request: KeyFrameRequest::Pli,
         retransmit_capacity: 0,
         nack: false,
+        rtx_payload_types: vec![],
+        repaired_rid_extension_id: None,
     }
 }
 
@@ -398,6 +404,8 @@ pub fn consumer(producer: ProducerId, transport: u32, ssrc: u32) -> ConsumerPara
         paused: false,
         initial_seq: SeqNo::new(1000),
         initial_timestamp: 50_000,
+        rtx_ssrc: None,
+        rtx_payload_types: vec![],
     }
 }
 
@@ -434,4 +442,25 @@ pub fn assert_contiguous(rx: &[Rx]) {
             (w[1].seq, w[1].ts)
         );
     }
+}
+
+/// The RFC 4588 RTX packet repairing `original`: same header (timestamp,
+/// marker, extensions) with the RTX SSRC, payload type and sequence number,
+/// the original sequence number in front of the payload, and `padding`
+/// bytes of RTP padding of its own.
+pub fn rtx_of(original: &[u8], ssrc: u32, pt: u8, seq: u16, padding: u8) -> Vec<u8> {
+    let p = RtpPacket::parse(original).unwrap();
+    let mut b = original[..p.header_len()].to_vec();
+    b[0] &= !0x20;
+    b[1] = (b[1] & 0x80) | pt;
+    b[2..4].copy_from_slice(&seq.to_be_bytes());
+    b[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    b.extend_from_slice(&p.seq().get().to_be_bytes());
+    b.extend_from_slice(p.payload());
+    if padding > 0 {
+        b[0] |= 0x20;
+        b.extend(std::iter::repeat(0).take(usize::from(padding) - 1));
+        b.push(padding);
+    }
+    b
 }

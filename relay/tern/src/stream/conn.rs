@@ -34,6 +34,31 @@ pub(super) struct Conn {
     pub(super) queued: bool,
     /// On the dirty (to flush) list.
     pub(super) dirty: bool,
+    /// RFC 6062: a peer connection of a TCP allocation (its CONNECTION-ID
+    /// once the core gave one), not a client.
+    pub(super) peer: Option<Option<u32>>,
+    /// RFC 6062: an outgoing peer connection whose handshake is in progress.
+    pub(super) connecting: bool,
+    /// RFC 6062: spliced to this other connection (slot, generation); bytes
+    /// are relayed raw, without framing.
+    pub(super) partner: Option<(u32, u32)>,
+    /// Raw: stopped reading because the partner's buffer was full.
+    pub(super) blocked: bool,
+    /// Counted against the shared connection limits.
+    pub(super) counted: bool,
+    /// Reading stopped at a message for another worker.
+    stopped: bool,
+}
+
+/// How a [`Conn::read`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadOutcome {
+    /// The socket has nothing more now.
+    Drained,
+    /// The budget ran out; there may be more.
+    More,
+    /// The callback stopped at a message, which stays buffered.
+    Stopped,
 }
 
 impl Conn {
@@ -64,6 +89,12 @@ impl Conn {
             allocated: false,
             queued: false,
             dirty: false,
+            peer: None,
+            connecting: false,
+            partner: None,
+            blocked: false,
+            counted: true,
+            stopped: false,
         }
     }
 
@@ -88,32 +119,69 @@ impl Conn {
         }
     }
 
-    /// Read up to `reads` times, handing every whole message to `on_message`.
-    /// Ok(true): the budget ran out with data possibly left (read again
-    /// later); Ok(false): the socket is drained. Err: close it, for this reason.
+    /// Read up to `reads` times, handing every whole message to `on_message`
+    /// (which returns false to stop at that message, leaving it buffered).
+    /// Err: close it, for this reason.
     pub(super) fn read(
         &mut self,
         reads: usize,
         now: Instant,
-        on_message: &mut impl FnMut(FiveTuple, &[u8]),
-    ) -> Result<bool, CloseReason> {
+        on_message: &mut impl FnMut(FiveTuple, &[u8]) -> bool,
+    ) -> Result<ReadOutcome, CloseReason> {
+        self.stopped = false;
         for _ in 0..reads {
-            self.deliver(on_message)?;
+            if self.deliver(on_message)? {
+                return Ok(ReadOutcome::Stopped);
+            }
             let got = if self.tls.is_some() {
                 self.read_tls(on_message)?
             } else {
                 self.read_plain()?
             };
+            if self.stopped {
+                return Ok(ReadOutcome::Stopped);
+            }
             match got {
                 Some(_) => self.last_rx = now,
                 None => {
-                    self.deliver(on_message)?;
-                    return Ok(false);
+                    if self.deliver(on_message)? {
+                        return Ok(ReadOutcome::Stopped);
+                    }
+                    return Ok(ReadOutcome::Drained);
                 }
             }
         }
-        self.deliver(on_message)?;
-        Ok(true)
+        if self.deliver(on_message)? {
+            return Ok(ReadOutcome::Stopped);
+        }
+        Ok(ReadOutcome::More)
+    }
+
+    /// Take the connection apart to hand it to another worker: its socket,
+    /// five-tuple, TLS session and the bytes not yet handled.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn into_parts(
+        self,
+    ) -> (
+        mio::net::TcpStream,
+        FiveTuple,
+        Option<Box<rustls::ServerConnection>>,
+        Vec<u8>,
+    ) {
+        (
+            self.socket,
+            self.ft,
+            self.tls,
+            self.rbuf[..self.rlen].to_vec(),
+        )
+    }
+
+    /// A connection handed over by another worker, with the bytes it had read.
+    pub(super) fn with_buffered(mut self, buffered: &[u8]) -> Conn {
+        let n = buffered.len().min(self.rbuf.len());
+        self.rbuf[..n].copy_from_slice(&buffered[..n]);
+        self.rlen = n;
+        self
     }
 
     /// One `read` into the free end of the buffer: Some(n) read, None drained.
@@ -137,7 +205,7 @@ impl Conn {
     /// it yields into the buffer (cut into messages as it fills).
     fn read_tls(
         &mut self,
-        on_message: &mut impl FnMut(FiveTuple, &[u8]),
+        on_message: &mut impl FnMut(FiveTuple, &[u8]) -> bool,
     ) -> Result<Option<usize>, CloseReason> {
         let Some(tls) = self.tls.as_mut() else {
             return Ok(None);
@@ -164,7 +232,11 @@ impl Conn {
                 Ok(0) => return Err(CloseReason::PeerClosed),
                 Ok(m) => {
                     self.rlen += m;
-                    self.deliver(on_message)?;
+                    if self.deliver(on_message)? {
+                        // Stopped: the rest stays in the session for the next owner.
+                        self.stopped = true;
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => return Err(CloseReason::PeerClosed),
@@ -177,16 +249,18 @@ impl Conn {
     /// at the front.
     fn deliver(
         &mut self,
-        on_message: &mut impl FnMut(FiveTuple, &[u8]),
-    ) -> Result<(), CloseReason> {
+        on_message: &mut impl FnMut(FiveTuple, &[u8]) -> bool,
+    ) -> Result<bool, CloseReason> {
         let mut start = 0;
         let result = loop {
             match frame_len(&self.rbuf[start..self.rlen], MAX_FRAME) {
                 Ok(Frame::Complete(n)) => {
-                    on_message(self.ft, &self.rbuf[start..start + n]);
+                    if !on_message(self.ft, &self.rbuf[start..start + n]) {
+                        break Ok(true);
+                    }
                     start += n;
                 }
-                Ok(Frame::Incomplete { .. }) => break Ok(()),
+                Ok(Frame::Incomplete { .. }) => break Ok(false),
                 Err(FrameError::TooLarge { .. }) => break Err(CloseReason::FrameTooLarge),
                 Err(_) => break Err(CloseReason::BadFrame),
             }
@@ -196,6 +270,89 @@ impl Conn {
             self.rlen -= start;
         }
         result
+    }
+
+    /// Raw (RFC 6062 data): bytes received and not yet handed to the partner.
+    pub(super) fn pending_raw(&self) -> &[u8] {
+        &self.rbuf[..self.rlen]
+    }
+
+    /// Raw: the first `n` pending bytes went to the partner.
+    pub(super) fn consume_raw(&mut self, n: usize) {
+        self.rbuf.copy_within(n..self.rlen, 0);
+        self.rlen -= n;
+    }
+
+    /// Raw: one read into the free end of the buffer (TLS: plaintext). Some(n):
+    /// read; None: drained (or the buffer is full). Err: close.
+    pub(super) fn read_raw(&mut self, now: Instant) -> Result<Option<usize>, CloseReason> {
+        if self.rlen == self.rbuf.len() {
+            return Ok(None);
+        }
+        let Some(tls) = self.tls.as_mut() else {
+            let got = self.read_plain()?;
+            if got.is_some() {
+                self.last_rx = now;
+            }
+            return Ok(got);
+        };
+        // Plaintext already decrypted first, then one socket read.
+        loop {
+            match tls.reader().read(&mut self.rbuf[self.rlen..]) {
+                Ok(0) => return Err(CloseReason::PeerClosed),
+                Ok(m) => {
+                    self.rlen += m;
+                    return Ok(Some(m));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(CloseReason::PeerClosed),
+            }
+            match tls.read_tls(&mut self.socket) {
+                Ok(0) => return Err(CloseReason::PeerClosed),
+                Ok(_) => {
+                    self.last_rx = now;
+                    tls.process_new_packets()
+                        .map_err(|_| CloseReason::TlsError)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(CloseReason::Reset),
+            }
+        }
+    }
+
+    /// Raw: queue as many of `bytes` as fit (after writing what is queued if
+    /// they do not); returns how many were taken.
+    pub(super) fn push_raw(&mut self, bytes: &[u8]) -> Result<usize, CloseReason> {
+        if let Some(tls) = self.tls.as_mut() {
+            let n = tls.writer().write(bytes).map_err(|_| CloseReason::Reset)?;
+            if n == bytes.len() {
+                return Ok(n);
+            }
+            self.flush()?;
+            let Some(tls) = self.tls.as_mut() else {
+                return Ok(n);
+            };
+            let m = tls
+                .writer()
+                .write(&bytes[n..])
+                .map_err(|_| CloseReason::Reset)?;
+            return Ok(n + m);
+        }
+        if self.wbuf.len() - self.wend < bytes.len() {
+            self.flush()?;
+            self.compact();
+        }
+        let n = bytes.len().min(self.wbuf.len() - self.wend);
+        self.wbuf[self.wend..self.wend + n].copy_from_slice(&bytes[..n]);
+        self.wend += n;
+        Ok(n)
+    }
+
+    /// An outgoing connection's handshake ended: whether it connected.
+    pub(super) fn connect_result(&mut self) -> bool {
+        self.connecting = false;
+        matches!(self.socket.take_error(), Ok(None)) && self.socket.peer_addr().is_ok()
     }
 
     /// Queue one whole message. When it does not fit, write what is queued

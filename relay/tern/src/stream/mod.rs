@@ -65,7 +65,46 @@ use mio::{Events, Interest, Poll, Token};
 use tern_turn::{Event, FiveTuple, Transport};
 
 use crate::shared::{ConnectionLimit, Shared};
-use conn::Conn;
+use conn::{Conn, ReadOutcome};
+
+/// Data connections handed over per service call, at most.
+const HANDOFFS_PER_TURN: usize = 64;
+
+/// A client connection moving to the worker that owns the RFC 6062 peer
+/// connection its ConnectionBind names (the kernel spreads new connections
+/// over every worker's listener). Counted in both workers' stats.
+pub(crate) struct Handoff {
+    socket: std::net::TcpStream,
+    ft: FiveTuple,
+    tls: Option<Box<rustls::ServerConnection>>,
+    /// Bytes read and not yet handled, the ConnectionBind first.
+    buffered: Vec<u8>,
+    counted: bool,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("transport", &self.ft.transport)
+            .field("buffered", &self.buffered.len())
+            .finish()
+    }
+}
+
+/// The worker a ConnectionBind request in `msg` must be handled by, when it
+/// is not `me` (the low byte of its CONNECTION-ID, see `tern_turn::ConnectionId`).
+fn foreign_bind(msg: &[u8], me: usize, workers: usize) -> Option<usize> {
+    // A Binding-class check on the raw type first: 0x000B is a ConnectionBind request.
+    if msg.get(..2) != Some(&[0x00, 0x0B][..]) {
+        return None;
+    }
+    let m = tern_stun::Message::parse(msg).ok()?;
+    let id = m
+        .get(tern_stun::attr::CONNECTION_ID)
+        .and_then(|a| tern_stun::decode_u32(a.value).ok())?;
+    let owner = usize::from(id as u8);
+    (owner != me && owner < workers).then_some(owner)
+}
 
 /// Bytes a connection's read buffer holds; also the largest message accepted.
 pub(crate) const READ_BUF: usize = 12 * 1024;
@@ -175,6 +214,18 @@ pub struct StreamStats {
     pub bytes_out: u64,
     /// Messages for a connection that had closed meanwhile.
     pub unroutable: u64,
+    /// RFC 6062 peer connections opened (Connect) or accepted (relayed address).
+    pub peers_opened: u64,
+    /// RFC 6062 peer connections closed.
+    pub peers_closed: u64,
+    /// RFC 6062 bytes relayed raw between data and peer connections.
+    pub raw_bytes: u64,
+    /// RFC 6062 data connections handed to the worker owning their peer connection.
+    pub handoffs_out: u64,
+    /// RFC 6062 data connections taken over from another worker.
+    pub handoffs_in: u64,
+    /// Handoffs refused (the other worker's queue was full): closed.
+    pub handoffs_dropped: u64,
 }
 
 impl StreamStats {
@@ -196,6 +247,12 @@ impl StreamStats {
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
         self.unroutable += other.unroutable;
+        self.peers_opened += other.peers_opened;
+        self.peers_closed += other.peers_closed;
+        self.raw_bytes += other.raw_bytes;
+        self.handoffs_out += other.handoffs_out;
+        self.handoffs_in += other.handoffs_in;
+        self.handoffs_dropped += other.handoffs_dropped;
     }
 
     /// Connections closed for `reason`.
@@ -209,6 +266,19 @@ struct Listener {
     local: SocketAddr,
     transport: Transport,
     queued: bool,
+    /// RFC 6062: the relayed address of a TCP allocation (accepts peers).
+    relay: bool,
+}
+
+/// A peer that connected to a TCP relayed address, for the core to decide on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Incoming {
+    slot: u32,
+    gen: u32,
+    /// The relayed address it connected to.
+    pub(crate) relay: SocketAddr,
+    /// The peer.
+    pub(crate) peer: SocketAddr,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -222,7 +292,17 @@ pub(crate) struct Streams {
     worker: usize,
     poll: Poll,
     events: Events,
-    listeners: Vec<Listener>,
+    listeners: Vec<Option<Listener>>,
+    free_listeners: Vec<usize>,
+    relay_listeners: HashMap<SocketAddr, usize, ahash::RandomState>,
+    /// RFC 6062 peer connections by CONNECTION-ID.
+    by_id: HashMap<u32, u32, ahash::RandomState>,
+    incoming: VecDeque<Incoming>,
+    connected: VecDeque<(u32, bool)>,
+    peer_closed: VecDeque<u32>,
+    /// Data connections other workers hand to this one, and how many workers run.
+    handoffs: crossbeam::channel::Receiver<Handoff>,
+    workers: usize,
     conns: Vec<Option<Conn>>,
     free: Vec<u32>,
     next_gen: u32,
@@ -246,6 +326,7 @@ impl Streams {
         listeners: Vec<(TcpListener, Transport)>,
         config: StreamConfig,
         shared: Arc<Shared>,
+        handoffs: (crossbeam::channel::Receiver<Handoff>, usize),
         now: Instant,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
@@ -256,18 +337,27 @@ impl Streams {
             let mut socket = mio::net::TcpListener::from_std(socket);
             poll.registry()
                 .register(&mut socket, Token(i), Interest::READABLE)?;
-            own.push(Listener {
+            own.push(Some(Listener {
                 socket,
                 local,
                 transport,
                 queued: false,
-            });
+                relay: false,
+            }));
         }
         Ok(Streams {
             worker,
             poll,
             events: Events::with_capacity(EVENTS),
             listeners: own,
+            free_listeners: Vec::new(),
+            relay_listeners: HashMap::with_hasher(ahash::RandomState::new()),
+            by_id: HashMap::with_hasher(ahash::RandomState::new()),
+            incoming: VecDeque::new(),
+            connected: VecDeque::new(),
+            peer_closed: VecDeque::new(),
+            handoffs: handoffs.0,
+            workers: handoffs.1,
             conns: Vec::new(),
             free: Vec::new(),
             next_gen: 0,
@@ -305,7 +395,13 @@ impl Streams {
     }
 
     fn has_pending(&self) -> bool {
-        !self.ready.is_empty() || self.more_events || !self.closed.is_empty()
+        !self.ready.is_empty()
+            || self.more_events
+            || !self.closed.is_empty()
+            || !self.incoming.is_empty()
+            || !self.connected.is_empty()
+            || !self.peer_closed.is_empty()
+            || !self.handoffs.is_empty()
     }
 
     /// Whether [`Streams::service`] has something to do at `now` without new readiness.
@@ -326,6 +422,12 @@ impl Streams {
     /// [`Streams::take_closed`].
     pub(crate) fn service(&mut self, now: Instant, on_message: &mut impl FnMut(FiveTuple, &[u8])) {
         self.last_service = now;
+        for _ in 0..HANDOFFS_PER_TURN {
+            let Ok(h) = self.handoffs.try_recv() else {
+                break;
+            };
+            self.adopt_handoff(h, now);
+        }
         match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -336,7 +438,7 @@ impl Streams {
             n += 1;
             let token = event.token().0;
             if token < CONN_BASE {
-                if let Some(l) = self.listeners.get_mut(token) {
+                if let Some(Some(l)) = self.listeners.get_mut(token) {
                     if !l.queued {
                         l.queued = true;
                         self.ready.push_back(Ready::Listener(token));
@@ -350,6 +452,15 @@ impl Streams {
                 continue;
             };
             if conn.gen != gen {
+                continue;
+            }
+            if conn.connecting {
+                if event.is_writable() || event.is_error() || event.is_write_closed() {
+                    let ok = conn.connect_result();
+                    let id = conn.peer.flatten().unwrap_or(0);
+                    // A failed one is closed when the core answers 447.
+                    self.connected.push_back((id, ok));
+                }
                 continue;
             }
             if event.is_writable() && !conn.dirty {
@@ -369,11 +480,11 @@ impl Streams {
             };
             match item {
                 Ready::Listener(i) => {
-                    if let Some(l) = self.listeners.get_mut(i) {
+                    if let Some(Some(l)) = self.listeners.get_mut(i) {
                         l.queued = false;
                     }
                     if self.accept(i, now) {
-                        if let Some(l) = self.listeners.get_mut(i) {
+                        if let Some(Some(l)) = self.listeners.get_mut(i) {
                             l.queued = true;
                         }
                         self.ready.push_back(item);
@@ -426,6 +537,17 @@ impl Streams {
             conn.dirty = false;
             if let Err(reason) = conn.flush() {
                 self.close(slot, reason);
+                continue;
+            }
+            // A raw partner that stopped reading for want of room may go on.
+            if let Some((p, pgen)) = conn.partner {
+                if let Some(Some(partner)) = self.conns.get_mut(p as usize) {
+                    if partner.gen == pgen && partner.blocked && !partner.queued {
+                        partner.blocked = false;
+                        partner.queued = true;
+                        self.ready.push_back(Ready::Conn(p, pgen));
+                    }
+                }
             }
         }
         dirty.clear();
@@ -452,6 +574,279 @@ impl Streams {
         }
     }
 
+    // ---- RFC 6062 ---------------------------------------------------------
+
+    /// Listen for peers on the relayed address of a TCP allocation.
+    pub(crate) fn add_relay_listener(&mut self, socket: TcpListener, addr: SocketAddr) {
+        let i = match self.free_listeners.pop() {
+            Some(i) => i,
+            None => {
+                self.listeners.push(None);
+                self.listeners.len() - 1
+            }
+        };
+        if i >= CONN_BASE {
+            tracing::warn!(worker = self.worker, "too many TCP relayed addresses");
+            return;
+        }
+        if socket.set_nonblocking(true).is_err() {
+            self.free_listeners.push(i);
+            return;
+        }
+        let mut socket = mio::net::TcpListener::from_std(socket);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut socket, Token(i), Interest::READABLE)
+        {
+            tracing::warn!(error = %e, "could not register a TCP relayed address");
+            self.free_listeners.push(i);
+            return;
+        }
+        self.listeners[i] = Some(Listener {
+            socket,
+            local: addr,
+            transport: Transport::Tcp,
+            queued: false,
+            relay: true,
+        });
+        self.relay_listeners.insert(addr, i);
+    }
+
+    /// Stop listening on a TCP relayed address (its allocation ended).
+    pub(crate) fn remove_relay_listener(&mut self, addr: SocketAddr) {
+        let Some(i) = self.relay_listeners.remove(&addr) else {
+            return;
+        };
+        if let Some(mut l) = self.listeners.get_mut(i).and_then(Option::take) {
+            let _closing_anyway = self.poll.registry().deregister(&mut l.socket);
+            self.free_listeners.push(i);
+        }
+    }
+
+    /// Connect (RFC 6062 §5.2) from the relayed address `relay` to `peer`;
+    /// the outcome comes back through [`Streams::take_connected`].
+    pub(crate) fn connect_peer(
+        &mut self,
+        id: u32,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        now: Instant,
+    ) {
+        match open_peer(relay, peer) {
+            Ok(stream) => {
+                if let Some(slot) = self.insert_peer(stream, peer, relay, Some(id), false, now) {
+                    if let Some(Some(conn)) = self.conns.get_mut(slot as usize) {
+                        conn.connecting = true;
+                    }
+                    return;
+                }
+                self.connected.push_back((id, false));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "peer connect failed at once");
+                self.connected.push_back((id, false));
+            }
+        }
+    }
+
+    /// A peer connected to a relayed address: hold it for the core's answer.
+    fn adopt_peer(
+        &mut self,
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        relay: SocketAddr,
+        now: Instant,
+    ) {
+        if let Err(limit) = self.shared.acquire_connection(peer.ip()) {
+            match limit {
+                ConnectionLimit::Total => self.stats.refused_total += 1,
+                ConnectionLimit::PerSource => self.stats.refused_per_source += 1,
+            }
+            return;
+        }
+        match self.insert_peer(stream, peer, relay, None, true, now) {
+            Some(slot) => {
+                let gen = self.conns[slot as usize].as_ref().map_or(0, |c| c.gen);
+                self.incoming.push_back(Incoming {
+                    slot,
+                    gen,
+                    relay,
+                    peer,
+                });
+            }
+            None => self.shared.release_connection(peer.ip()),
+        }
+    }
+
+    fn insert_peer(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        relay: SocketAddr,
+        id: Option<u32>,
+        counted: bool,
+        now: Instant,
+    ) -> Option<u32> {
+        let _latency_matters = stream.set_nodelay(true);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let token = Token(CONN_BASE + slot as usize + ((gen as usize) << 32));
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "could not register a peer connection");
+            self.free.push(slot);
+            return None;
+        }
+        let ft = FiveTuple {
+            client: peer,
+            listener: relay,
+            transport: Transport::Tcp,
+        };
+        let mut conn = Conn::new(stream, ft, gen, None, now);
+        conn.peer = Some(id);
+        conn.counted = counted;
+        self.conns[slot as usize] = Some(conn);
+        if let Some(id) = id {
+            self.by_id.insert(id, slot);
+        }
+        self.stats.peers_opened += 1;
+        Some(slot)
+    }
+
+    /// The next peer that connected to a relayed address.
+    pub(crate) fn take_incoming(&mut self) -> Option<Incoming> {
+        self.incoming.pop_front()
+    }
+
+    /// The core's answer for an incoming peer: keep it under `id`, or close it.
+    pub(crate) fn decide_incoming(&mut self, incoming: Incoming, id: Option<u32>) {
+        let Some(Some(conn)) = self.conns.get_mut(incoming.slot as usize) else {
+            return;
+        };
+        if conn.gen != incoming.gen {
+            return;
+        }
+        match id {
+            Some(id) => {
+                conn.peer = Some(Some(id));
+                self.by_id.insert(id, incoming.slot);
+            }
+            None => self.close(incoming.slot, CloseReason::PeerClosed),
+        }
+    }
+
+    /// The next Connect outcome: (CONNECTION-ID, connected).
+    pub(crate) fn take_connected(&mut self) -> Option<(u32, bool)> {
+        self.connected.pop_front()
+    }
+
+    /// The next peer connection (or its data connection) that closed.
+    pub(crate) fn take_peer_closed(&mut self) -> Option<u32> {
+        self.peer_closed.pop_front()
+    }
+
+    /// Close peer connection `id` and the data connection spliced to it.
+    pub(crate) fn close_peer(&mut self, id: u32) {
+        if let Some(slot) = self.by_id.remove(&id) {
+            self.close(slot, CloseReason::PeerClosed);
+        }
+    }
+
+    /// ConnectionBind succeeded: splice the client connection `data` (its
+    /// response is already queued) with peer connection `id`.
+    pub(crate) fn bind_data(&mut self, id: u32, data: FiveTuple) {
+        let client = self.by_peer.get(&(data.listener, data.client)).copied();
+        let (Some(peer), Some(client)) = (self.by_id.get(&id).copied(), client) else {
+            // One side closed meanwhile: end the other.
+            self.close_peer(id);
+            if let Some(client) = client {
+                self.close(client, CloseReason::PeerClosed);
+            }
+            return;
+        };
+        let gen_of = |c: &Option<Conn>| c.as_ref().map_or(0, |c| c.gen);
+        let pgen = gen_of(&self.conns[peer as usize]);
+        let cgen = gen_of(&self.conns[client as usize]);
+        for (slot, partner, gen) in [(peer, (client, cgen), pgen), (client, (peer, pgen), cgen)] {
+            if let Some(Some(conn)) = self.conns.get_mut(slot as usize) {
+                conn.partner = Some(partner);
+                conn.allocated = true;
+                if !conn.queued {
+                    conn.queued = true;
+                    self.ready.push_back(Ready::Conn(slot, gen));
+                }
+            }
+        }
+    }
+
+    /// Move bytes from spliced connection `slot` to its partner, reading
+    /// more while the partner has room; stop (blocked) when it has none.
+    fn relay_raw(&mut self, slot: u32, now: Instant) {
+        let Some(mut conn) = self.conns.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        let Some((p, pgen)) = conn.partner else {
+            self.conns[slot as usize] = Some(conn);
+            return;
+        };
+        let mut moved = 0u64;
+        let mut to_flush = false;
+        let result = (|| -> Result<bool, CloseReason> {
+            let Some(Some(partner)) = self.conns.get_mut(p as usize) else {
+                return Err(CloseReason::PeerClosed);
+            };
+            if partner.gen != pgen {
+                return Err(CloseReason::PeerClosed);
+            }
+            for _ in 0..READS_PER_TURN {
+                if !conn.pending_raw().is_empty() {
+                    let n = partner.push_raw(conn.pending_raw())?;
+                    moved += n as u64;
+                    conn.consume_raw(n);
+                    if n > 0 && !partner.dirty {
+                        partner.dirty = true;
+                        to_flush = true;
+                    }
+                    if !conn.pending_raw().is_empty() {
+                        conn.blocked = true;
+                        return Ok(false);
+                    }
+                }
+                if conn.read_raw(now)?.is_none() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })();
+        self.stats.raw_bytes += moved;
+        if to_flush {
+            self.dirty.push(p);
+        }
+        let gen = conn.gen;
+        self.conns[slot as usize] = Some(conn);
+        match result {
+            Ok(true) => {
+                if let Some(Some(c)) = self.conns.get_mut(slot as usize) {
+                    c.queued = true;
+                }
+                self.ready.push_back(Ready::Conn(slot, gen));
+            }
+            Ok(false) => {}
+            Err(reason) => self.close(slot, reason),
+        }
+    }
+
     /// Close every connection (the worker stops).
     pub(crate) fn close_all(&mut self) {
         for slot in 0..self.conns.len() {
@@ -465,11 +860,12 @@ impl Streams {
     /// (more may wait).
     fn accept(&mut self, i: usize, now: Instant) -> bool {
         for _ in 0..ACCEPTS_PER_TURN {
-            let Some(l) = self.listeners.get(i) else {
+            let Some(Some(l)) = self.listeners.get(i) else {
                 return false;
             };
-            let (local, transport) = (l.local, l.transport);
+            let (local, transport, relay) = (l.local, l.transport, l.relay);
             match l.socket.accept() {
+                Ok((stream, remote)) if relay => self.adopt_peer(stream, remote, local, now),
                 Ok((stream, remote)) => self.adopt(stream, remote, local, transport, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -575,16 +971,49 @@ impl Streams {
             return;
         }
         conn.queued = false;
+        if conn.partner.is_some() {
+            self.relay_raw(slot, now);
+            return;
+        }
+        if conn.peer.is_some() {
+            // A peer connection waiting for its ConnectionBind: its bytes wait
+            // in the kernel until it is spliced (and read then).
+            return;
+        }
         let stats = &mut self.stats;
+        let (me, workers, allocated) = (self.worker, self.workers, conn.allocated);
+        let mut owner = None;
+        let mut bound = false;
         let result = conn.read(READS_PER_TURN, now, &mut |ft, msg| {
+            // After a ConnectionBind, what follows may be raw data for the
+            // peer (once the bind succeeds): leave it unparsed.
+            if bound {
+                return false;
+            }
+            if !allocated && msg.get(..2) == Some(&[0x00, 0x0B][..]) {
+                // RFC 6062: a ConnectionBind for a peer connection of another worker.
+                if workers > 1 {
+                    if let Some(w) = foreign_bind(msg, me, workers) {
+                        owner = Some(w);
+                        return false;
+                    }
+                }
+                bound = true;
+            }
             stats.messages_in += 1;
             stats.bytes_in += msg.len() as u64;
-            on_message(ft, msg)
+            on_message(ft, msg);
+            true
         });
         let wants_write = conn.wants_write();
         match result {
-            Ok(more) => {
-                if more {
+            Ok(ReadOutcome::Stopped) => {
+                if let Some(to) = owner {
+                    self.hand_off(slot, to);
+                }
+            }
+            Ok(outcome) => {
+                if outcome == ReadOutcome::More {
                     conn.queued = true;
                     self.ready.push_back(Ready::Conn(slot, gen));
                 }
@@ -597,25 +1026,128 @@ impl Streams {
         }
     }
 
+    /// Move client connection `slot` to worker `to` (its ConnectionBind is
+    /// for a peer connection there). A full queue closes it, counted.
+    fn hand_off(&mut self, slot: u32, to: usize) {
+        let Some(mut conn) = self.conns.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        let _moving = self.poll.registry().deregister(conn.socket_mut());
+        self.free.push(slot);
+        let counted = conn.counted;
+        let (socket, ft, tls, buffered) = conn.into_parts();
+        self.by_peer.remove(&(ft.listener, ft.client));
+        let open = &mut self.stats.open[ft.transport.index()];
+        *open = open.saturating_sub(1);
+        let std: std::net::TcpStream = {
+            use std::os::fd::{FromRawFd, IntoRawFd};
+            // SAFETY: the descriptor comes straight out of the mio stream,
+            // which gives up ownership; the std stream becomes its only owner.
+            unsafe { std::net::TcpStream::from_raw_fd(socket.into_raw_fd()) }
+        };
+        let handoff = Handoff {
+            socket: std,
+            ft,
+            tls,
+            buffered,
+            counted,
+        };
+        match self.shared.hand_off(to, handoff) {
+            Ok(()) => self.stats.handoffs_out += 1,
+            Err(h) => {
+                self.stats.handoffs_dropped += 1;
+                if h.counted {
+                    self.shared.release_connection(h.ft.client.ip());
+                }
+                self.closed.push_back(h.ft);
+            }
+        }
+    }
+
+    /// Take over a client connection another worker handed over.
+    fn adopt_handoff(&mut self, h: Handoff, now: Instant) {
+        let Handoff {
+            socket,
+            ft,
+            tls,
+            buffered,
+            counted,
+        } = h;
+        let mut stream = mio::net::TcpStream::from_std(socket);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let token = Token(CONN_BASE + slot as usize + ((gen as usize) << 32));
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "could not register a handed-over connection");
+            self.free.push(slot);
+            if counted {
+                self.shared.release_connection(ft.client.ip());
+            }
+            return;
+        }
+        let mut conn = Conn::new(stream, ft, gen, tls, now).with_buffered(&buffered);
+        conn.counted = counted;
+        conn.queued = true;
+        self.conns[slot as usize] = Some(conn);
+        self.by_peer.insert((ft.listener, ft.client), slot);
+        self.stats.open[ft.transport.index()] += 1;
+        self.stats.handoffs_in += 1;
+        self.ready.push_back(Ready::Conn(slot, gen));
+    }
+
     fn close(&mut self, slot: u32, reason: CloseReason) {
         let Some(mut conn) = self.conns.get_mut(slot as usize).and_then(Option::take) else {
             return;
         };
         let _closing_anyway = self.poll.registry().deregister(conn.socket_mut());
         let ft = conn.five_tuple();
-        self.by_peer.remove(&(ft.listener, ft.client));
         self.free.push(slot);
-        self.shared.release_connection(ft.client.ip());
-        self.stats.closed[reason as usize] += 1;
-        let open = &mut self.stats.open[ft.transport.index()];
-        *open = open.saturating_sub(1);
+        if conn.counted {
+            self.shared.release_connection(ft.client.ip());
+        }
         tracing::trace!(
             worker = self.worker,
             reason = reason.as_str(),
             "connection closed"
         );
-        if reason != CloseReason::Shutdown {
-            self.closed.push_back(ft);
+        if let Some(id) = conn.peer {
+            // A peer connection (RFC 6062): not a client of ours.
+            self.stats.peers_closed += 1;
+            if let Some(id) = id {
+                self.by_id.remove(&id);
+                if reason != CloseReason::Shutdown {
+                    self.peer_closed.push_back(id);
+                }
+            }
+        } else {
+            self.by_peer.remove(&(ft.listener, ft.client));
+            self.stats.closed[reason as usize] += 1;
+            let open = &mut self.stats.open[ft.transport.index()];
+            *open = open.saturating_sub(1);
+            if reason != CloseReason::Shutdown {
+                self.closed.push_back(ft);
+            }
+        }
+        // Either side of a spliced pair ends both.
+        if let Some((p, pgen)) = conn.partner {
+            let live = self
+                .conns
+                .get(p as usize)
+                .is_some_and(|c| c.as_ref().is_some_and(|c| c.gen == pgen));
+            if live {
+                self.close(p, reason);
+            }
         }
     }
 
@@ -627,9 +1159,11 @@ impl Streams {
             let Some(conn) = &self.conns[slot] else {
                 continue;
             };
+            // Peer and spliced connections live by the core's rules (RFC 6062).
+            let managed = conn.peer.is_some() || conn.partner.is_some();
             let reason = if conn.handshaking() && now.duration_since(conn.accepted) >= handshake {
                 Some(CloseReason::HandshakeTimeout)
-            } else if !conn.allocated && now.duration_since(conn.last_rx) >= idle {
+            } else if !managed && !conn.allocated && now.duration_since(conn.last_rx) >= idle {
                 Some(CloseReason::IdleTimeout)
             } else {
                 None
@@ -639,10 +1173,35 @@ impl Streams {
             }
         }
         for (i, l) in self.listeners.iter_mut().enumerate() {
+            let Some(l) = l else {
+                continue;
+            };
             if !l.queued {
                 l.queued = true;
                 self.ready.push_back(Ready::Listener(i));
             }
         }
     }
+}
+
+/// A non-blocking TCP connection from the relayed address `relay` to `peer`
+/// (RFC 6062 §5.2: the relayed address is the source).
+fn open_peer(relay: SocketAddr, peer: SocketAddr) -> io::Result<mio::net::TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(peer),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // The relayed address is also listening: both carry SO_REUSEPORT.
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&relay.into())?;
+    match socket.connect(&peer.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let std: std::net::TcpStream = socket.into();
+    Ok(mio::net::TcpStream::from_std(std))
 }

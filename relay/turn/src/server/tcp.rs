@@ -26,8 +26,16 @@ use crate::stats::DropReason;
 pub const CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The CONNECTION-ID of one peer connection of a TCP allocation (RFC 6062 §6.2.1).
+/// Its low byte is the shard that owns it ([`crate::ServerConfig::shard`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub u32);
+
+impl ConnectionId {
+    /// The shard that owns this connection.
+    pub fn shard(self) -> u8 {
+        self.0 as u8
+    }
+}
 
 pub(super) struct TcpConn {
     /// The allocation's slot and generation.
@@ -220,6 +228,7 @@ impl Server {
             );
         } else {
             self.tcp_conns.remove(&id.0);
+            host.close_peer_connection(id);
             let reply = err(447, "Connection Timeout or Failure");
             self.respond_to(
                 control,
@@ -393,7 +402,7 @@ impl Server {
 
     fn new_connection_id(&mut self) -> ConnectionId {
         loop {
-            let id = self.rng.next() as u32;
+            let id = (self.rng.next() as u32) << 8 | u32::from(self.config.shard);
             if id != 0 && !self.tcp_conns.contains_key(&id) {
                 return ConnectionId(id);
             }
