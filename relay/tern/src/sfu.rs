@@ -963,18 +963,17 @@ impl ProducerSpec {
                 .map(|e| tern_sfu::EncodingParams {
                     ssrc: e.ssrc.map(tern_sfu::Ssrc::new),
                     rid: e.rid.clone(),
-                    // RTX (RFC 4588) is not in the control API yet: plain retransmissions.
-                    rtx_ssrc: None,
+                    rtx_ssrc: e.rtx_ssrc.map(tern_sfu::Ssrc::new),
                 })
                 .collect(),
             rid_extension_id: self.rid_extension_id,
             mid_extension_id: self.mid_extension_id,
-            rtx_payload_types: Vec::new(),
-            repaired_rid_extension_id: None,
             mid: self.mid.clone(),
             key_frame_request: self.key_frame_request.into(),
             retransmit_capacity: self.retransmit_capacity,
             nack: self.nack,
+            rtx_payload_types: rtx_map(&self.rtx_payload_types, |m| (m.rtx, m.apt)),
+            repaired_rid_extension_id: self.repaired_rid_extension_id,
         }
     }
 }
@@ -998,10 +997,27 @@ impl ConsumerSpec {
             preferred_spatial: self.preferred_spatial_layer,
             preferred_temporal: self.preferred_temporal_layer,
             paused: self.paused,
-            rtx_ssrc: None,
-            rtx_payload_types: Vec::new(),
             initial_seq: tern_sfu::SeqNo::new(rand::random()),
             initial_timestamp: rand::random(),
+            rtx_ssrc: self.rtx_ssrc.map(tern_sfu::Ssrc::new),
+            // The consumer's map is (media, rtx).
+            rtx_payload_types: rtx_map(&self.rtx_payload_types, |m| (m.apt, m.rtx)),
         }
     }
+}
+
+/// Payload type pairs from the API's RTX maps (validated to 0..=127).
+fn rtx_map(
+    maps: &[api::RtxMap],
+    pair: impl Fn(&api::RtxMap) -> (u8, u8),
+) -> Vec<(tern_sfu::PayloadType, tern_sfu::PayloadType)> {
+    maps.iter()
+        .filter_map(|m| {
+            let (a, b) = pair(m);
+            Some((
+                tern_sfu::PayloadType::new(a)?,
+                tern_sfu::PayloadType::new(b)?,
+            ))
+        })
+        .collect()
 }

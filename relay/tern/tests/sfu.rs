@@ -4,6 +4,8 @@
 //! SRTP both ways, and bad input counted while the session keeps flowing.
 //! Runs on the back end `TERN_TEST_IO_BACKEND` names, like the other daemon tests.
 
+#![allow(clippy::disallowed_methods)] // waits bounded on the clock
+
 mod common;
 mod ports;
 
@@ -700,5 +702,107 @@ fn a_subscribers_nack_is_answered_from_the_retransmission_ring() {
         val(&m, "tern_sfu_nack_retransmissions_total") == 2.0
             && val(&m, "tern_sfu_dropped_total{reason=\"wrong_source\"}") == 1.0
     }));
+    relay.shutdown();
+}
+
+#[test]
+fn simulcast_layer_switch_through_the_api_waits_for_a_key_frame() {
+    let (relay, api) = start();
+    let (_, r) = api.call("POST", "/sfu/routers", None);
+    let base = format!("/sfu/routers/{}", id(&r));
+    let publisher = udp();
+    let (_, t) = api.call("POST", &format!("{base}/transports"), Some(json!({})));
+    let pub_addr: SocketAddr = t["local"].as_str().unwrap().parse().unwrap();
+    let sub = udp();
+    let (_, st) = api.call(
+        "POST",
+        &format!("{base}/transports"),
+        Some(json!({ "remote": sub.local_addr().unwrap().to_string() })),
+    );
+    let (low, high) = (0x1000_0001u32, 0x1000_0002u32);
+    let (s, p) = api.call(
+        "POST",
+        &format!("{base}/producers"),
+        Some(
+            json!({ "transport": id(&t), "kind": "video", "codec": "vp8", "clock_rate": 90000,
+                      "payload_types": [96], "encodings": [{ "ssrc": low }, { "ssrc": high }] }),
+        ),
+    );
+    assert_eq!(s, 201, "{p}");
+    let (s, c) = api.call(
+        "POST",
+        &format!("{base}/consumers"),
+        Some(json!({ "producer": id(&p), "transport": id(&st), "ssrc": 77, "preferred_spatial_layer": 1 })),
+    );
+    assert_eq!(s, 201, "{c}");
+    // One packet per frame on each encoding; the payload byte says which.
+    let mut seq = [100u16, 9000u16];
+    let mut frame = |key: [bool; 2]| {
+        for (e, ssrc) in [low, high].into_iter().enumerate() {
+            let p = rtp_vp8(
+                ssrc,
+                seq[e],
+                3000 * u32::from(seq[e]),
+                true,
+                key[e],
+                &[e as u8; 30],
+            );
+            publisher.send_to(&p, pub_addr).unwrap();
+            seq[e] = seq[e].wrapping_add(1);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    frame([true, true]);
+    for _ in 0..5 {
+        frame([false, false]);
+    }
+    let got = drain_rtp(&sub);
+    assert_eq!(got.len(), 6);
+    assert!(
+        got.iter().all(|p| *p.last().unwrap() == 1),
+        "the high encoding"
+    );
+
+    // Ask for the low one: tern asks the publisher for a key frame (PLI) and
+    // keeps sending the high one until the low one's key frame arrives.
+    let consumer = format!("{base}/consumers/{}", id(&c));
+    let (s, _) = api.call(
+        "PATCH",
+        &consumer,
+        Some(json!({ "preferred_spatial_layer": 0 })),
+    );
+    assert_eq!(s, 200);
+    let mut buf = [0u8; 1500];
+    let mut pli = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !pli && std::time::Instant::now() < deadline {
+        if let Ok(n) = publisher.recv(&mut buf) {
+            let mut at = 0;
+            while at + 4 <= n {
+                let len = 4 * (usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]])) + 1);
+                pli |= buf[at + 1] == 206 && buf[at] & 0x1F == 1;
+                at += len;
+            }
+        }
+    }
+    assert!(pli, "no PLI reached the publisher");
+    for _ in 0..3 {
+        frame([false, false]);
+    }
+    frame([true, false]);
+    frame([false, false]);
+    let got = drain_rtp(&sub);
+    assert_eq!(got.len(), 5);
+    let from: Vec<u8> = got.iter().map(|p| *p.last().unwrap()).collect();
+    assert_eq!(from, vec![1, 1, 1, 0, 0], "switch at the low key frame");
+    let seqs: Vec<u16> = got
+        .iter()
+        .map(|p| u16::from_be_bytes([p[2], p[3]]))
+        .collect();
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0].wrapping_add(1), "{seqs:?}");
+    }
+    let (_, c) = api.call("GET", &consumer, None);
+    assert_eq!(c["stats"]["spatial_layer"], json!(0));
     relay.shutdown();
 }

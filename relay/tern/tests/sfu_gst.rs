@@ -7,6 +7,11 @@
 //! what the publisher encoded (nothing undecodable, nothing lost on loopback)
 //! and the decoders must report no error.
 //!
+//! Under loss: a two-way hop in the test drops 2 % of the RTP tern sends a
+//! third subscriber (`rtpbin` with `do-retransmission` and the AVPF profile,
+//! so its jitter buffer NACKs what is missing); tern answers the NACKs from
+//! its retransmission ring and every frame still decodes.
+//!
 //! Skipped (with a message) when `gst-launch-1.0` or a plugin is missing,
 //! failed instead under `TERN_REQUIRE_INTEROP=1` (CI installs them with
 //! `tests/install-deps.sh`). Runs on `TERN_TEST_IO_BACKEND`'s back end.
@@ -19,6 +24,8 @@ mod ports;
 use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -276,4 +283,149 @@ fn gstreamer_vp8_publisher_to_two_decoding_subscribers() {
 #[test]
 fn gstreamer_vp8_over_srtp_to_two_decoding_subscribers() {
     run(true);
+}
+
+/// A two-way lossy hop between tern and a subscriber: what tern sends to
+/// `hop` goes on to the subscriber's RTP port (every 50th RTP packet dropped:
+/// 2 %) or, for RTCP, its RTCP port; what the subscriber sends to the hop's
+/// second socket (its NACKs and RRs) goes back to tern from `hop`, the
+/// address tern knows the subscriber by. Runs until `stop`, at most 30 s.
+fn lossy_hop(
+    hop: UdpSocket,
+    back: UdpSocket,
+    rtp: SocketAddr,
+    rtcp: SocketAddr,
+    tern: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let until = Instant::now() + Duration::from_secs(30);
+    std::thread::spawn(move || {
+        hop.set_nonblocking(true).unwrap();
+        back.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 2048];
+        let (mut rtp_seen, mut dropped) = (0u64, 0u64);
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            let mut idle = true;
+            if let Ok(n) = hop.recv(&mut buf) {
+                idle = false;
+                if (192..=223).contains(&buf[1]) {
+                    let _ = hop.send_to(&buf[..n], rtcp);
+                } else {
+                    rtp_seen += 1;
+                    // Never the first packets (the first key frame), then 1 in 50.
+                    if rtp_seen > 10 && rtp_seen % 50 == 0 {
+                        dropped += 1;
+                    } else {
+                        let _ = hop.send_to(&buf[..n], rtp);
+                    }
+                }
+            }
+            if let Ok(n) = back.recv(&mut buf) {
+                idle = false;
+                let _ = hop.send_to(&buf[..n], tern);
+            }
+            if idle {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        dropped
+    })
+}
+
+#[test]
+fn gstreamer_subscriber_recovers_2_percent_loss_by_nack() {
+    if !have_gstreamer() {
+        return;
+    }
+    let mut c = Config::dev_default();
+    c.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.relay_ports = free_relay_ports(10);
+    c.sfu = true;
+    c.sfu_ports = free_relay_ports(20);
+    c.workers = 2;
+    c.admin = Some("127.0.0.1:0".parse().unwrap());
+    c.admin_token = Some(TOKEN.to_owned());
+    c.io_backend = test_io_backend();
+    let relay = Relay::start(c).unwrap();
+    let admin = relay.admin_addr().unwrap();
+    assert!(eventually(Duration::from_secs(5), || get(admin, "/readyz")
+        .status
+        == 200));
+    let router = api(admin, "POST", "/sfu/routers", json!({}))["id"].clone();
+    let base = format!("/sfu/routers/{router}");
+    let t = api(admin, "POST", &format!("{base}/transports"), json!({}));
+    let pub_port: SocketAddr = t["local"].as_str().unwrap().parse().unwrap();
+    let producer = api(
+        admin,
+        "POST",
+        &format!("{base}/producers"),
+        json!({ "transport": t["id"], "kind": "video", "codec": "vp8", "clock_rate": 90000,
+                "payload_types": [96], "encodings": [{ "ssrc": PUB_SSRC }] }),
+    )["id"]
+        .clone();
+    let hop = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let st = api(
+        admin,
+        "POST",
+        &format!("{base}/transports"),
+        json!({ "remote": hop.local_addr().unwrap().to_string() }),
+    );
+    let tern_sub: SocketAddr = st["local"].as_str().unwrap().parse().unwrap();
+    let consumer = api(
+        admin,
+        "POST",
+        &format!("{base}/consumers"),
+        json!({ "producer": producer, "transport": st["id"], "ssrc": 0x7777_0001u32 }),
+    )["id"]
+        .clone();
+    let (rtp_port, rtcp_port) = (free_port(), free_port());
+    let stop = Arc::new(AtomicBool::new(false));
+    let hop_thread = lossy_hop(
+        hop,
+        back.try_clone().unwrap(),
+        SocketAddr::from(([127, 0, 0, 1], rtp_port)),
+        SocketAddr::from(([127, 0, 0, 1], rtcp_port)),
+        tern_sub,
+        stop.clone(),
+    );
+    let back_port = back.local_addr().unwrap().port();
+    let pipeline = format!(
+        "rtpbin name=rb latency=400 do-retransmission=true rtp-profile=avpf \
+         udpsrc port={rtp_port} caps=\"{RTP_CAPS}\" ! rb.recv_rtp_sink_0 \
+         udpsrc port={rtcp_port} caps=\"application/x-rtcp\" ! rb.recv_rtcp_sink_0 \
+         rb. ! rtpvp8depay ! vp8dec ! fakesink silent=false \
+         rb.send_rtcp_src_0 ! udpsink host=127.0.0.1 port={back_port} sync=false async=false"
+    );
+    let sub = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec gst-launch-1.0 -e -v {pipeline}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gst-launch-1.0 runs");
+    std::thread::sleep(Duration::from_millis(1500));
+    publish(pub_port.port(), None);
+    std::thread::sleep(Duration::from_millis(1500));
+    let view = api(
+        admin,
+        "GET",
+        &format!("{base}/consumers/{consumer}"),
+        json!({}),
+    );
+    let (out, err) = finish(sub);
+    stop.store(true, Ordering::Relaxed);
+    let dropped = hop_thread.join().unwrap();
+    let frames = out.matches("last-message = chain").count();
+    assert!(dropped > 0, "the hop dropped nothing");
+    let resent = view["stats"]["retransmitted"].as_u64().unwrap();
+    assert!(
+        resent >= dropped,
+        "{dropped} dropped, {resent} resent: {view:#}"
+    );
+    assert_eq!(
+        frames, FRAMES,
+        "decoded {frames} of {FRAMES} frames with {dropped} packets dropped, {resent} resent\n{err}"
+    );
+    relay.shutdown();
 }

@@ -199,6 +199,17 @@ pub(crate) struct EncodingSpec {
     pub(crate) ssrc: Option<u32>,
     #[serde(default)]
     pub(crate) rid: Option<String>,
+    /// Its RTX (RFC 4588) SSRC, when signalled.
+    #[serde(default)]
+    pub(crate) rtx_ssrc: Option<u32>,
+}
+
+/// An RTX payload type and the media payload type it repairs (`apt`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RtxMap {
+    pub(crate) rtx: u8,
+    pub(crate) apt: u8,
 }
 
 /// `POST /sfu/routers/{id}/producers`.
@@ -223,6 +234,10 @@ pub(crate) struct ProducerSpec {
     pub(crate) retransmit_capacity: usize,
     #[serde(default = "default_true")]
     pub(crate) nack: bool,
+    #[serde(default)]
+    pub(crate) rtx_payload_types: Vec<RtxMap>,
+    #[serde(default)]
+    pub(crate) repaired_rid_extension_id: Option<u8>,
 }
 
 fn default_retransmit() -> usize {
@@ -256,6 +271,12 @@ pub(crate) struct ConsumerSpec {
     pub(crate) preferred_temporal_layer: Option<u8>,
     #[serde(default)]
     pub(crate) paused: bool,
+    /// Send retransmissions as RTX on this SSRC.
+    #[serde(default)]
+    pub(crate) rtx_ssrc: Option<u32>,
+    /// RTX payload type per media payload type of the consumer.
+    #[serde(default)]
+    pub(crate) rtx_payload_types: Vec<RtxMap>,
 }
 
 /// `PATCH /sfu/routers/{id}/consumers/{id}`: only what is given changes.
@@ -733,9 +754,16 @@ fn producer_spec(body: &[u8]) -> Result<ProducerSpec, ApiError> {
             ));
         }
     }
+    if p.rtx_payload_types
+        .iter()
+        .any(|m| m.rtx > 127 || m.apt > 127)
+    {
+        return Err(ApiError::new(400, "rtx_payload_types: values are 0..=127"));
+    }
     for (name, id) in [
         ("rid_extension_id", p.rid_extension_id),
         ("mid_extension_id", p.mid_extension_id),
+        ("repaired_rid_extension_id", p.repaired_rid_extension_id),
     ] {
         if id.is_some_and(|id| id == 0 || id > 14) {
             return Err(ApiError::new(400, format!("{name}: must be 1..=14")));
@@ -756,6 +784,12 @@ fn consumer_spec(body: &[u8]) -> Result<ConsumerSpec, ApiError> {
         if m.producer > 127 || m.consumer > 127 {
             return Err(ApiError::new(400, "payload_types: values are 0..=127"));
         }
+    }
+    if c.rtx_payload_types
+        .iter()
+        .any(|m| m.rtx > 127 || m.apt > 127)
+    {
+        return Err(ApiError::new(400, "rtx_payload_types: values are 0..=127"));
     }
     check_layers(c.preferred_spatial_layer, c.preferred_temporal_layer)?;
     Ok(c)
