@@ -16,94 +16,20 @@
 mod ports;
 use ports::free_relay_ports;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tern::config::IoBackend;
 use tern::{Config, Relay};
-use tern_io::BackendKind;
 use tern_stun::framing::{frame_len, Frame};
 use tern_stun::{attr, Class, Message, MessageWriter, Method, TransactionId};
 
-struct Counting;
-
-static ARMED: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-static OTHER_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-const UNKNOWN: u8 = 0;
-const WORKER: u8 = 1;
-const OTHER: u8 = 2;
-const FINDING_OUT: u8 = 3;
-
-thread_local! {
-    /// Set on threads whose allocations do not count (the test's own).
-    static EXEMPT: Cell<bool> = const { Cell::new(false) };
-    /// Whether this thread is a relay worker, found out on its first counted allocation.
-    static ROLE: Cell<u8> = const { Cell::new(UNKNOWN) };
-}
-
-fn count() {
-    // try_with: during thread teardown the flags are gone; such a thread is not
-    // relaying, so its allocations do not count.
-    if !ARMED.load(Ordering::Relaxed) || EXEMPT.try_with(Cell::get).unwrap_or(true) {
-        return;
-    }
-    let role = ROLE
-        .try_with(|role| {
-            if role.get() == UNKNOWN {
-                // Allocations made while looking up the name are not counted;
-                // this one is, once the role is known.
-                role.set(FINDING_OUT);
-                let worker = std::thread::current()
-                    .name()
-                    .is_some_and(|n| n.starts_with("tern-worker-"));
-                role.set(if worker { WORKER } else { OTHER });
-            }
-            role.get()
-        })
-        .unwrap_or(FINDING_OUT);
-    match role {
-        WORKER => ALLOCATIONS.fetch_add(1, Ordering::Relaxed),
-        OTHER => OTHER_ALLOCATIONS.fetch_add(1, Ordering::Relaxed),
-        _ => 0,
-    };
-}
-
-// SAFETY: every method forwards to the system allocator with the caller's
-// arguments unchanged; counting touches only an atomic and a const thread-local.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged; the caller upholds GlobalAlloc::alloc's contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: as above; `ptr` was allocated by System through this allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 const USER: &str = "noalloc";
 const PASSWORD: &str = "pass";
@@ -115,64 +41,8 @@ const BURST: usize = 20;
 /// Not a multiple of 4: every message to the client carries padding.
 const PAYLOAD: usize = 161;
 
-#[allow(clippy::print_stdout)] // without libtest, this reports in libtest's words
 fn main() -> ExitCode {
-    EXEMPT.with(|e| e.set(true));
-    let backends = match std::env::var("TERN_TEST_IO_BACKEND") {
-        Ok(name) => match name.parse::<IoBackend>() {
-            Ok(b) => vec![b],
-            Err(e) => {
-                println!("TERN_TEST_IO_BACKEND={name}: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        Err(_) => vec![IoBackend::Mmsg, IoBackend::Uring],
-    };
-    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
-    for backend in backends {
-        let name = format!("no_alloc_tcp::{backend}");
-        if let Some(Err(e)) = backend.requested().map(BackendKind::probe) {
-            println!("test {name} ... ignored ({e})");
-            ignored += 1;
-            continue;
-        }
-        match run(backend) {
-            Ok(()) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Err(e) => {
-                println!("test {name} ... FAILED\n{e}");
-                failed += 1;
-            }
-        }
-    }
-    let result = if failed == 0 { "ok" } else { "FAILED" };
-    println!("\ntest result: {result}. {passed} passed; {failed} failed; {ignored} ignored");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-/// The counter must see allocations of worker threads, or the assertion below
-/// could never fail.
-fn counter_sees_other_threads() -> Result<(), String> {
-    ARMED.store(true, Ordering::SeqCst);
-    let joined = std::thread::Builder::new()
-        .name("tern-worker-check".to_owned())
-        .spawn(|| std::hint::black_box(vec![1u8; 64]).len())
-        .map_err(|e| e.to_string())?
-        .join();
-    ARMED.store(false, Ordering::SeqCst);
-    let seen = ALLOCATIONS.swap(0, Ordering::SeqCst);
-    match joined {
-        Ok(64) if seen > 0 => Ok(()),
-        _ => Err(format!(
-            "counting allocator saw {seen} allocations of a spawned thread"
-        )),
-    }
+    counting::main("no_alloc_tcp", run)
 }
 
 /// A blocking TCP TURN client's stream and what it has read but not framed.
@@ -224,9 +94,8 @@ impl Conn {
 
 #[allow(clippy::print_stdout)] // a note in the test's output
 fn run(backend: IoBackend) -> Result<(), String> {
-    ALLOCATIONS.store(0, Ordering::SeqCst);
-    OTHER_ALLOCATIONS.store(0, Ordering::SeqCst);
-    counter_sees_other_threads()?;
+    counting::reset();
+    counting::counter_sees_other_threads()?;
     let mut config = Config::dev_default();
     config.listen = vec!["127.0.0.1:0".parse().unwrap()];
     config.listen_tcp = vec!["127.0.0.1:0".parse().unwrap()];
@@ -295,12 +164,10 @@ fn run(backend: IoBackend) -> Result<(), String> {
     };
 
     exchange(WARM_UP)?;
-    ARMED.store(true, Ordering::SeqCst);
+    counting::arm();
     let measured = exchange(MEASURED);
-    ARMED.store(false, Ordering::SeqCst);
+    let (allocations, other) = counting::disarm();
     measured?;
-    let allocations = ALLOCATIONS.load(Ordering::SeqCst);
-    let other = OTHER_ALLOCATIONS.load(Ordering::SeqCst);
     if other > 0 {
         println!("note: non-worker relay threads allocated {other} times while counting");
     }
