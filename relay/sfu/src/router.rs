@@ -896,6 +896,18 @@ impl Router {
             .map(|p| p.encodings.iter().map(Encoding::stats))
     }
 
+    /// Every producer, for listing (the control API).
+    pub fn producer_ids(&self) -> impl Iterator<Item = ProducerId> + '_ {
+        self.producers.iter().map(|(id, _)| ProducerId(id))
+    }
+
+    /// Every consumer with the producer it consumes, for listing.
+    pub fn consumer_ids(&self) -> impl Iterator<Item = (ConsumerId, ProducerId)> + '_ {
+        self.consumers
+            .iter()
+            .map(|(id, c)| (ConsumerId(id), c.producer))
+    }
+
     /// Number of producers and consumers.
     pub fn counts(&self) -> (usize, usize) {
         (self.producers.len(), self.consumers.len())
@@ -1978,6 +1990,13 @@ impl<T> Slab<T> {
             }
             _ => None,
         }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (g, v))| v.as_ref().map(|v| (u64::from(*g) << 32 | i as u64, v)))
     }
 
     fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut T)> {

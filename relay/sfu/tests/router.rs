@@ -753,6 +753,8 @@ fn control_calls_validate_and_removal_closes_consumers() {
     let mut c = consumer(p, 10, 0x10);
     c.payload_types = vec![(pt(VP8_PT), pt(120))];
     let c = w.add_consumer(c).unwrap();
+    assert_eq!(w.router.producer_ids().collect::<Vec<_>>(), vec![p]);
+    assert_eq!(w.router.consumer_ids().collect::<Vec<_>>(), vec![(c, p)]);
     assert_eq!(
         w.add_consumer(consumer(p, 10, 0x10)),
         Err(RouterError::SsrcInUse(Ssrc::new(0x10)))
@@ -766,6 +768,7 @@ fn control_calls_validate_and_removal_closes_consumers() {
         Some(&Event::ConsumerClosed { consumer: c })
     );
     assert_eq!(w.router.counts(), (0, 0));
+    assert_eq!(w.router.consumer_ids().count(), 0);
     assert_eq!(
         w.router.pause_consumer(c),
         Err(RouterError::UnknownConsumer(c))
