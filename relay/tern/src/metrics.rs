@@ -689,35 +689,21 @@ impl Collected {
     /// Allocations and relayed packets by client transport, and the TCP/TLS
     /// connections: accepted, open, refused by limit, closed by reason.
     fn render_transports(&self, o: &mut String, t: &Totals) {
-        header(
+        let by = &t.turn.by_transport;
+        per_transport(
             o,
-            "tern_transport_allocations_active",
-            "gauge",
+            ("tern_transport_allocations_active", "gauge"),
             "Live TURN allocations, by client transport.",
+            &Transport::ALL,
+            |tr| by[tr.index()].live(),
         );
-        for tr in Transport::ALL {
-            let by = &t.turn.by_transport[tr.index()];
-            sample(
-                o,
-                "tern_transport_allocations_active",
-                &[("transport", tr.as_str())],
-                by.live(),
-            );
-        }
-        header(
+        per_transport(
             o,
-            "tern_transport_allocations_created_total",
-            "counter",
+            ("tern_transport_allocations_created_total", "counter"),
             "TURN allocations made, by client transport.",
+            &Transport::ALL,
+            |tr| by[tr.index()].allocations_created,
         );
-        for tr in Transport::ALL {
-            sample(
-                o,
-                "tern_transport_allocations_created_total",
-                &[("transport", tr.as_str())],
-                t.turn.by_transport[tr.index()].allocations_created,
-            );
-        }
         header(
             o,
             "tern_transport_packets_relayed_total",
@@ -740,34 +726,20 @@ impl Collected {
         }
         let s = &t.streams;
         let streams = [Transport::Tcp, Transport::Tls];
-        header(
+        per_transport(
             o,
-            "tern_stream_connections_accepted_total",
-            "counter",
+            ("tern_stream_connections_accepted_total", "counter"),
             "TCP/TLS client connections accepted, by transport.",
+            &streams,
+            |tr| s.accepted[tr.index()],
         );
-        for tr in streams {
-            sample(
-                o,
-                "tern_stream_connections_accepted_total",
-                &[("transport", tr.as_str())],
-                s.accepted[tr.index()],
-            );
-        }
-        header(
+        per_transport(
             o,
-            "tern_stream_connections_open",
-            "gauge",
+            ("tern_stream_connections_open", "gauge"),
             "TCP/TLS client connections open, by transport.",
+            &streams,
+            |tr| s.open[tr.index()],
         );
-        for tr in streams {
-            sample(
-                o,
-                "tern_stream_connections_open",
-                &[("transport", tr.as_str())],
-                s.open[tr.index()],
-            );
-        }
         header(
             o,
             "tern_stream_connections_refused_total",
@@ -975,6 +947,20 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
     let _ = writeln!(out, " {value}");
 }
 
+/// One metric with a sample per client transport in `transports`.
+fn per_transport(
+    out: &mut String,
+    (name, kind): (&str, &str),
+    help: &str,
+    transports: &[Transport],
+    value: impl Fn(Transport) -> u64,
+) {
+    header(out, name, kind, help);
+    for &tr in transports {
+        sample(out, name, &[("transport", tr.as_str())], value(tr));
+    }
+}
+
 fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
     if labels.is_empty() {
         return;
@@ -1081,6 +1067,30 @@ mod tests {
             (3, 3, 6_000)
         );
         assert_eq!(collected.totals().allocations, 3);
+    }
+
+    #[test]
+    fn transport_series_carry_their_own_values() {
+        let mut t = Totals::default();
+        t.turn.by_transport[Transport::Tcp.index()].allocations_created = 3;
+        t.turn.by_transport[Transport::Tcp.index()].allocations_ended = 1;
+        t.turn.by_transport[Transport::Tls.index()].allocations_created = 5;
+        t.streams.accepted[Transport::Tls.index()] = 7;
+        t.streams.open[Transport::Tcp.index()] = 2;
+        let mut o = String::new();
+        Collected::new(1).render_transports(&mut o, &t);
+        for line in [
+            "tern_transport_allocations_active{transport=\"tcp\"} 2\n",
+            "tern_transport_allocations_created_total{transport=\"tls\"} 5\n",
+            "tern_transport_allocations_created_total{transport=\"udp\"} 0\n",
+            "tern_stream_connections_accepted_total{transport=\"tls\"} 7\n",
+            "tern_stream_connections_open{transport=\"tcp\"} 2\n",
+            "# TYPE tern_stream_connections_open gauge\n",
+        ] {
+            assert!(o.contains(line), "no {line:?} in\n{o}");
+        }
+        // Streams only: no UDP connection series.
+        assert!(!o.contains("tern_stream_connections_open{transport=\"udp\"}"));
     }
 
     #[test]

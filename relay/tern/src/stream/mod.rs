@@ -679,15 +679,10 @@ impl Streams {
         }
     }
 
-    fn insert_peer(
-        &mut self,
-        mut stream: mio::net::TcpStream,
-        peer: SocketAddr,
-        relay: SocketAddr,
-        id: Option<u32>,
-        counted: bool,
-        now: Instant,
-    ) -> Option<u32> {
+    /// Take a connection slot and a new generation for `stream` and register
+    /// it with the stream epoll (token = slot and generation); `None`, with
+    /// the slot given back, when the registration fails.
+    fn register(&mut self, stream: &mut mio::net::TcpStream, what: &str) -> Option<(u32, u32)> {
         let _latency_matters = stream.set_nodelay(true);
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -699,15 +694,28 @@ impl Streams {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         let token = Token(CONN_BASE + slot as usize + ((gen as usize) << 32));
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            tracing::warn!(error = %e, "could not register a peer connection");
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(stream, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            tracing::warn!(error = %e, connection = what, "could not register a connection");
             self.free.push(slot);
             return None;
         }
+        Some((slot, gen))
+    }
+
+    fn insert_peer(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        relay: SocketAddr,
+        id: Option<u32>,
+        counted: bool,
+        now: Instant,
+    ) -> Option<u32> {
+        let (slot, gen) = self.register(&mut stream, "peer")?;
         let ft = FiveTuple {
             client: peer,
             listener: relay,
@@ -920,27 +928,10 @@ impl Streams {
             }
             _ => None,
         };
-        let _latency_matters = stream.set_nodelay(true);
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.conns.push(None);
-                (self.conns.len() - 1) as u32
-            }
-        };
-        self.next_gen = self.next_gen.wrapping_add(1);
-        let gen = self.next_gen;
-        let token = Token(CONN_BASE + slot as usize + ((gen as usize) << 32));
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            tracing::warn!(error = %e, "could not register a connection");
-            self.free.push(slot);
+        let Some((slot, gen)) = self.register(&mut stream, "client") else {
             self.shared.release_connection(remote.ip());
             return;
-        }
+        };
         let ft = FiveTuple {
             client: remote,
             listener: local,
