@@ -3,18 +3,17 @@
 // Timeouts on a child process need the clock; the ban is for protocol crates.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
 mod ports;
+use common::Daemon;
 use ports::free_relay_range;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 fn tern() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tern"))
@@ -167,89 +166,21 @@ fn bad_flag_exits_non_zero_naming_it() {
     assert!(text(&out.stderr).contains("realm"));
 }
 
-/// A running `tern` whose stderr lines arrive on a channel; killed on drop.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+/// `tern` with `args`, its log read line by line; killed on drop.
+fn daemon(args: &[&str]) -> Daemon {
+    let mut cmd = tern();
+    cmd.args(args);
+    Daemon::spawn(cmd)
 }
 
-impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
-        let mut child = tern()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Wait up to 10 s for a log line containing `needle`.
-    fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no log line with {needle:?}; saw:\n{}",
-            self.seen.join("\n")
-        );
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "tern did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_end(&mut Vec::new());
-        }
-    }
+fn exit_status(d: &mut Daemon) -> std::process::ExitStatus {
+    d.exited_within(Duration::from_secs(10))
+        .expect("tern did not exit within 10 s")
 }
 
 #[test]
 fn sigterm_stops_with_exit_zero() {
-    let mut d = Daemon::start(&[
+    let mut d = daemon(&[
         "--listen",
         "127.0.0.1:0",
         "--realm",
@@ -263,7 +194,7 @@ fn sigterm_stops_with_exit_zero() {
     ]);
     d.expect("relay started");
     d.signal(Signal::SIGTERM);
-    assert!(d.wait_exit().success());
+    assert!(exit_status(&mut d).success());
 }
 
 #[test]
@@ -272,7 +203,7 @@ fn sighup_reloads_the_file() {
         "reload.toml",
         "listen = \"127.0.0.1:0\"\nrealm = \"r\"\nuser = \"a:b\"\nrelay-ports = \"43100-43199\"\nworkers = 1\n",
     );
-    let mut d = Daemon::start(&["--config", path.to_str().unwrap()]);
+    let mut d = daemon(&["--config", path.to_str().unwrap()]);
     d.expect("relay started");
     std::fs::write(
         &path,
@@ -283,7 +214,7 @@ fn sighup_reloads_the_file() {
     let line = d.expect("reloaded credentials and peer policy");
     assert!(line.contains("users=2"), "{line}");
     d.signal(Signal::SIGINT);
-    assert!(d.wait_exit().success());
+    assert!(exit_status(&mut d).success());
 }
 
 #[test]
@@ -294,11 +225,11 @@ fn dev_default_logs_its_credentials() {
         eprintln!("port 3478 on loopback is taken; skipping");
         return;
     }
-    let mut d = Daemon::start(&["--workers", "1"]);
+    let mut d = daemon(&["--workers", "1"]);
     let line = d.expect("development default");
     assert!(line.contains("user tern:"), "{line}");
     assert!(line.contains("REST secret"), "{line}");
     d.expect("relay started");
     d.signal(Signal::SIGTERM);
-    assert!(d.wait_exit().success());
+    assert!(exit_status(&mut d).success());
 }

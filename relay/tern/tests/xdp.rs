@@ -12,14 +12,11 @@ mod common;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 use nix::sched::CloneFlags;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const SERVER: &str = "10.78.0.2";
 const CLIENT: &str = "10.78.0.1";
@@ -95,108 +92,43 @@ fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// tern in namespace `ns`, its log read line by line.
-struct Tern {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+/// tern in namespace `ns` (`ip netns exec` execs it: the child's pid is tern's).
+fn start(ns: &Netns, extra: &[&str]) -> Daemon {
+    let listen = format!("{SERVER}:3478");
+    let mut args = vec![
+        "--listen",
+        &listen,
+        "--relay-ip",
+        SERVER,
+        "--allow-peer",
+        "10.78.0.0/24",
+    ];
+    args.extend_from_slice(extra);
+    spawn(ns, &args)
 }
 
-impl Tern {
-    fn start(ns: &Netns, extra: &[&str]) -> Tern {
-        let listen = format!("{SERVER}:3478");
-        let mut args = vec![
-            "--listen",
-            &listen,
-            "--relay-ip",
-            SERVER,
-            "--allow-peer",
-            "10.78.0.0/24",
-        ];
-        args.extend_from_slice(extra);
-        Tern::spawn(ns, &args)
-    }
-
-    fn spawn(ns: &Netns, extra: &[&str]) -> Tern {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_tern")])
-            .args([
-                "--realm",
-                REALM,
-                "--user",
-                &format!("{USER}:{PASSWORD}"),
-                "--relay-ports",
-                "50000-50999",
-                "--workers",
-                "1",
-                "--admin",
-                "127.0.0.1:9641",
-                "--drain-timeout",
-                "1",
-            ])
-            .args(extra)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("TERN_REGISTRY_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Tern {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no log line with {needle:?}; saw:\n{}",
-            self.seen.join("\n")
-        );
-    }
-
-    fn stop(&mut self) {
-        // `ip netns exec` execs tern itself: the child's pid is tern's.
-        let pid = Pid::from_raw(self.child.id() as i32);
-        kill(pid, Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "tern did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tern {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+fn spawn(ns: &Netns, extra: &[&str]) -> Daemon {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_tern")])
+        .args([
+            "--realm",
+            REALM,
+            "--user",
+            &format!("{USER}:{PASSWORD}"),
+            "--relay-ports",
+            "50000-50999",
+            "--workers",
+            "1",
+            "--admin",
+            "127.0.0.1:9641",
+            "--drain-timeout",
+            "1",
+        ])
+        .args(extra)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("TERN_REGISTRY_URL");
+    Daemon::spawn(cmd)
 }
 
 fn sum(samples: &Samples, prefix: &str) -> f64 {
@@ -265,7 +197,7 @@ fn junk_dies_at_xdp_while_a_session_flows() {
         return;
     }
     let (a, b) = topology("d");
-    let mut tern = Tern::start(
+    let mut tern = start(
         &b,
         &[
             "--xdp",
@@ -452,7 +384,7 @@ fn a_turn_session_through_the_af_xdp_back_end() {
         return;
     }
     let (a, b) = topology("f");
-    let mut tern = Tern::start(&b, &["--io-backend", "xdp"]);
+    let mut tern = start(&b, &["--io-backend", "xdp"]);
     let line = tern.expect("AF_XDP sockets bound and registered");
     assert!(
         line.contains("[\"txdpb\"]") && line.contains("queue=0"),
@@ -575,8 +507,8 @@ fn three_namespaces(tag: &str) -> (Netns, Netns, Netns) {
 }
 
 /// tern `--io-backend xdp` in `b` of [`three_namespaces`].
-fn tern_af_xdp_between(b: &Netns) -> Tern {
-    let mut tern = Tern::spawn(
+fn tern_af_xdp_between(b: &Netns) -> Daemon {
+    let mut tern = spawn(
         b,
         &[
             "--listen",

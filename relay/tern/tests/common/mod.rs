@@ -236,14 +236,31 @@ impl Daemon {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("TERN_REGISTRY_URL")
-        .env("TERN_ADMIN_TOKEN", TOKEN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env("TERN_ADMIN_TOKEN", TOKEN);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
+        let mut d = Daemon::spawn(cmd);
+        let started = d.expect("relay started");
+        d.listen = field(&started, "listen=[")
+            .parse()
+            .unwrap_or_else(|_| panic!("listen in {started}"));
+        d.admin = field(&started, "admin=")
+            .parse()
+            .unwrap_or_else(|_| panic!("admin in {started}"));
+        d
+    }
+
+    /// Run `cmd` (tern, or a wrapper that execs it) with its stderr read line
+    /// by line; returns at once. `listen` and `admin` stay unspecified
+    /// (`0.0.0.0:0`) until the caller reads them from the log.
+    pub fn spawn(mut cmd: Command) -> Daemon {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -253,21 +270,20 @@ impl Daemon {
                 }
             }
         });
-        let mut d = Daemon {
+        Daemon {
             child,
             lines,
             seen: Vec::new(),
             listen: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
-        };
-        let started = d.expect("relay started");
-        d.listen = field(&started, "listen=[")
-            .parse()
-            .unwrap_or_else(|_| panic!("listen in {started}"));
-        d.admin = field(&started, "admin=")
-            .parse()
-            .unwrap_or_else(|_| panic!("admin in {started}"));
-        d
+        }
+    }
+
+    /// SIGTERM, then wait (10 s at most) for the exit; panics if it does not come.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.exited_within(Duration::from_secs(10))
+            .expect("tern did not stop within 10 s")
     }
 
     /// The next log line containing `needle`, within 10 s (panics with the log otherwise).
