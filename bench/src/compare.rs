@@ -171,8 +171,30 @@ fn summarize(t: TargetKind, runs: &[RunReport], errors: &[(TargetKind, String)])
     }
 }
 
+/// The ratio columns of [`table`]: every tern target against coturn, and
+/// the AF_XDP back end against io_uring and against recvmmsg, for the
+/// targets that ran.
+fn ratio_pairs(summary: &[TargetSummary]) -> Vec<(&TargetSummary, &TargetSummary)> {
+    let find = |name: &str| summary.iter().find(|s| s.target == name);
+    let mut pairs = Vec::new();
+    if let Some(coturn) = find("coturn") {
+        for s in summary.iter().filter(|s| s.target.starts_with("tern")) {
+            pairs.push((s, coturn));
+        }
+    }
+    if let Some(xdp) = find("tern-xdp") {
+        for other in ["tern-uring", "tern-mmsg"] {
+            if let Some(o) = find(other) {
+                pairs.push((xdp, o));
+            }
+        }
+    }
+    pairs
+}
+
 /// A Markdown table: one row per figure, one column per target as
-/// `median (min–max)`, and `tern / coturn` (ratio of medians) when both ran.
+/// `median (min–max)`, and ratio-of-medians columns ([`ratio_pairs`]):
+/// `tern / coturn` when both ran.
 pub fn table(summary: &[TargetSummary]) -> String {
     type Get = fn(&TargetSummary) -> Option<Stat>;
     let rows: [(&str, Get, usize); 11] = [
@@ -188,22 +210,17 @@ pub fn table(summary: &[TargetSummary]) -> String {
         ("machine busy ns/pkt", |s| s.machine_ns_per_pkt, 0),
         ("other processes % of a core", |s| s.others_core_pct, 1),
     ];
-    let tern = summary.iter().find(|s| s.target == "tern");
-    let coturn = summary.iter().find(|s| s.target == "coturn");
-    let ratio = tern.is_some() && coturn.is_some();
+    let ratios = ratio_pairs(summary);
     let mut out = String::new();
     let _ = write!(out, "| figure |");
     for s in summary {
         let _ = write!(out, " {} |", s.target);
     }
-    if ratio {
-        let _ = write!(out, " tern / coturn |");
+    for (a, b) in &ratios {
+        let _ = write!(out, " {} / {} |", a.target, b.target);
     }
     out.push_str("\n| --- |");
-    for _ in summary {
-        out.push_str(" ---: |");
-    }
-    if ratio {
+    for _ in summary.iter().chain(ratios.iter().map(|(a, _)| *a)) {
         out.push_str(" ---: |");
     }
     out.push('\n');
@@ -227,8 +244,8 @@ pub fn table(summary: &[TargetSummary]) -> String {
                 None => out.push_str(" – |"),
             }
         }
-        if ratio {
-            match (tern.and_then(get), coturn.and_then(get)) {
+        for (a, b) in &ratios {
+            match (get(a), get(b)) {
                 (Some(a), Some(b)) if b.median != 0.0 => {
                     let _ = write!(out, " {:.2} |", a.median / b.median);
                 }
@@ -248,7 +265,7 @@ pub fn table(summary: &[TargetSummary]) -> String {
             s.disturbed_runs, s.generator_limited_runs, s.not_idle_runs
         );
     }
-    if ratio {
+    for _ in &ratios {
         out.push_str(" |");
     }
     out.push('\n');
@@ -284,6 +301,41 @@ mod tests {
         assert!(t.contains("tern / coturn"));
         assert!(
             t.contains("| delivered pps | 200 | 100 | 300 | 2.00 |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn table_compares_back_ends_with_each_other_and_coturn() {
+        let mk = |t: &str, v: f64| TargetSummary {
+            target: t.into(),
+            machine_ns_per_pkt: Stat::of([v]),
+            ..TargetSummary::default()
+        };
+        let t = table(&[
+            mk("tern-xdp", 300.0),
+            mk("tern-uring", 600.0),
+            mk("tern-mmsg", 1000.0),
+            mk("coturn", 1500.0),
+        ]);
+        let header = t.lines().next().unwrap();
+        assert_eq!(
+            header,
+            "| figure | tern-xdp | tern-uring | tern-mmsg | coturn | tern-xdp / coturn \
+             | tern-uring / coturn | tern-mmsg / coturn | tern-xdp / tern-uring \
+             | tern-xdp / tern-mmsg |"
+        );
+        assert!(
+            t.contains("| machine busy ns/pkt | 300 | 600 | 1000 | 1500 | 0.20 | 0.40 | 0.67 | 0.50 | 0.30 |"),
+            "{t}"
+        );
+        // Without coturn, only the back ends against each other.
+        let t = table(&[mk("tern-xdp", 300.0), mk("tern-uring", 600.0)]);
+        assert!(
+            t.lines()
+                .next()
+                .unwrap()
+                .ends_with("| tern-xdp / tern-uring |"),
             "{t}"
         );
     }

@@ -19,8 +19,16 @@ use crate::{bail, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetKind {
-    /// tern, started by the harness.
+    /// tern, started by the harness, on the back end it picks itself.
     Tern,
+    /// tern forced onto its io_uring back end (`--io-backend uring`).
+    TernUring,
+    /// tern forced onto its recvmmsg back end (`--io-backend mmsg`).
+    TernMmsg,
+    /// tern forced onto its AF_XDP back end (`--io-backend xdp`; needs root,
+    /// a tern built with `--features xdp` and, on this harness, `--topology
+    /// netns`: loopback has no XDP).
+    TernXdp,
     /// coturn (`turnserver`), started by the harness.
     Coturn,
     /// The built-in null relay (plain UDP, no TURN), started by the harness.
@@ -34,10 +42,28 @@ impl TargetKind {
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Tern => "tern",
+            TargetKind::TernUring => "tern-uring",
+            TargetKind::TernMmsg => "tern-mmsg",
+            TargetKind::TernXdp => "tern-xdp",
             TargetKind::Coturn => "coturn",
             TargetKind::Null => "null",
             TargetKind::External => "external",
         }
+    }
+
+    /// The back end a tern target forces (`None`: tern chooses, or not tern).
+    pub fn tern_backend(self) -> Option<&'static str> {
+        match self {
+            TargetKind::TernUring => Some("uring"),
+            TargetKind::TernMmsg => Some("mmsg"),
+            TargetKind::TernXdp => Some("xdp"),
+            TargetKind::Tern | TargetKind::Coturn | TargetKind::Null | TargetKind::External => None,
+        }
+    }
+
+    /// Whether this is tern (on any back end).
+    pub fn is_tern(self) -> bool {
+        self == TargetKind::Tern || self.tern_backend().is_some()
     }
 }
 
@@ -157,6 +183,9 @@ impl Bench {
                 Some(Topology::create(sc.total_flows())?)
             }
         };
+        if kind == TargetKind::TernXdp && topo.is_none() {
+            bail!("tern-xdp needs --topology netns: XDP does not run on loopback");
+        }
         let mut b = Bench::start_in(kind, sc, topo.as_ref())?;
         b._topo = topo;
         Ok(b)
@@ -218,8 +247,11 @@ impl Bench {
                 b._server = Some(s);
                 return Ok(b);
             }
-            TargetKind::Tern => {
-                let s = spawn_tern(&sc.tern_bin, &relay)?;
+            TargetKind::Tern
+            | TargetKind::TernUring
+            | TargetKind::TernMmsg
+            | TargetKind::TernXdp => {
+                let s = spawn_tern(&sc.tern_bin, &relay, kind.tern_backend())?;
                 let (a, p) = (s.listen, s.pid);
                 (Some(s), a, Some(p))
             }

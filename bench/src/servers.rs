@@ -198,7 +198,12 @@ impl RelayConfig {
 }
 
 /// Start tern from `bin` on fresh ports.
-pub fn spawn_tern(bin: &Path, c: &RelayConfig) -> Result<Spawned> {
+///
+/// `backend` forces tern's packet I/O back end (`--io-backend`). `xdp` also
+/// switches off the XDP receive checksum check: the generator's frames cross
+/// a veth from the local stack with the UDP checksum left for offload, which
+/// a real NIC never delivers.
+pub fn spawn_tern(bin: &Path, c: &RelayConfig, backend: Option<&str>) -> Result<Spawned> {
     if !bin.exists() {
         bail!(
             "tern binary {} not found (build it: cargo build --release -p tern)",
@@ -229,6 +234,12 @@ pub fn spawn_tern(bin: &Path, c: &RelayConfig) -> Result<Spawned> {
         .arg(c.workers.to_string())
         .arg("--log-level")
         .arg("warn");
+    if let Some(b) = backend {
+        cmd.arg("--io-backend").arg(b);
+        if b == "xdp" {
+            cmd.arg("--xdp-verify-checksums").arg("false");
+        }
+    }
     Spawned::start_in("tern", cmd, listen, true, c.netns.as_deref())
 }
 

@@ -48,7 +48,7 @@ use std::time::Duration;
 pub use batch::{RecvBatch, RecvMeta};
 pub use gso::gso_supported;
 pub use mmsg::{MmsgConfig, MmsgIo};
-pub use uring::{UringConfig, UringIo};
+pub use uring::{UringConfig, UringIo, COALESCE_BATCH, MAX_MIN_WAIT};
 
 /// Most datagrams one receive or send syscall handles.
 pub const MAX_BATCH: usize = 64;

@@ -92,7 +92,25 @@ pub struct UringConfig {
     pub ring_entries: u32,
     /// Registered-file slots (sockets beyond use plain descriptors); capped by RLIMIT_NOFILE.
     pub fixed_files: u32,
+    /// Coalesce wake-ups: while traffic flows, a [`PacketIo::wait`] sleeps
+    /// up to this long for [`COALESCE_BATCH`] datagrams before it returns
+    /// with what has arrived (io_uring's minimum-wait, Linux 6.12+). The
+    /// first datagram after an idle spell still wakes the loop at once.
+    /// It trades up to this much added latency for fewer sleeps and
+    /// wake-ups per datagram. Zero (the default) is off.
+    pub min_wait: Duration,
 }
+
+/// Completions a coalescing wait ([`UringConfig::min_wait`]) asks for
+/// before its minimum wait runs out.
+pub const COALESCE_BATCH: usize = 64;
+
+/// How long an untimed coalescing wait sleeps at most before the loop goes
+/// round again with nothing to do.
+const IDLE_WAIT_CAP: Duration = Duration::from_secs(3600);
+
+/// The longest [`UringConfig::min_wait`] accepted.
+pub const MAX_MIN_WAIT: Duration = Duration::from_millis(10);
 
 impl Default for UringConfig {
     fn default() -> Self {
@@ -104,6 +122,7 @@ impl Default for UringConfig {
             buffers: 512,
             ring_entries: 512,
             fixed_files: 4096,
+            min_wait: Duration::ZERO,
         }
     }
 }
@@ -149,6 +168,8 @@ struct State {
     rearm: Vec<u32>,
     closing: bool,
     gso: bool,
+    /// [`UringConfig::min_wait`] in microseconds; 0 is off.
+    min_wait_us: u32,
     stats: IoStats,
     tx: TxQueue,
 }
@@ -210,6 +231,22 @@ impl UringIo {
     /// the kernel cannot run it (see [`BackendKind::probe`]).
     pub fn new(config: UringConfig) -> io::Result<Self> {
         let ring = build_ring(config.ring_entries.max(8))?;
+        if config.min_wait > MAX_MIN_WAIT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("io_uring minimum wait is at most {MAX_MIN_WAIT:?}"),
+            ));
+        }
+        if !config.min_wait.is_zero() && !ring.params().is_feature_min_timeout() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring minimum wait needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12 or later)",
+            ));
+        }
+        // Whole microseconds, and at least one when asked for at all.
+        let min_wait_us = u32::try_from(config.min_wait.as_micros())
+            .unwrap_or(u32::MAX)
+            .max(u32::from(!config.min_wait.is_zero()));
         let buffers = config.buffers.clamp(1, 1 << 15);
         if !buffers.is_power_of_two() {
             return Err(io::Error::new(
@@ -274,6 +311,7 @@ impl UringIo {
                 rearm: Vec::new(),
                 closing: false,
                 gso,
+                min_wait_us,
                 stats: IoStats::default(),
                 tx: TxQueue {
                     entries: Vec::with_capacity(send_queue),
@@ -364,6 +402,24 @@ impl UringIo {
         let ts = Timespec::from(timeout);
         let args = SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(want, &args) {
+            Ok(_) => Ok(()),
+            Err(e) if benign_enter_error(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submit and wait for `want` completions for at most the minimum wait,
+    /// then for at least one (or until `timeout`).
+    fn enter_coalesced(&mut self, timeout: Option<Duration>, want: usize) -> io::Result<()> {
+        // Without an overall timeout the kernel ends the whole wait when the
+        // minimum wait runs out, events or not: an idle loop would spin every
+        // minimum wait. A long timeout makes it sleep until a datagram.
+        let ts = Timespec::from(timeout.unwrap_or(IDLE_WAIT_CAP));
+        let args = SubmitArgs::new()
+            .min_wait_usec(self.st.min_wait_us)
+            .timespec(&ts);
+        let rc = self.ring.submitter().submit_with_args(want, &args);
+        match rc {
             Ok(_) => Ok(()),
             Err(e) if benign_enter_error(&e) => Ok(()),
             Err(e) => Err(e),
@@ -838,11 +894,18 @@ impl PacketIo for UringIo {
         // and complete inline, each posting one completion: wait for those and
         // one more, so the sends alone do not end the wait. (The CQ is empty
         // here, or `has_pending` would have been true.)
-        let want = 1 + if self.st.tx.deferred {
+        let sends = if self.st.tx.deferred {
             self.st.tx.in_flight
         } else {
             0
         };
+        if self.st.min_wait_us > 0 {
+            // The sends' completions count towards `want` too, so after the
+            // minimum wait they alone end it: a busy loop sleeps about the
+            // minimum wait a turn, an idle one until the next datagram.
+            return self.enter_coalesced(timeout, sends + COALESCE_BATCH);
+        }
+        let want = 1 + sends;
         match timeout {
             Some(t) => self.enter_wait(t, want),
             None => match self.ring.submit_and_wait(want) {

@@ -138,6 +138,9 @@ pub struct Flags {
     /// Packet I/O back end: auto (probe, fastest available), uring, mmsg, or xdp (AF_XDP, never chosen by auto) [default: auto].
     #[arg(long, value_name = "BACKEND", env = "TERN_IO_BACKEND", value_parser = config::parse_io_backend)]
     pub io_backend: Option<IoBackend>,
+    /// io_uring back end: microseconds a busy worker may sleep to gather a batch of datagrams (fewer wake-ups, up to this much added latency; Linux 6.12+); 0 is off [default: 0].
+    #[arg(long, value_name = "MICROSECONDS", env = "TERN_URING_MIN_WAIT_US")]
+    pub uring_min_wait_us: Option<u32>,
     /// Allocation lifetime in seconds when the client asks for none [default: 600].
     #[arg(long, value_name = "SECONDS")]
     pub default_lifetime: Option<u64>,
@@ -302,6 +305,7 @@ impl Flags {
         );
         set(&mut c.software, &self.software);
         set(&mut c.io_backend, &self.io_backend);
+        set(&mut c.uring_min_wait_us, &self.uring_min_wait_us);
         set(&mut c.default_lifetime, &self.default_lifetime);
         set(&mut c.max_lifetime, &self.max_lifetime);
         set(&mut c.nonce_lifetime, &self.nonce_lifetime);
@@ -472,6 +476,8 @@ relay-ports = "50000-50100""#
             "sw",
             "--io-backend",
             "auto",
+            "--uring-min-wait-us",
+            "200",
             "--default-lifetime",
             "60",
             "--max-lifetime",
@@ -519,6 +525,7 @@ relay-ports = "50000-50100""#
         assert_eq!((c.max_allocations, c.max_allocations_per_user), (10, 2));
         assert_eq!(c.bandwidth_per_allocation, 1000);
         assert_eq!(c.software, "sw");
+        assert_eq!(c.uring_min_wait_us, 200);
         assert_eq!(c.io_backend, IoBackend::Auto);
         assert_eq!(
             (c.default_lifetime, c.max_lifetime, c.nonce_lifetime),

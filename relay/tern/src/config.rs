@@ -80,6 +80,9 @@ pub struct Config {
     pub software: String,
     /// Which packet I/O back end to run.
     pub io_backend: IoBackend,
+    /// io_uring back end: microseconds a busy worker's wait may sleep to
+    /// gather a batch (io_uring minimum wait, Linux 6.12+); 0 is off.
+    pub uring_min_wait_us: u32,
     /// Allocation lifetime in seconds when the client asks for none (RFC 8656: 600).
     pub default_lifetime: u64,
     /// The longest allocation lifetime granted, in seconds.
@@ -263,6 +266,7 @@ impl Default for Config {
             bandwidth_per_allocation: 0,
             software: format!("tern {}", env!("CARGO_PKG_VERSION")),
             io_backend: IoBackend::Auto,
+            uring_min_wait_us: 0,
             default_lifetime: 600,
             max_lifetime: 3600,
             nonce_lifetime: 600,
@@ -341,6 +345,15 @@ impl Config {
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         if self.listen.is_empty() && self.listen_tcp.is_empty() && self.listen_tls.is_empty() {
             return Err(ConfigError::problem("listen", "no address to listen on"));
+        }
+        if u128::from(self.uring_min_wait_us) > tern_io::MAX_MIN_WAIT.as_micros() {
+            return Err(ConfigError::problem(
+                "uring-min-wait-us",
+                format!(
+                    "at most {} (it is added latency)",
+                    tern_io::MAX_MIN_WAIT.as_micros()
+                ),
+            ));
         }
         for (key, list) in [
             ("listen", &self.listen),
@@ -1007,6 +1020,7 @@ struct RawConfig {
     bandwidth_per_allocation: Option<toml::Value>,
     software: Option<toml::Value>,
     io_backend: Option<toml::Value>,
+    uring_min_wait_us: Option<toml::Value>,
     default_lifetime: Option<toml::Value>,
     max_lifetime: Option<toml::Value>,
     nonce_lifetime: Option<toml::Value>,
@@ -1110,6 +1124,9 @@ impl RawConfig {
         }
         if let Some(v) = self.io_backend {
             c.io_backend = one("io-backend", v, parse_io_backend)?;
+        }
+        if let Some(v) = self.uring_min_wait_us {
+            c.uring_min_wait_us = integer("uring-min-wait-us", v)?;
         }
         if let Some(v) = self.default_lifetime {
             c.default_lifetime = integer("default-lifetime", v)?;

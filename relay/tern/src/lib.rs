@@ -263,6 +263,7 @@ impl Relay {
                 index,
                 core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
                 backend: selection.kind,
+                uring_min_wait_us: config.uring_min_wait_us,
                 listeners: std::mem::take(&mut listeners[index]),
                 stream_listeners: std::mem::take(&mut tcp_listeners[index]),
                 stream_config: stream_config.clone(),

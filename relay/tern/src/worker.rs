@@ -83,6 +83,8 @@ pub(crate) struct Setup {
     pub(crate) index: usize,
     pub(crate) core: Option<core_affinity::CoreId>,
     pub(crate) backend: BackendKind,
+    /// `uring-min-wait-us`: the io_uring back end's coalescing wait.
+    pub(crate) uring_min_wait_us: u32,
     pub(crate) listeners: Vec<UdpSocket>,
     /// This worker's TCP/TLS listeners (empty: no stream transport).
     pub(crate) stream_listeners: Vec<(TcpListener, Transport)>,
@@ -122,6 +124,7 @@ pub(crate) fn run(setup: Setup, ready: Sender<io::Result<Arc<dyn Wake>>>) {
         // Built on the worker's own thread: the ring is single-issuer.
         BackendKind::Uring => match UringIo::new(UringConfig {
             max_payload: MAX_DATAGRAM,
+            min_wait: Duration::from_micros(u64::from(setup.uring_min_wait_us)),
             ..UringConfig::default()
         }) {
             Ok(io) => start(io, setup, ready),

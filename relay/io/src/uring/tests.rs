@@ -187,3 +187,103 @@ fn flush_is_one_submit_per_turn() {
     assert_eq!(st.tx_syscalls, 1, "two sockets, one submit: {st:?}");
     assert_eq!(crate::backend_tests::recv_plain(&sink, 50).len(), 50);
 }
+
+fn coalescing(min_wait: Duration) -> Option<UringIo> {
+    backend(UringConfig {
+        min_wait,
+        ..UringConfig::default()
+    })
+}
+
+#[test]
+fn minimum_wait_above_the_cap_is_refused() {
+    if BackendKind::Uring.probe().is_err() {
+        return;
+    }
+    let e = UringIo::new(UringConfig {
+        min_wait: MAX_MIN_WAIT + Duration::from_micros(1),
+        ..UringConfig::default()
+    })
+    .err()
+    .expect("refused");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("at most"), "{e}");
+}
+
+/// With coalescing on, an idle loop still sleeps until the first datagram
+/// (it does not wait for a whole batch that never comes), and a timed wait
+/// on an idle ring ends with its timeout.
+#[test]
+fn coalesced_wait_wakes_for_the_first_datagram() {
+    if BackendKind::Uring.probe().is_err() {
+        return;
+    }
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // The ring is single-issuer (not Send): it lives on the waiting thread.
+    let waiter = std::thread::spawn(move || {
+        let mut io = coalescing(Duration::from_millis(2)).unwrap();
+        let (_, addr) = registered(&mut io);
+        let mut batch = RecvBatch::new(64, 100, 0, 0);
+        io.wait(Some(Duration::from_millis(30))).unwrap();
+        let idle = io.recv(&mut batch);
+        addr_tx.send((addr, idle)).unwrap();
+        // Untimed: only a datagram can end this wait.
+        io.wait(None).unwrap();
+        let n = io.recv(&mut batch);
+        let first = batch.iter().next().map(|(_, p)| p.to_vec());
+        done_tx.send((n, first)).unwrap();
+    });
+    let (addr, idle) = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        idle, 0,
+        "nothing was sent: the timed wait ended by its timeout"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    plain_socket().send_to(b"lone", addr).unwrap();
+    let (n, first) = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a single datagram ends a coalesced wait");
+    assert_eq!((n, first.as_deref()), (1, Some(&b"lone"[..])));
+    waiter.join().unwrap();
+}
+
+/// A relay loop with coalescing on: every echo handed over with
+/// `flush_before_wait` leaves, in order, and the counters add up.
+#[test]
+fn coalesced_loop_echoes_everything() {
+    let Some(mut io) = coalescing(Duration::from_micros(500)) else {
+        return;
+    };
+    let (id, addr) = registered(&mut io);
+    let client = plain_socket();
+    let mut batch = RecvBatch::new(16, 1500, 0, 0);
+    for round in 0..20u8 {
+        for k in 0..5u8 {
+            client.send_to(&[round, k], addr).unwrap();
+        }
+        let mut got = 0;
+        let mut turns = 0;
+        while got < 5 && turns < 1000 {
+            io.wait(Some(Duration::from_secs(2))).unwrap();
+            let n = io.recv(&mut batch);
+            for (meta, payload) in batch.iter() {
+                io.send(id, meta.source, &[payload[0], payload[1], 0xEE]);
+            }
+            got += n;
+            turns += 1;
+            io.flush_before_wait();
+        }
+        assert_eq!(got, 5);
+        io.wait(Some(Duration::from_millis(20))).unwrap();
+        for k in 0..5u8 {
+            let mut buf = [0u8; 8];
+            let n = client.recv(&mut buf).expect("echo");
+            assert_eq!(&buf[..n], &[round, k, 0xEE]);
+        }
+    }
+    // Send completions are counted when reaped.
+    assert_eq!(io.recv(&mut batch), 0);
+    assert_eq!(io.stats().tx_datagrams, 100);
+    assert_eq!(io.stats().rx_datagrams, 100);
+}

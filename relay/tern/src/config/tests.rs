@@ -225,6 +225,23 @@ fn nic_stats_selects_interfaces() {
 }
 
 #[test]
+fn uring_min_wait_is_read_and_capped() {
+    let c = Config::from_toml_str("uring-min-wait-us = 250").unwrap();
+    assert_eq!(c.uring_min_wait_us, 250);
+    let ok = Config {
+        uring_min_wait_us: 10_000,
+        ..base()
+    };
+    assert!(ok.validate().is_ok());
+    let long = Config {
+        uring_min_wait_us: 10_001,
+        ..base()
+    };
+    assert_eq!(long.validate().unwrap_err().key(), Some("uring-min-wait-us"));
+    assert_eq!(Config::default().uring_min_wait_us, 0, "off unless asked for");
+}
+
+#[test]
 fn every_parse_error_names_its_key() {
     for (text, key, fragment) in BAD {
         let err = Config::from_toml_str(text).unwrap_err();
