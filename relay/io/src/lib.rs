@@ -32,6 +32,7 @@ mod gso;
 mod mmsg;
 mod sockaddr;
 pub mod socket;
+mod stream;
 mod uring;
 pub mod xsk;
 
@@ -48,6 +49,7 @@ use std::time::Duration;
 pub use batch::{RecvBatch, RecvMeta};
 pub use gso::gso_supported;
 pub use mmsg::{MmsgConfig, MmsgIo};
+pub use stream::{StreamCompletion, StreamOp, StreamRing};
 pub use uring::{UringConfig, UringIo, COALESCE_BATCH, MAX_MIN_WAIT};
 
 /// Most datagrams one receive or send syscall handles.
@@ -149,6 +151,15 @@ pub trait PacketIo {
 
     /// The back end's counters.
     fn stats(&self) -> &IoStats;
+
+    /// The back end's own driver of TCP stream reads and writes, when it has
+    /// one (io_uring): the stream module then submits receives and sends on
+    /// the worker's ring instead of reading and writing its sockets when
+    /// they are ready. `None` (the default): streams are driven by readiness
+    /// through [`PacketIo::watch`].
+    fn stream_ring(&mut self) -> Option<&mut dyn StreamRing> {
+        None
+    }
 }
 
 /// Counters of one back end; plain numbers, merged by the caller.
@@ -190,6 +201,14 @@ pub struct IoStats {
     pub tx_oversize: u64,
     /// Times the kernel refused UDP GSO and the back end fell back to one datagram per message.
     pub gso_fallbacks: u64,
+    /// io_uring: stream (TCP) receives completed on the ring ([`StreamRing`]).
+    pub stream_recvs: u64,
+    /// io_uring: bytes those receives delivered.
+    pub stream_rx_bytes: u64,
+    /// io_uring: stream (TCP) sends completed on the ring.
+    pub stream_sends: u64,
+    /// io_uring: bytes those sends handed to the kernel.
+    pub stream_tx_bytes: u64,
 }
 
 impl IoStats {
@@ -211,6 +230,10 @@ impl IoStats {
         self.tx_errors += other.tx_errors;
         self.tx_oversize += other.tx_oversize;
         self.gso_fallbacks += other.gso_fallbacks;
+        self.stream_recvs += other.stream_recvs;
+        self.stream_rx_bytes += other.stream_rx_bytes;
+        self.stream_sends += other.stream_sends;
+        self.stream_tx_bytes += other.stream_tx_bytes;
     }
 
     /// Every datagram dropped by the I/O layer, whatever the reason.
@@ -381,6 +404,10 @@ mod tests {
             tx_errors: 11,
             tx_oversize: 12,
             gso_fallbacks: 13,
+            stream_recvs: 17,
+            stream_rx_bytes: 18,
+            stream_sends: 19,
+            stream_tx_bytes: 20,
         };
         let mut sum = one;
         sum.merge(&one);
@@ -388,6 +415,8 @@ mod tests {
         assert_eq!(sum.gso_fallbacks, 26);
         assert_eq!(sum.rx_no_buffers, 28);
         assert_eq!(sum.rx_rearms, 30);
+        assert_eq!(sum.stream_recvs, 34);
+        assert_eq!(sum.stream_tx_bytes, 40);
         assert_eq!(sum.drops(), 2 * (4 + 16 + 10 + 11 + 12));
     }
 }

@@ -49,6 +49,7 @@ use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring, Probe};
 use crate::batch::{RecvBatch, RecvMeta};
 use crate::gso::{self, CmsgBuf, TxEntry};
 use crate::sockaddr;
+use crate::stream::{StreamCompletion, StreamOp, StreamRing};
 use crate::{BackendKind, IoStats, PacketIo, SocketId, Wake, MAX_UDP_PAYLOAD};
 
 /// The one provided-buffer group of a ring.
@@ -66,6 +67,10 @@ const KIND_SEND: u64 = 2;
 const KIND_WAKE: u64 = 3;
 const KIND_CANCEL: u64 = 4;
 const KIND_WATCH: u64 = 5;
+const KIND_STREAM_RECV: u64 = 6;
+const KIND_STREAM_SEND: u64 = 7;
+/// Stream operation tokens are the low 56 bits of their user_data.
+const TOKEN_MASK: u64 = (1 << KIND_SHIFT) - 1;
 const GEN_MASK: u32 = 0x00FF_FFFF;
 
 /// How long remove/drop wait for the kernel to hand back a cancelled request.
@@ -166,6 +171,10 @@ struct State {
     stash: VecDeque<RxDone>,
     /// Sockets whose multishot receive ended and must be re-armed.
     rearm: Vec<u32>,
+    /// Stream operations ([`StreamRing`]) queued or in flight whose CQE has
+    /// not been reaped, and the completions reaped but not yet taken.
+    stream_ops: usize,
+    stream_done: VecDeque<StreamCompletion>,
     closing: bool,
     gso: bool,
     /// [`UringConfig::min_wait`] in microseconds; 0 is off.
@@ -309,6 +318,8 @@ impl UringIo {
                 fixed_slots,
                 stash: VecDeque::with_capacity(usize::from(buffers)),
                 rearm: Vec::new(),
+                stream_ops: 0,
+                stream_done: VecDeque::new(),
                 closing: false,
                 gso,
                 min_wait_us,
@@ -703,6 +714,29 @@ impl State {
                 }
             }
             KIND_SEND => self.on_send(user_data as usize & 0xFFFF_FFFF, res),
+            kind @ (KIND_STREAM_RECV | KIND_STREAM_SEND) => {
+                self.stream_ops = self.stream_ops.saturating_sub(1);
+                let op = if kind == KIND_STREAM_RECV {
+                    self.stats.stream_recvs += 1;
+                    if res > 0 {
+                        self.stats.stream_rx_bytes += res as u64;
+                    }
+                    StreamOp::Recv
+                } else {
+                    self.stats.stream_sends += 1;
+                    if res > 0 {
+                        self.stats.stream_tx_bytes += res as u64;
+                    }
+                    StreamOp::Send
+                };
+                // Never allocates: room for every operation in flight is
+                // reserved when it is queued (`queue_stream`).
+                self.stream_done.push_back(StreamCompletion {
+                    token: user_data & TOKEN_MASK,
+                    op,
+                    result: res,
+                });
+            }
             KIND_WATCH => {
                 if res >= 0 {
                     self.watch_ready = true;
@@ -761,7 +795,7 @@ impl State {
     }
 
     fn has_pending(&self) -> bool {
-        !self.stash.is_empty()
+        !self.stash.is_empty() || !self.stream_done.is_empty()
     }
 }
 
@@ -1054,6 +1088,82 @@ impl PacketIo for UringIo {
     fn stats(&self) -> &IoStats {
         &self.st.stats
     }
+
+    fn stream_ring(&mut self) -> Option<&mut dyn StreamRing> {
+        Some(self)
+    }
+}
+
+impl UringIo {
+    /// Queue one stream SQE, with room reserved for its completion.
+    fn queue_stream(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        let st = &mut self.st;
+        let needed = st.stream_done.len() + st.stream_ops + 1;
+        if st.stream_done.capacity() < needed {
+            // Grows with the connections in flight; reused after that.
+            st.stream_done.reserve(needed - st.stream_done.len());
+        }
+        self.push(&sqe)?;
+        self.st.stream_ops += 1;
+        Ok(())
+    }
+}
+
+impl StreamRing for UringIo {
+    unsafe fn recv_into(
+        &mut self,
+        fd: RawFd,
+        buf: *mut u8,
+        len: u32,
+        token: u64,
+    ) -> io::Result<()> {
+        let sqe = opcode::Recv::new(Fd(fd), buf, len)
+            .build()
+            .user_data((KIND_STREAM_RECV << KIND_SHIFT) | (token & TOKEN_MASK));
+        // The caller keeps `buf` valid and untouched until the completion
+        // (this function's contract), which `push`'s SAFETY relies on.
+        self.queue_stream(sqe)
+    }
+
+    unsafe fn send_from(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: u32,
+        token: u64,
+    ) -> io::Result<()> {
+        // MSG_NOSIGNAL: a reset peer is an error completion, never SIGPIPE.
+        let sqe = opcode::Send::new(Fd(fd), buf, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data((KIND_STREAM_SEND << KIND_SHIFT) | (token & TOKEN_MASK));
+        self.queue_stream(sqe)
+    }
+
+    fn cancel(&mut self, fd: RawFd) -> io::Result<()> {
+        let sqe = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+            .build()
+            .user_data(KIND_CANCEL << KIND_SHIFT);
+        self.push(&sqe)
+    }
+
+    fn take_completion(&mut self) -> Option<StreamCompletion> {
+        if self.st.stream_done.is_empty() {
+            self.reap();
+        }
+        self.st.stream_done.pop_front()
+    }
+
+    fn has_completions(&mut self) -> bool {
+        if self.st.stream_done.is_empty() {
+            self.reap();
+        }
+        !self.st.stream_done.is_empty()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.st.stream_ops + self.st.stream_done.len()
+    }
 }
 
 impl Drop for UringIo {
@@ -1068,6 +1178,7 @@ impl Drop for UringIo {
         let outstanding = |st: &State| {
             st.wake_armed
                 || st.watch_armed
+                || st.stream_ops > 0
                 || st.tx.in_flight > 0
                 || st.sockets.iter().flatten().any(|s| s.armed)
         };

@@ -594,7 +594,7 @@ impl Collected {
                 w.last.relay_ns_sum,
             );
         }
-        let io_counters: [(&str, &str, u64); 8] = [
+        let io_counters: [(&str, &str, u64); 12] = [
             (
                 "tern_io_rx_datagrams_total",
                 "Datagrams the packet I/O back end received.",
@@ -634,6 +634,26 @@ impl Collected {
                 "tern_io_gso_fallbacks_total",
                 "Times the kernel refused UDP GSO and the back end fell back to one datagram per message.",
                 t.io.gso_fallbacks,
+            ),
+            (
+                "tern_io_stream_recvs_total",
+                "io_uring: TCP/TLS connection receives completed on the worker's ring.",
+                t.io.stream_recvs,
+            ),
+            (
+                "tern_io_stream_rx_bytes_total",
+                "io_uring: bytes those stream receives delivered.",
+                t.io.stream_rx_bytes,
+            ),
+            (
+                "tern_io_stream_sends_total",
+                "io_uring: TCP/TLS connection sends completed on the worker's ring (a short send counts once per part).",
+                t.io.stream_sends,
+            ),
+            (
+                "tern_io_stream_tx_bytes_total",
+                "io_uring: bytes those stream sends handed to the kernel.",
+                t.io.stream_tx_bytes,
             ),
         ];
         for (name, help, value) in io_counters {

@@ -319,8 +319,19 @@ impl<P: PacketIo> Worker<P> {
                 setup.shared.clone(),
                 setup.handoffs,
                 now,
+                io.stream_ring().is_some(),
             )?;
             io.watch(streams.fd())?;
+            tracing::debug!(
+                worker = setup.index,
+                ring = streams.ring_driven(),
+                "stream connections driven by {}",
+                if streams.ring_driven() {
+                    "the io_uring ring"
+                } else {
+                    "epoll readiness"
+                }
+            );
             sockets.streams = Some(Box::new(streams));
         }
         let unix_now = SystemTime::now()
@@ -452,7 +463,7 @@ impl<P: PacketIo> Worker<P> {
             sfu.on_timeout(&mut self.io, Instant::now());
         }
         if let Some(streams) = &mut self.sockets.streams {
-            streams.flush();
+            streams.flush(self.io.stream_ring());
         }
         // The loop waits next: io_uring submits the sends with that wait.
         self.io.flush_before_wait();
@@ -467,7 +478,12 @@ impl<P: PacketIo> Worker<P> {
             return;
         };
         let now = Instant::now();
-        if self.io.take_watch_ready() || streams.due(now) {
+        let polled = self.io.take_watch_ready() || streams.due(now);
+        let completed = self
+            .io
+            .stream_ring()
+            .is_some_and(|ring| ring.has_completions());
+        if polled || completed {
             self.batch_at = now;
             let (server, io, sockets, shared) = (
                 &mut self.server,
@@ -475,7 +491,7 @@ impl<P: PacketIo> Worker<P> {
                 &mut self.sockets,
                 &self.shared,
             );
-            streams.service(now, &mut |ft, message| {
+            streams.service(now, &mut *io, polled, &mut |io, ft, message| {
                 let forward = {
                     let mut host = WorkerHost {
                         io: &mut *io,
@@ -693,7 +709,7 @@ impl<P: PacketIo> Worker<P> {
         };
         self.server.clear(&mut host, now);
         if let Some(streams) = &mut self.sockets.streams {
-            streams.close_all();
+            streams.close_all(&mut self.io);
         }
         self.drain_outputs();
         self.io.flush();
@@ -739,7 +755,7 @@ fn send_via<P: PacketIo>(
     if let Via::Stream(local) = via {
         return match &mut sockets.streams {
             Some(streams) => {
-                streams.send(local, to, payload);
+                streams.send(io.stream_ring(), local, to, payload);
                 true
             }
             None => {

@@ -57,6 +57,25 @@ fn test_backend() -> IoBackend {
     }
 }
 
+/// The stream bytes went the back end's way: through the worker's ring on
+/// io_uring (receives and sends completed there, at least `min_bytes` each
+/// way), never through it on the readiness back end.
+fn assert_stream_path(stats: &tern::StatsSnapshot, min_bytes: u64) {
+    let io = &stats.io;
+    match stats.backend {
+        tern_io::BackendKind::Uring => {
+            assert!(io.stream_recvs > 0, "receives on the ring: {io:?}");
+            assert!(io.stream_sends > 0, "sends on the ring: {io:?}");
+            assert!(io.stream_rx_bytes >= min_bytes, "{io:?}");
+            assert!(io.stream_tx_bytes >= min_bytes, "{io:?}");
+        }
+        _ => {
+            assert_eq!(io.stream_recvs, 0, "{io:?}");
+            assert_eq!(io.stream_sends, 0, "{io:?}");
+        }
+    }
+}
+
 #[allow(clippy::disallowed_methods)] // tests wait on the clock
 fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -265,6 +284,7 @@ fn tcp_allocation_relays_and_ends_with_its_connection(backend: IoBackend) {
     assert_eq!(stats.streams.accepted[Transport::Tcp.index()], 1);
     assert_eq!(stats.streams.open[Transport::Tcp.index()], 1);
     assert_eq!(stats.allocations, 1);
+    assert_stream_path(&stats, 60 * 8);
 
     drop(client);
     assert!(
@@ -547,6 +567,7 @@ fn tls_allocation_relays_with_alpn(backend: IoBackend) {
         1
     );
     assert_eq!(stats.streams.accepted[Transport::Tls.index()], 4);
+    assert_stream_path(&stats, 30 * 8);
     assert!(eventually(Duration::from_secs(5), || relay
         .stats()
         .streams

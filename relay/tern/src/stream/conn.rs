@@ -3,7 +3,20 @@
 //! the received bytes into whole STUN/ChannelData messages.
 //!
 //! Owns: the bytes of one connection. Must not touch: other connections,
-//! limits, the epoll registration (all in [`super::Streams`]).
+//! limits, the epoll registration, the ring (all in [`super::Streams`]).
+//!
+//! A connection is driven one of two ways, fixed at accept. *Readiness*
+//! (the mmsg back end): it reads and writes its socket itself when the epoll
+//! says so. *Completion* (`ring`, the io_uring back end): it never makes a
+//! syscall on the data path; [`super::Streams`] submits a receive into the
+//! free end of its read buffer ([`Conn::recv_target`]) and a send of its
+//! queued bytes ([`Conn::send_target`]) on the worker's ring, and hands the
+//! results back ([`Conn::on_recv`], [`Conn::on_send`]). While an operation is
+//! in flight the kernel owns the bytes it names (the read buffer's free end;
+//! the write buffer's `wstart..wstart + send_flight`); the connection only
+//! touches other bytes of those buffers meanwhile. TLS under the ring
+//! receives records into `tin` and feeds rustls from that slice
+//! (`read_tls`), and encrypts into the write buffer (`write_tls`).
 
 use std::io::{self, Read, Write};
 use std::time::Instant;
@@ -11,7 +24,7 @@ use std::time::Instant;
 use tern_stun::framing::{frame_len, Frame, FrameError};
 use tern_turn::FiveTuple;
 
-use super::{CloseReason, MAX_FRAME, READ_BUF, WRITE_BUF};
+use super::{CloseReason, MAX_FRAME, READ_BUF, TLS_IN_BUF, WRITE_BUF};
 
 pub(super) struct Conn {
     socket: mio::net::TcpStream,
@@ -48,6 +61,21 @@ pub(super) struct Conn {
     pub(super) counted: bool,
     /// Reading stopped at a message for another worker.
     stopped: bool,
+    /// Driven by completions on the worker's ring (see the module docs).
+    pub(super) ring: bool,
+    /// Ring: a receive is in flight (into `rbuf[rlen..]`, or `tin[tlen..]` for TLS).
+    pub(super) recv_flight: bool,
+    /// Ring: bytes of `wbuf[wstart..]` a send in flight carries (0: none).
+    pub(super) send_flight: usize,
+    /// Ring: how the receive side ended (EOF or error), once every byte
+    /// before it has been handled.
+    rx_end: Option<CloseReason>,
+    /// Ring, TLS: records received and not yet taken by rustls: `tin[tstart..tlen]`.
+    tin: Box<[u8]>,
+    tstart: usize,
+    tlen: usize,
+    /// On the list of connections whose receive [`super::Streams`] re-arms.
+    pub(super) arm_queued: bool,
 }
 
 /// How a [`Conn::read`] ended.
@@ -68,11 +96,19 @@ impl Conn {
         gen: u32,
         tls: Option<Box<rustls::ServerConnection>>,
         now: Instant,
+        ring: bool,
     ) -> Conn {
-        let wbuf = if tls.is_some() {
+        // Readiness TLS writes straight from rustls to the socket; the ring
+        // needs the records in a buffer of ours to send from.
+        let wbuf = if tls.is_some() && !ring {
             Box::default()
         } else {
             vec![0u8; WRITE_BUF].into_boxed_slice()
+        };
+        let tin = if tls.is_some() && ring {
+            vec![0u8; TLS_IN_BUF].into_boxed_slice()
+        } else {
+            Box::default()
         };
         Conn {
             socket,
@@ -95,6 +131,113 @@ impl Conn {
             blocked: false,
             counted: true,
             stopped: false,
+            ring,
+            recv_flight: false,
+            send_flight: 0,
+            rx_end: None,
+            tin,
+            tstart: 0,
+            tlen: 0,
+            arm_queued: false,
+        }
+    }
+
+    /// Ring: any operation in flight (the kernel owns some of our bytes).
+    pub(super) fn in_flight(&self) -> bool {
+        self.recv_flight || self.send_flight > 0
+    }
+
+    /// Ring: where the next receive goes, if one should be submitted now:
+    /// none while one is in flight, after the receive side ended, while
+    /// reading stopped, or while the buffer is full (it is re-armed once the
+    /// bytes have been handled).
+    pub(super) fn recv_target(&mut self) -> Option<(*mut u8, u32)> {
+        if !self.ring || self.recv_flight || self.rx_end.is_some() || self.stopped {
+            return None;
+        }
+        if self.tls.is_some() {
+            if self.tstart > 0 {
+                // Nothing of `tin` is in flight: the bytes may move.
+                self.tin.copy_within(self.tstart..self.tlen, 0);
+                self.tlen -= self.tstart;
+                self.tstart = 0;
+            }
+            let free = &mut self.tin[self.tlen..];
+            return (!free.is_empty()).then_some((free.as_mut_ptr(), free.len() as u32));
+        }
+        let free = &mut self.rbuf[self.rlen..];
+        (!free.is_empty()).then_some((free.as_mut_ptr(), free.len() as u32))
+    }
+
+    /// Ring: a receive ended with `result` (bytes, 0 at EOF, or -errno).
+    pub(super) fn on_recv(&mut self, result: i32, now: Instant) {
+        self.recv_flight = false;
+        match result {
+            n if n > 0 => {
+                let n = n as usize;
+                if self.tls.is_some() {
+                    self.tlen = (self.tlen + n).min(self.tin.len());
+                } else {
+                    self.rlen = (self.rlen + n).min(self.rbuf.len());
+                }
+                self.last_rx = now;
+            }
+            0 => self.rx_end = Some(CloseReason::PeerClosed),
+            e if e == -libc::ECANCELED => {}
+            _ => self.rx_end = Some(CloseReason::Reset),
+        }
+    }
+
+    /// Ring: what the next send carries, if one should be submitted now (TLS
+    /// records are moved from the session into the write buffer first).
+    pub(super) fn send_target(&mut self) -> Option<(*const u8, u32)> {
+        if !self.ring || self.send_flight > 0 {
+            return None;
+        }
+        self.tls_to_wbuf();
+        if self.wstart == self.wend {
+            return None;
+        }
+        let len = (self.wend - self.wstart).min(u32::MAX as usize);
+        self.send_flight = len;
+        Some((self.wbuf[self.wstart..].as_ptr(), len as u32))
+    }
+
+    /// Ring: a send ended with `result` (bytes sent or -errno). Ok(true):
+    /// bytes are left (a short send, or more queued meanwhile) to send next.
+    pub(super) fn on_send(&mut self, result: i32) -> Result<bool, CloseReason> {
+        let carried = std::mem::take(&mut self.send_flight);
+        match result {
+            n if n > 0 => {
+                self.wstart += (n as usize).min(carried);
+                if self.wstart == self.wend {
+                    self.wstart = 0;
+                    self.wend = 0;
+                }
+                Ok(self.wants_write())
+            }
+            e if e == -libc::ECANCELED => Ok(false),
+            _ => Err(CloseReason::Reset),
+        }
+    }
+
+    /// Ring, TLS: move what rustls has encrypted into the write buffer's free end.
+    fn tls_to_wbuf(&mut self) {
+        let Some(tls) = self.tls.as_mut() else {
+            return;
+        };
+        if !tls.wants_write() {
+            return;
+        }
+        if self.send_flight == 0 {
+            compact(&mut self.wbuf, &mut self.wstart, &mut self.wend);
+        }
+        while tls.wants_write() && self.wend < self.wbuf.len() {
+            let mut free = &mut self.wbuf[self.wend..];
+            match tls.write_tls(&mut free) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.wend += n,
+            }
         }
     }
 
@@ -114,7 +257,7 @@ impl Conn {
     /// Something is waiting to be written (TLS handshake records included).
     pub(super) fn wants_write(&self) -> bool {
         match &self.tls {
-            Some(t) => t.wants_write(),
+            Some(t) => t.wants_write() || self.wstart < self.wend,
             None => self.wstart < self.wend,
         }
     }
@@ -158,7 +301,9 @@ impl Conn {
     }
 
     /// Take the connection apart to hand it to another worker: its socket,
-    /// five-tuple, TLS session and the bytes not yet handled.
+    /// five-tuple, TLS session, the bytes not yet handled and (ring, TLS)
+    /// the records received and not yet taken by rustls. Never with an
+    /// operation in flight (the caller checks).
     #[allow(clippy::type_complexity)]
     pub(super) fn into_parts(
         self,
@@ -167,25 +312,50 @@ impl Conn {
         FiveTuple,
         Option<Box<rustls::ServerConnection>>,
         Vec<u8>,
+        Vec<u8>,
     ) {
+        let records = self.tin[self.tstart..self.tlen].to_vec();
         (
             self.socket,
             self.ft,
             self.tls,
             self.rbuf[..self.rlen].to_vec(),
+            records,
         )
     }
 
-    /// A connection handed over by another worker, with the bytes it had read.
-    pub(super) fn with_buffered(mut self, buffered: &[u8]) -> Conn {
+    /// A connection handed over by another worker, with the bytes it had
+    /// read and the TLS records it had received but not decrypted.
+    pub(super) fn with_buffered(mut self, buffered: &[u8], records: &[u8]) -> Conn {
         let n = buffered.len().min(self.rbuf.len());
         self.rbuf[..n].copy_from_slice(&buffered[..n]);
         self.rlen = n;
+        if !records.is_empty() {
+            if self.ring && records.len() <= self.tin.len() {
+                self.tin[..records.len()].copy_from_slice(records);
+                self.tlen = records.len();
+            } else if let Some(tls) = self.tls.as_mut() {
+                let mut rest = records;
+                while !rest.is_empty() {
+                    match tls.read_tls(&mut rest) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
         self
     }
 
     /// One `read` into the free end of the buffer: Some(n) read, None drained.
     fn read_plain(&mut self) -> Result<Option<usize>, CloseReason> {
+        if self.ring {
+            // The ring already put what it received into the buffer.
+            return match self.rx_end {
+                Some(reason) => Err(reason),
+                None => Ok(None),
+            };
+        }
         loop {
             // `deliver` left room: a partial message is shorter than MAX_FRAME <= READ_BUF.
             match self.socket.read(&mut self.rbuf[self.rlen..]) {
@@ -211,7 +381,25 @@ impl Conn {
             return Ok(None);
         };
         let n = loop {
-            match tls.read_tls(&mut self.socket) {
+            let got = if self.ring {
+                if self.tstart == self.tlen {
+                    // An empty slice would read as EOF to rustls: look at how
+                    // the receive side ended instead.
+                    match self.rx_end {
+                        Some(reason) => return Err(reason),
+                        None => return Ok(None),
+                    }
+                }
+                let mut records = &self.tin[self.tstart..self.tlen];
+                let got = tls.read_tls(&mut records);
+                if let Ok(n) = got {
+                    self.tstart += n;
+                }
+                got
+            } else {
+                tls.read_tls(&mut self.socket)
+            };
+            match got {
                 Ok(0) => return Err(CloseReason::PeerClosed),
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -223,8 +411,10 @@ impl Conn {
         };
         if let Err(e) = tls.process_new_packets() {
             tracing::trace!(error = %e, "TLS error");
-            // Send the alert rustls prepared, best effort.
-            let _closing_anyway = tls.write_tls(&mut self.socket);
+            // Send the alert rustls prepared, best effort (not under a send in flight).
+            if self.send_flight == 0 {
+                let _closing_anyway = tls.write_tls(&mut self.socket);
+            }
             return Err(CloseReason::TlsError);
         }
         while let Some(tls) = self.tls.as_mut() {
@@ -307,7 +497,23 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Err(CloseReason::PeerClosed),
             }
-            match tls.read_tls(&mut self.socket) {
+            let got = if self.ring {
+                if self.tstart == self.tlen {
+                    match self.rx_end {
+                        Some(reason) => return Err(reason),
+                        None => return Ok(None),
+                    }
+                }
+                let mut records = &self.tin[self.tstart..self.tlen];
+                let got = tls.read_tls(&mut records);
+                if let Ok(n) = got {
+                    self.tstart += n;
+                }
+                got
+            } else {
+                tls.read_tls(&mut self.socket)
+            };
+            match got {
                 Ok(0) => return Err(CloseReason::PeerClosed),
                 Ok(_) => {
                     self.last_rx = now;
@@ -398,8 +604,18 @@ impl Conn {
         Ok(())
     }
 
-    /// Write what is queued until done or the socket would block.
+    /// Write what is queued until done or the socket would block. Under the
+    /// ring this is the overflow path only (a burst larger than the write
+    /// buffer within one turn): it writes synchronously while no send is in
+    /// flight, and otherwise only moves TLS records into the buffer.
     pub(super) fn flush(&mut self) -> Result<(), CloseReason> {
+        if self.ring {
+            self.tls_to_wbuf();
+            if self.send_flight > 0 {
+                return Ok(());
+            }
+            return self.write_plain();
+        }
         if let Some(tls) = self.tls.as_mut() {
             while tls.wants_write() {
                 match tls.write_tls(&mut self.socket) {
@@ -411,6 +627,11 @@ impl Conn {
             }
             return Ok(());
         }
+        self.write_plain()
+    }
+
+    /// Write `wbuf[wstart..wend]` until done or the socket would block.
+    fn write_plain(&mut self) -> Result<(), CloseReason> {
         while self.wstart < self.wend {
             match self.socket.write(&self.wbuf[self.wstart..self.wend]) {
                 Ok(0) => return Err(CloseReason::Reset),
@@ -426,10 +647,17 @@ impl Conn {
     }
 
     fn compact(&mut self) {
-        if self.wstart > 0 {
-            self.wbuf.copy_within(self.wstart..self.wend, 0);
-            self.wend -= self.wstart;
-            self.wstart = 0;
+        if self.send_flight == 0 {
+            compact(&mut self.wbuf, &mut self.wstart, &mut self.wend);
         }
+    }
+}
+
+/// Move `buf[*start..*end]` to the front. Never while a send is in flight.
+fn compact(buf: &mut [u8], start: &mut usize, end: &mut usize) {
+    if *start > 0 {
+        buf.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
     }
 }

@@ -62,6 +62,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
+use tern_io::{PacketIo, StreamOp, StreamRing};
 use tern_turn::{Event, FiveTuple, Transport};
 
 use crate::shared::{ConnectionLimit, Shared};
@@ -77,8 +78,11 @@ pub(crate) struct Handoff {
     socket: std::net::TcpStream,
     ft: FiveTuple,
     tls: Option<Box<rustls::ServerConnection>>,
-    /// Bytes read and not yet handled, the ConnectionBind first.
+    /// Bytes read and not yet handled, the ConnectionBind first
+    /// (`buffered[..plain]`), then the TLS records the ring received and the
+    /// session has not yet taken (`buffered[plain..]`).
     buffered: Vec<u8>,
+    plain: u32,
     counted: bool,
 }
 
@@ -113,6 +117,11 @@ pub(crate) const READ_BUF: usize = 12 * 1024;
 pub(crate) const MAX_FRAME: usize = READ_BUF;
 /// Bytes a connection's write buffer holds (for TLS: rustls' buffer limit).
 pub(crate) const WRITE_BUF: usize = 32 * 1024;
+/// Bytes of TLS records a ring-driven TLS connection receives at a time
+/// (one full record of 16 KiB plus its header fits).
+pub(crate) const TLS_IN_BUF: usize = 16 * 1024 + 256;
+/// The generation bits a ring token carries (slot: low 32 bits).
+const TOKEN_GEN: u32 = 0x00FF_FFFF;
 /// Reads per connection per service call before others get their turn.
 const READS_PER_TURN: usize = 4;
 /// Connections accepted per listener per service call.
@@ -317,6 +326,16 @@ pub(crate) struct Streams {
     config: StreamConfig,
     shared: Arc<Shared>,
     stats: StreamStats,
+    /// Connections are driven by completions on the worker's ring
+    /// ([`tern_io::PacketIo::stream_ring`]) rather than by readiness.
+    ring: bool,
+    /// Ring: connections whose receive is (re-)submitted by the next flush.
+    arming: Vec<u32>,
+    /// Ring: closed connections whose operations are still in flight, kept
+    /// (buffers and socket) until their last completion: (slot, generation).
+    retired: Vec<(u32, Conn)>,
+    /// Ring: sockets of retired connections whose operations to cancel.
+    cancels: Vec<RawFd>,
 }
 
 impl Streams {
@@ -328,6 +347,7 @@ impl Streams {
         shared: Arc<Shared>,
         handoffs: (crossbeam::channel::Receiver<Handoff>, usize),
         now: Instant,
+        ring: bool,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let mut own = Vec::with_capacity(listeners.len());
@@ -371,7 +391,16 @@ impl Streams {
             config,
             shared,
             stats: StreamStats::default(),
+            ring,
+            arming: Vec::new(),
+            retired: Vec::new(),
+            cancels: Vec::new(),
         })
+    }
+
+    /// Whether connections are driven by the ring (for logs).
+    pub(crate) fn ring_driven(&self) -> bool {
+        self.ring
     }
 
     /// The epoll descriptor the worker's back end watches.
@@ -420,14 +449,133 @@ impl Streams {
     /// second, close what timed out. Connections closed here (or by
     /// [`Streams::send`] / [`Streams::flush`]) are reported by
     /// [`Streams::take_closed`].
-    pub(crate) fn service(&mut self, now: Instant, on_message: &mut impl FnMut(FiveTuple, &[u8])) {
+    ///
+    /// Under the ring, the completions the back end holds are taken first
+    /// (no syscall); the nested epoll (listeners, outgoing connects) is
+    /// looked at only when `poll_epoll` says it signalled or a timer is due.
+    pub(crate) fn service<P: PacketIo>(
+        &mut self,
+        now: Instant,
+        io: &mut P,
+        poll_epoll: bool,
+        on_message: &mut impl FnMut(&mut P, FiveTuple, &[u8]),
+    ) {
         self.last_service = now;
+        self.absorb(io.stream_ring(), now);
         for _ in 0..HANDOFFS_PER_TURN {
             let Ok(h) = self.handoffs.try_recv() else {
                 break;
             };
             self.adopt_handoff(h, now);
         }
+        if poll_epoll || self.more_events || !self.ring {
+            self.poll_events();
+        }
+        for _ in 0..self.ready.len() {
+            let Some(item) = self.ready.pop_front() else {
+                break;
+            };
+            match item {
+                Ready::Listener(i) => {
+                    if let Some(Some(l)) = self.listeners.get_mut(i) {
+                        l.queued = false;
+                    }
+                    if self.accept(i, now) {
+                        if let Some(Some(l)) = self.listeners.get_mut(i) {
+                            l.queued = true;
+                        }
+                        self.ready.push_back(item);
+                    }
+                }
+                Ready::Conn(slot, gen) => self.read(slot, gen, now, io, on_message),
+            }
+        }
+        if now >= self.next_sweep {
+            self.sweep(now);
+        }
+    }
+
+    /// Ring: take every stream completion the back end holds and apply it:
+    /// received bytes make their connection ready, sent bytes free its
+    /// buffer (a short send or bytes queued meanwhile make it dirty again),
+    /// and a retired connection is dropped with its last completion.
+    fn absorb(&mut self, ring: Option<&mut dyn StreamRing>, now: Instant) {
+        let Some(ring) = ring else {
+            return;
+        };
+        while let Some(c) = ring.take_completion() {
+            let slot = c.token as u32;
+            let gen = (c.token >> 32) as u32 & TOKEN_GEN;
+            let live = matches!(
+                self.conns.get(slot as usize),
+                Some(Some(conn)) if conn.gen & TOKEN_GEN == gen
+            );
+            if !live {
+                let Some(k) = self
+                    .retired
+                    .iter()
+                    .position(|(s, conn)| *s == slot && conn.gen & TOKEN_GEN == gen)
+                else {
+                    continue;
+                };
+                let conn = &mut self.retired[k].1;
+                match c.op {
+                    StreamOp::Recv => conn.on_recv(c.result, now),
+                    StreamOp::Send => {
+                        let _closed_anyway = conn.on_send(c.result);
+                    }
+                }
+                if !conn.in_flight() {
+                    // Its buffers are ours again: drop it (closing the socket).
+                    self.retired.swap_remove(k);
+                }
+                continue;
+            }
+            let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            match c.op {
+                StreamOp::Recv => {
+                    conn.on_recv(c.result, now);
+                    if !conn.queued {
+                        conn.queued = true;
+                        self.ready.push_back(Ready::Conn(slot, conn.gen));
+                    }
+                }
+                StreamOp::Send => match conn.on_send(c.result) {
+                    Ok(more) => {
+                        if more && !conn.dirty {
+                            conn.dirty = true;
+                            self.dirty.push(slot);
+                        }
+                        self.unblock_partner(slot);
+                    }
+                    Err(reason) => self.close(slot, reason),
+                },
+            }
+        }
+    }
+
+    /// A raw partner of `slot` that stopped reading for want of room in
+    /// `slot`'s write buffer may go on.
+    fn unblock_partner(&mut self, slot: u32) {
+        let Some(Some(conn)) = self.conns.get(slot as usize) else {
+            return;
+        };
+        let Some((p, pgen)) = conn.partner else {
+            return;
+        };
+        if let Some(Some(partner)) = self.conns.get_mut(p as usize) {
+            if partner.gen == pgen && partner.blocked && !partner.queued {
+                partner.blocked = false;
+                partner.queued = true;
+                self.ready.push_back(Ready::Conn(p, pgen));
+            }
+        }
+    }
+
+    /// Take the nested epoll's ready events onto the ready list.
+    fn poll_events(&mut self) {
         match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -458,9 +606,16 @@ impl Streams {
                 if event.is_writable() || event.is_error() || event.is_write_closed() {
                     let ok = conn.connect_result();
                     let id = conn.peer.flatten().unwrap_or(0);
+                    if conn.ring {
+                        // From now on its bytes go through the ring.
+                        let _ring_driven_now = self.poll.registry().deregister(conn.socket_mut());
+                    }
                     // A failed one is closed when the core answers 447.
                     self.connected.push_back((id, ok));
                 }
+                continue;
+            }
+            if conn.ring {
                 continue;
             }
             if event.is_writable() && !conn.dirty {
@@ -473,29 +628,6 @@ impl Streams {
             }
         }
         self.more_events = n == EVENTS;
-
-        for _ in 0..self.ready.len() {
-            let Some(item) = self.ready.pop_front() else {
-                break;
-            };
-            match item {
-                Ready::Listener(i) => {
-                    if let Some(Some(l)) = self.listeners.get_mut(i) {
-                        l.queued = false;
-                    }
-                    if self.accept(i, now) {
-                        if let Some(Some(l)) = self.listeners.get_mut(i) {
-                            l.queued = true;
-                        }
-                        self.ready.push_back(item);
-                    }
-                }
-                Ready::Conn(slot, gen) => self.read(slot, gen, now, on_message),
-            }
-        }
-        if now >= self.next_sweep {
-            self.sweep(now);
-        }
     }
 
     /// The next connection that closed, for the core to end its allocation.
@@ -505,7 +637,17 @@ impl Streams {
 
     /// Queue one whole message (ChannelData already padded) for the client
     /// connected to our listener `local` from `remote`.
-    pub(crate) fn send(&mut self, local: SocketAddr, remote: SocketAddr, payload: &[u8]) {
+    ///
+    /// Under the ring, a message that does not fit while a send is in flight
+    /// first takes the completions the back end holds (the send may have
+    /// ended, freeing room) before the client counts as a slow reader.
+    pub(crate) fn send(
+        &mut self,
+        ring: Option<&mut dyn StreamRing>,
+        local: SocketAddr,
+        remote: SocketAddr,
+        payload: &[u8],
+    ) {
         let Some(&slot) = self.by_peer.get(&(local, remote)) else {
             self.stats.unroutable += 1;
             return;
@@ -514,7 +656,22 @@ impl Streams {
             self.stats.unroutable += 1;
             return;
         };
-        match conn.queue(payload) {
+        let mut result = conn.queue(payload);
+        if result == Err(CloseReason::SlowReader) && conn.send_flight > 0 {
+            if let Some(ring) = ring {
+                let gen = conn.gen;
+                self.absorb(Some(ring), Instant::now());
+                match self.conns.get_mut(slot as usize) {
+                    Some(Some(conn)) if conn.gen == gen => result = conn.queue(payload),
+                    // Closed by a completion meanwhile.
+                    _ => return,
+                }
+            }
+        }
+        let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        match result {
             Ok(()) => {
                 self.stats.bytes_out += payload.len() as u64;
                 if !conn.dirty {
@@ -528,31 +685,103 @@ impl Streams {
 
     /// Write what every connection has queued (once per loop turn). What the
     /// kernel does not take now waits for the socket's next writable edge.
-    pub(crate) fn flush(&mut self) {
+    ///
+    /// Under the ring this submits instead: a send of each dirty
+    /// connection's queued bytes (one in flight per connection; a short send
+    /// is followed by the rest when it completes), the receives to (re-)arm,
+    /// and the cancels of closed connections. The loop's next wait hands
+    /// them all to the kernel in its one `io_uring_enter`.
+    pub(crate) fn flush(&mut self, mut ring: Option<&mut dyn StreamRing>) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &slot in &dirty {
             let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
                 continue;
             };
             conn.dirty = false;
+            if conn.ring {
+                let Some(ring) = ring.as_deref_mut() else {
+                    continue;
+                };
+                let Some((buf, len)) = conn.send_target() else {
+                    continue;
+                };
+                let fd = conn.socket_mut().as_raw_fd();
+                // SAFETY: `buf..buf + len` is `wbuf[wstart..wstart + len]` of this
+                // connection, a heap buffer that neither moves nor shrinks; the
+                // connection marks those bytes in flight (`send_flight`) and
+                // never writes them until the completion is applied, and a
+                // closed connection is kept in `retired` until then.
+                if let Err(e) = unsafe { ring.send_from(fd, buf, len, token(slot, conn.gen)) } {
+                    conn.send_flight = 0;
+                    tracing::debug!(error = %e, "could not submit a stream send");
+                    self.close(slot, CloseReason::Reset);
+                }
+                continue;
+            }
             if let Err(reason) = conn.flush() {
                 self.close(slot, reason);
                 continue;
             }
-            // A raw partner that stopped reading for want of room may go on.
-            if let Some((p, pgen)) = conn.partner {
-                if let Some(Some(partner)) = self.conns.get_mut(p as usize) {
-                    if partner.gen == pgen && partner.blocked && !partner.queued {
-                        partner.blocked = false;
-                        partner.queued = true;
-                        self.ready.push_back(Ready::Conn(p, pgen));
-                    }
-                }
-            }
+            self.unblock_partner(slot);
         }
         dirty.clear();
         // Closing never pushes to `dirty`, so nothing was added meanwhile.
         self.dirty = dirty;
+        if let Some(ring) = ring {
+            self.arm_receives(ring);
+            for fd in self.cancels.drain(..) {
+                if let Err(e) = ring.cancel(fd) {
+                    tracing::warn!(error = %e, "could not cancel a closed connection's operations");
+                }
+            }
+        }
+    }
+
+    /// Ring: submit a receive for every connection queued for one that can take it.
+    fn arm_receives(&mut self, ring: &mut dyn StreamRing) {
+        let mut arming = std::mem::take(&mut self.arming);
+        for &slot in &arming {
+            let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            conn.arm_queued = false;
+            // A peer connection waiting for its ConnectionBind, or one still
+            // connecting, is read once spliced; a blocked one once its
+            // partner has room.
+            let waiting = conn.peer.is_some() && conn.partner.is_none();
+            if waiting || conn.connecting || conn.blocked {
+                continue;
+            }
+            let Some((buf, len)) = conn.recv_target() else {
+                continue;
+            };
+            let fd = conn.socket_mut().as_raw_fd();
+            // SAFETY: `buf..buf + len` is the free end of this connection's
+            // read buffer (or TLS record buffer), a heap buffer that neither
+            // moves nor shrinks; the connection marks it in flight
+            // (`recv_flight`) and touches neither that range nor its fill
+            // level until the completion is applied, and a closed connection
+            // is kept in `retired` until then.
+            match unsafe { ring.recv_into(fd, buf, len, token(slot, conn.gen)) } {
+                Ok(()) => conn.recv_flight = true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not submit a stream receive");
+                    self.close(slot, CloseReason::Reset);
+                }
+            }
+        }
+        arming.clear();
+        self.arming = arming;
+    }
+
+    /// Ring: queue `slot` for a receive at the next flush.
+    fn queue_arm(&mut self, slot: u32) {
+        if let Some(Some(conn)) = self.conns.get_mut(slot as usize) {
+            if conn.ring && !conn.arm_queued && !conn.recv_flight {
+                conn.arm_queued = true;
+                self.arming.push(slot);
+            }
+        }
     }
 
     /// Keep track of which connections carry an allocation (those are never
@@ -682,7 +911,13 @@ impl Streams {
     /// Take a connection slot and a new generation for `stream` and register
     /// it with the stream epoll (token = slot and generation); `None`, with
     /// the slot given back, when the registration fails.
-    fn register(&mut self, stream: &mut mio::net::TcpStream, what: &str) -> Option<(u32, u32)> {
+    /// `epoll` false: not registered (a ring-driven connection).
+    fn register(
+        &mut self,
+        stream: &mut mio::net::TcpStream,
+        what: &str,
+        epoll: bool,
+    ) -> Option<(u32, u32)> {
         let _latency_matters = stream.set_nodelay(true);
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -694,6 +929,9 @@ impl Streams {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         let token = Token(CONN_BASE + slot as usize + ((gen as usize) << 32));
+        if !epoll {
+            return Some((slot, gen));
+        }
         if let Err(e) =
             self.poll
                 .registry()
@@ -715,13 +953,15 @@ impl Streams {
         counted: bool,
         now: Instant,
     ) -> Option<u32> {
-        let (slot, gen) = self.register(&mut stream, "peer")?;
+        // An outgoing connection learns its outcome from the epoll (writable).
+        let epoll = !self.ring || id.is_some();
+        let (slot, gen) = self.register(&mut stream, "peer", epoll)?;
         let ft = FiveTuple {
             client: peer,
             listener: relay,
             transport: Transport::Tcp,
         };
-        let mut conn = Conn::new(stream, ft, gen, None, now);
+        let mut conn = Conn::new(stream, ft, gen, None, now, self.ring);
         conn.peer = Some(id);
         conn.counted = counted;
         self.conns[slot as usize] = Some(conn);
@@ -849,17 +1089,44 @@ impl Streams {
                     c.queued = true;
                 }
                 self.ready.push_back(Ready::Conn(slot, gen));
+                self.queue_arm(slot);
             }
-            Ok(false) => {}
+            Ok(false) => self.queue_arm(slot),
             Err(reason) => self.close(slot, reason),
         }
     }
 
-    /// Close every connection (the worker stops).
-    pub(crate) fn close_all(&mut self) {
+    /// Close every connection (the worker stops). Under the ring, cancel
+    /// their operations and wait for the last completions, so no buffer is
+    /// freed while the kernel may still use it (and leak them if the ring
+    /// does not answer).
+    pub(crate) fn close_all<P: PacketIo>(&mut self, io: &mut P) {
         for slot in 0..self.conns.len() {
             if self.conns[slot].is_some() {
                 self.close(slot as u32, CloseReason::Shutdown);
+            }
+        }
+        if io.stream_ring().is_none() {
+            return;
+        }
+        self.flush(io.stream_ring());
+        for _ in 0..CANCEL_TRIES {
+            if self.retired.is_empty() {
+                return;
+            }
+            if let Err(e) = io.wait(Some(CANCEL_WAIT)) {
+                tracing::warn!(error = %e, "waiting for cancelled stream operations failed");
+                break;
+            }
+            self.absorb(io.stream_ring(), Instant::now());
+        }
+        if !self.retired.is_empty() {
+            tracing::error!(
+                connections = self.retired.len(),
+                "io_uring did not hand back every stream operation; leaking their buffers"
+            );
+            for (_, conn) in self.retired.drain(..) {
+                std::mem::forget(conn);
             }
         }
     }
@@ -928,7 +1195,7 @@ impl Streams {
             }
             _ => None,
         };
-        let Some((slot, gen)) = self.register(&mut stream, "client") else {
+        let Some((slot, gen)) = self.register(&mut stream, "client", !self.ring) else {
             self.shared.release_connection(remote.ip());
             return;
         };
@@ -937,7 +1204,7 @@ impl Streams {
             listener: local,
             transport,
         };
-        self.conns[slot as usize] = Some(Conn::new(stream, ft, gen, tls, now));
+        self.conns[slot as usize] = Some(Conn::new(stream, ft, gen, tls, now, self.ring));
         self.by_peer.insert((local, remote), slot);
         self.stats.accepted[transport.index()] += 1;
         self.stats.open[transport.index()] += 1;
@@ -948,12 +1215,13 @@ impl Streams {
         self.ready.push_back(Ready::Conn(slot, gen));
     }
 
-    fn read(
+    fn read<P: PacketIo>(
         &mut self,
         slot: u32,
         gen: u32,
         now: Instant,
-        on_message: &mut impl FnMut(FiveTuple, &[u8]),
+        io: &mut P,
+        on_message: &mut impl FnMut(&mut P, FiveTuple, &[u8]),
     ) {
         let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
             return;
@@ -993,7 +1261,7 @@ impl Streams {
             }
             stats.messages_in += 1;
             stats.bytes_in += msg.len() as u64;
-            on_message(ft, msg);
+            on_message(&mut *io, ft, msg);
             true
         });
         let wants_write = conn.wants_write();
@@ -1012,6 +1280,7 @@ impl Streams {
                     conn.dirty = true;
                     self.dirty.push(slot);
                 }
+                self.queue_arm(slot);
             }
             Err(reason) => self.close(slot, reason),
         }
@@ -1020,13 +1289,25 @@ impl Streams {
     /// Move client connection `slot` to worker `to` (its ConnectionBind is
     /// for a peer connection there). A full queue closes it, counted.
     fn hand_off(&mut self, slot: u32, to: usize) {
+        if self
+            .conns
+            .get(slot as usize)
+            .is_some_and(|c| c.as_ref().is_some_and(Conn::in_flight))
+        {
+            // A send of ours is still in flight on it (bytes it must not
+            // lose): it cannot move. Only a client that sent something else
+            // before its ConnectionBind gets here.
+            self.stats.handoffs_dropped += 1;
+            self.close(slot, CloseReason::Reset);
+            return;
+        }
         let Some(mut conn) = self.conns.get_mut(slot as usize).and_then(Option::take) else {
             return;
         };
         let _moving = self.poll.registry().deregister(conn.socket_mut());
         self.free.push(slot);
         let counted = conn.counted;
-        let (socket, ft, tls, buffered) = conn.into_parts();
+        let (socket, ft, tls, buffered, records) = conn.into_parts();
         self.by_peer.remove(&(ft.listener, ft.client));
         let open = &mut self.stats.open[ft.transport.index()];
         *open = open.saturating_sub(1);
@@ -1036,11 +1317,15 @@ impl Streams {
             // which gives up ownership; the std stream becomes its only owner.
             unsafe { std::net::TcpStream::from_raw_fd(socket.into_raw_fd()) }
         };
+        let plain = buffered.len() as u32;
+        let mut buffered = buffered;
+        buffered.extend_from_slice(&records);
         let handoff = Handoff {
             socket: std,
             ft,
             tls,
             buffered,
+            plain,
             counted,
         };
         match self.shared.hand_off(to, handoff) {
@@ -1062,8 +1347,10 @@ impl Streams {
             ft,
             tls,
             buffered,
+            plain,
             counted,
         } = h;
+        let (buffered, records) = buffered.split_at((plain as usize).min(buffered.len()));
         let mut stream = mio::net::TcpStream::from_std(socket);
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -1075,11 +1362,16 @@ impl Streams {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         let token = Token(CONN_BASE + slot as usize + ((gen as usize) << 32));
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        let registered = if self.ring {
+            Ok(())
+        } else {
+            self.poll.registry().register(
+                &mut stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        };
+        if let Err(e) = registered {
             tracing::warn!(error = %e, "could not register a handed-over connection");
             self.free.push(slot);
             if counted {
@@ -1087,7 +1379,8 @@ impl Streams {
             }
             return;
         }
-        let mut conn = Conn::new(stream, ft, gen, tls, now).with_buffered(&buffered);
+        let mut conn =
+            Conn::new(stream, ft, gen, tls, now, self.ring).with_buffered(buffered, records);
         conn.counted = counted;
         conn.queued = true;
         self.conns[slot as usize] = Some(conn);
@@ -1131,7 +1424,17 @@ impl Streams {
             }
         }
         // Either side of a spliced pair ends both.
-        if let Some((p, pgen)) = conn.partner {
+        let partner = conn.partner;
+        if conn.in_flight() {
+            // The kernel still owns some of its bytes: keep it (and its
+            // socket, so the descriptor is not reused) until the cancelled
+            // operations have completed.
+            self.cancels.push(conn.socket_mut().as_raw_fd());
+            self.retired.push((slot, conn));
+        } else {
+            drop(conn);
+        }
+        if let Some((p, pgen)) = partner {
             let live = self
                 .conns
                 .get(p as usize)
@@ -1174,6 +1477,16 @@ impl Streams {
         }
     }
 }
+
+/// The ring token of connection `slot` in generation `gen`.
+fn token(slot: u32, gen: u32) -> u64 {
+    u64::from(slot) | (u64::from(gen & TOKEN_GEN) << 32)
+}
+
+/// How long [`Streams::close_all`] waits, per try and in tries, for
+/// cancelled operations to come back.
+const CANCEL_WAIT: Duration = Duration::from_millis(10);
+const CANCEL_TRIES: usize = 200;
 
 /// A non-blocking TCP connection from the relayed address `relay` to `peer`
 /// (RFC 6062 §5.2: the relayed address is the source).
