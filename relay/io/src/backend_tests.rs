@@ -517,6 +517,21 @@ fn flush_before_wait_completes_without_a_wait<B: Harness>() {
     );
 }
 
+/// Only a completion back end drives streams itself; a readiness one leaves
+/// them to the caller's epoll (nested with `watch`).
+fn stream_ring_only_on_completion_back_ends<B: Harness>() {
+    let Some(mut io) = try_backend::<B>(false) else {
+        return;
+    };
+    let ring = io.stream_ring();
+    assert_eq!(ring.is_some(), B::KIND == BackendKind::Uring);
+    if let Some(ring) = ring {
+        assert_eq!(ring.in_flight(), 0);
+        assert!(!ring.has_completions());
+        assert!(ring.take_completion().is_none());
+    }
+}
+
 /// Instantiate every generic test above once per back end.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -547,4 +562,5 @@ on_every_backend!(
     ipv6_loopback_round_trip,
     flush_before_wait_sends_with_the_next_wait,
     flush_before_wait_completes_without_a_wait,
+    stream_ring_only_on_completion_back_ends,
 );

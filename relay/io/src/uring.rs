@@ -1472,3 +1472,6 @@ fn probe_kernel() -> Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod stream_tests;
