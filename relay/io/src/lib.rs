@@ -201,7 +201,9 @@ pub struct IoStats {
     pub tx_oversize: u64,
     /// Times the kernel refused UDP GSO and the back end fell back to one datagram per message.
     pub gso_fallbacks: u64,
-    /// io_uring: stream (TCP) receives completed on the ring ([`StreamRing`]).
+    /// io_uring: stream (TCP) connections accepted on the ring ([`StreamRing`]).
+    pub stream_accepts: u64,
+    /// io_uring: stream (TCP) receives completed on the ring.
     pub stream_recvs: u64,
     /// io_uring: bytes those receives delivered.
     pub stream_rx_bytes: u64,
@@ -230,6 +232,7 @@ impl IoStats {
         self.tx_errors += other.tx_errors;
         self.tx_oversize += other.tx_oversize;
         self.gso_fallbacks += other.gso_fallbacks;
+        self.stream_accepts += other.stream_accepts;
         self.stream_recvs += other.stream_recvs;
         self.stream_rx_bytes += other.stream_rx_bytes;
         self.stream_sends += other.stream_sends;
@@ -404,6 +407,7 @@ mod tests {
             tx_errors: 11,
             tx_oversize: 12,
             gso_fallbacks: 13,
+            stream_accepts: 21,
             stream_recvs: 17,
             stream_rx_bytes: 18,
             stream_sends: 19,

@@ -16,6 +16,8 @@ pub enum StreamOp {
     Recv,
     /// A [`StreamRing::send_from`].
     Send,
+    /// One connection (or error) of a [`StreamRing::accept_multi`].
+    Accept,
 }
 
 /// The end of one stream operation.
@@ -25,9 +27,13 @@ pub struct StreamCompletion {
     pub token: u64,
     /// Which operation it was.
     pub op: StreamOp,
-    /// Bytes received or sent (0 on a receive: the peer closed), or a
-    /// negated errno (`-ECANCELED` for a cancelled operation).
+    /// Bytes received or sent (0 on a receive: the peer closed), the
+    /// accepted connection's descriptor (the caller owns it), or a negated
+    /// errno (`-ECANCELED` for a cancelled operation).
     pub result: i32,
+    /// A multishot accept goes on after this completion; `false` on its
+    /// last one (and always for receives and sends).
+    pub more: bool,
 }
 
 /// TCP receives and sends on a back end's ring, driven by completions.
@@ -63,6 +69,11 @@ pub trait StreamRing {
         len: u32,
         token: u64,
     ) -> io::Result<()>;
+
+    /// Accept connections on listening socket `fd` until cancelled or an
+    /// error ends it (then `more` is false on the last completion): one
+    /// completion per connection, whose descriptor the caller owns from then.
+    fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<()>;
 
     /// Cancel every stream operation on `fd`; each still ends with a
     /// completion (`-ECANCELED`, or its result if it finished first).

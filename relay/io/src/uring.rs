@@ -69,6 +69,7 @@ const KIND_CANCEL: u64 = 4;
 const KIND_WATCH: u64 = 5;
 const KIND_STREAM_RECV: u64 = 6;
 const KIND_STREAM_SEND: u64 = 7;
+const KIND_STREAM_ACCEPT: u64 = 8;
 /// Stream operation tokens are the low 56 bits of their user_data.
 const TOKEN_MASK: u64 = (1 << KIND_SHIFT) - 1;
 const GEN_MASK: u32 = 0x00FF_FFFF;
@@ -714,6 +715,22 @@ impl State {
                 }
             }
             KIND_SEND => self.on_send(user_data as usize & 0xFFFF_FFFF, res),
+            KIND_STREAM_ACCEPT => {
+                let more = cqueue::more(flags);
+                if !more {
+                    self.stream_ops = self.stream_ops.saturating_sub(1);
+                }
+                if res >= 0 {
+                    self.stats.stream_accepts += 1;
+                }
+                // May grow: one multishot accept posts a completion per connection.
+                self.stream_done.push_back(StreamCompletion {
+                    token: user_data & TOKEN_MASK,
+                    op: StreamOp::Accept,
+                    result: res,
+                    more,
+                });
+            }
             kind @ (KIND_STREAM_RECV | KIND_STREAM_SEND) => {
                 self.stream_ops = self.stream_ops.saturating_sub(1);
                 let op = if kind == KIND_STREAM_RECV {
@@ -735,6 +752,7 @@ impl State {
                     token: user_data & TOKEN_MASK,
                     op,
                     result: res,
+                    more: false,
                 });
             }
             KIND_WATCH => {
@@ -1137,6 +1155,14 @@ impl StreamRing for UringIo {
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data((KIND_STREAM_SEND << KIND_SHIFT) | (token & TOKEN_MASK));
+        self.queue_stream(sqe)
+    }
+
+    fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        let sqe = opcode::AcceptMulti::new(Fd(fd))
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+            .build()
+            .user_data((KIND_STREAM_ACCEPT << KIND_SHIFT) | (token & TOKEN_MASK));
         self.queue_stream(sqe)
     }
 

@@ -594,7 +594,7 @@ impl Collected {
                 w.last.relay_ns_sum,
             );
         }
-        let io_counters: [(&str, &str, u64); 12] = [
+        let io_counters: [(&str, &str, u64); 13] = [
             (
                 "tern_io_rx_datagrams_total",
                 "Datagrams the packet I/O back end received.",
@@ -634,6 +634,11 @@ impl Collected {
                 "tern_io_gso_fallbacks_total",
                 "Times the kernel refused UDP GSO and the back end fell back to one datagram per message.",
                 t.io.gso_fallbacks,
+            ),
+            (
+                "tern_io_stream_accepts_total",
+                "io_uring: TCP/TLS connections accepted by multishot accepts on the worker's ring.",
+                t.io.stream_accepts,
             ),
             (
                 "tern_io_stream_recvs_total",

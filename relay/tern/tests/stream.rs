@@ -64,12 +64,14 @@ fn assert_stream_path(stats: &tern::StatsSnapshot, min_bytes: u64) {
     let io = &stats.io;
     match stats.backend {
         tern_io::BackendKind::Uring => {
+            assert!(io.stream_accepts > 0, "accepts on the ring: {io:?}");
             assert!(io.stream_recvs > 0, "receives on the ring: {io:?}");
             assert!(io.stream_sends > 0, "sends on the ring: {io:?}");
             assert!(io.stream_rx_bytes >= min_bytes, "{io:?}");
             assert!(io.stream_tx_bytes >= min_bytes, "{io:?}");
         }
         _ => {
+            assert_eq!(io.stream_accepts, 0, "{io:?}");
             assert_eq!(io.stream_recvs, 0, "{io:?}");
             assert_eq!(io.stream_sends, 0, "{io:?}");
         }

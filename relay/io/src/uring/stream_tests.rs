@@ -1,7 +1,7 @@
 //! The io_uring stream capability ([`StreamRing`]) on real loopback TCP
 //! connections: receives into a caller's buffer at an offset, across the
 //! sender's segment boundaries; short sends reported and finished by the
-//! caller; cancellation of a closed connection's receive and parked send
+//! caller; multishot accepts; cancellation of a closed connection's receive and parked send
 //! (every operation still ends with exactly one completion); EOF and a
 //! peer's reset. Readiness back ends have no stream ring (see
 //! `crate::backend_tests::stream_ring_only_on_completion_back_ends`).
@@ -314,4 +314,44 @@ fn dropping_the_back_end_hands_back_a_pending_receive() {
     (&server).read_exact(&mut got).unwrap();
     assert_eq!(&got, b"still here");
     assert!(buf.iter().all(|&b| b == 0), "the ring wrote nothing");
+}
+
+#[test]
+fn multishot_accept_hands_over_each_connection_until_cancelled() {
+    use std::os::fd::FromRawFd;
+    let Some(mut io) = backend() else {
+        return;
+    };
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    io.accept_multi(l.as_raw_fd(), 5).unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for (k, client) in clients.iter_mut().enumerate() {
+        let c = next(&mut io);
+        assert_eq!(
+            (c.token, c.op, c.more),
+            (5, StreamOp::Accept, true),
+            "{c:?}"
+        );
+        assert!(c.result >= 0, "{c:?}");
+        // SAFETY: the completion hands us this new descriptor.
+        let mut accepted = unsafe { TcpStream::from_raw_fd(c.result) };
+        assert_eq!(accepted.peer_addr().unwrap(), client.local_addr().unwrap());
+        accepted.write_all(&[k as u8]).unwrap();
+        let mut b = [0u8; 1];
+        client.read_exact(&mut b).unwrap();
+        assert_eq!(b[0], k as u8);
+    }
+    assert_eq!(io.in_flight(), 1, "one multishot accept");
+    io.cancel(l.as_raw_fd()).unwrap();
+    let c = next(&mut io);
+    assert_eq!((c.token, c.result, c.more), (5, -libc::ECANCELED, false));
+    assert_eq!(io.in_flight(), 0);
+    assert_eq!(io.stats().stream_accepts, 3);
+    // No longer accepting on the ring: the next connection waits in the backlog.
+    let _late = TcpStream::connect(addr).unwrap();
+    io.wait(Some(Duration::from_millis(20))).unwrap();
+    assert!(io.take_completion().is_none());
+    assert!(l.accept().is_ok());
 }

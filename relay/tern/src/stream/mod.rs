@@ -121,7 +121,9 @@ pub(crate) const WRITE_BUF: usize = 32 * 1024;
 /// (one full record of 16 KiB plus its header fits).
 pub(crate) const TLS_IN_BUF: usize = 16 * 1024 + 256;
 /// The generation bits a ring token carries (slot: low 32 bits).
-const TOKEN_GEN: u32 = 0x00FF_FFFF;
+const TOKEN_GEN: u32 = 0x007F_FFFF;
+/// Set in the ring token of a listener's multishot accept.
+const TOKEN_LISTENER: u64 = 1 << 55;
 /// Reads per connection per service call before others get their turn.
 const READS_PER_TURN: usize = 4;
 /// Connections accepted per listener per service call.
@@ -277,6 +279,12 @@ struct Listener {
     queued: bool,
     /// RFC 6062: the relayed address of a TCP allocation (accepts peers).
     relay: bool,
+    /// Ring: this listener's generation (its index is reused), whether its
+    /// multishot accept is in flight, and whether an error ended it (it is
+    /// re-armed by the next sweep, as readiness retries a failed accept).
+    gen: u32,
+    accepting: bool,
+    accept_failed: bool,
 }
 
 /// A peer that connected to a TCP relayed address, for the core to decide on.
@@ -336,6 +344,9 @@ pub(crate) struct Streams {
     retired: Vec<(u32, Conn)>,
     /// Ring: sockets of retired connections whose operations to cancel.
     cancels: Vec<RawFd>,
+    /// Ring: removed listeners whose multishot accept has not ended yet, by token.
+    retired_listeners: Vec<(u64, mio::net::TcpListener)>,
+    next_listener_gen: u32,
 }
 
 impl Streams {
@@ -355,14 +366,19 @@ impl Streams {
             socket.set_nonblocking(true)?;
             let local = socket.local_addr()?;
             let mut socket = mio::net::TcpListener::from_std(socket);
-            poll.registry()
-                .register(&mut socket, Token(i), Interest::READABLE)?;
+            if !ring {
+                poll.registry()
+                    .register(&mut socket, Token(i), Interest::READABLE)?;
+            }
             own.push(Some(Listener {
                 socket,
                 local,
                 transport,
                 queued: false,
                 relay: false,
+                gen: 0,
+                accepting: false,
+                accept_failed: false,
             }));
         }
         Ok(Streams {
@@ -395,6 +411,8 @@ impl Streams {
             arming: Vec::new(),
             retired: Vec::new(),
             cancels: Vec::new(),
+            retired_listeners: Vec::new(),
+            next_listener_gen: 0,
         })
     }
 
@@ -504,6 +522,10 @@ impl Streams {
             return;
         };
         while let Some(c) = ring.take_completion() {
+            if c.op == StreamOp::Accept {
+                self.on_accept(c, now);
+                continue;
+            }
             let slot = c.token as u32;
             let gen = (c.token >> 32) as u32 & TOKEN_GEN;
             let live = matches!(
@@ -524,6 +546,7 @@ impl Streams {
                     StreamOp::Send => {
                         let _closed_anyway = conn.on_send(c.result);
                     }
+                    StreamOp::Accept => {}
                 }
                 if !conn.in_flight() {
                     // Its buffers are ours again: drop it (closing the socket).
@@ -552,7 +575,59 @@ impl Streams {
                     }
                     Err(reason) => self.close(slot, reason),
                 },
+                StreamOp::Accept => {}
             }
+        }
+    }
+
+    /// Ring: one completion of a listener's multishot accept: adopt the
+    /// connection as a readiness accept would (limits, TLS, peers), count an
+    /// error, and note when the accept ended (re-armed by the next flush, or
+    /// after an error by the next sweep).
+    fn on_accept(&mut self, c: tern_io::StreamCompletion, now: Instant) {
+        let i = (c.token as u32) as usize;
+        let gen = (c.token >> 32) as u32 & TOKEN_GEN;
+        let accepted = (c.result >= 0).then(|| {
+            use std::os::fd::FromRawFd;
+            // SAFETY: the kernel made this descriptor for us with this
+            // completion; nothing else owns it.
+            unsafe { std::net::TcpStream::from_raw_fd(c.result) }
+        });
+        let live = matches!(self.listeners.get(i), Some(Some(l)) if l.gen == gen);
+        if !live {
+            // A removed listener's accept: close what it still took.
+            drop(accepted);
+            if !c.more {
+                self.retired_listeners.retain(|(t, _)| *t != c.token);
+            }
+            return;
+        }
+        if let Some(Some(l)) = self.listeners.get_mut(i) {
+            if !c.more {
+                l.accepting = false;
+                l.accept_failed = c.result < 0 && c.result != -libc::ECANCELED;
+            }
+        }
+        let Some(stream) = accepted else {
+            if c.result != -libc::ECANCELED {
+                self.stats.accept_errors += 1;
+                tracing::debug!(worker = self.worker, errno = -c.result, "accept failed");
+            }
+            return;
+        };
+        let Some(Some(l)) = self.listeners.get(i) else {
+            return;
+        };
+        let (local, transport, relay) = (l.local, l.transport, l.relay);
+        let Ok(remote) = stream.peer_addr() else {
+            // Reset before we looked: nothing to adopt.
+            return;
+        };
+        let stream = mio::net::TcpStream::from_std(stream);
+        if relay {
+            self.adopt_peer(stream, remote, local, now);
+        } else {
+            self.adopt(stream, remote, local, transport, now);
         }
     }
 
@@ -728,10 +803,31 @@ impl Streams {
         // Closing never pushes to `dirty`, so nothing was added meanwhile.
         self.dirty = dirty;
         if let Some(ring) = ring {
+            self.arm_accepts(ring);
             self.arm_receives(ring);
             for fd in self.cancels.drain(..) {
                 if let Err(e) = ring.cancel(fd) {
                     tracing::warn!(error = %e, "could not cancel a closed connection's operations");
+                }
+            }
+        }
+    }
+
+    /// Ring: a multishot accept on every listener that has none (and did
+    /// not just fail: those wait for the sweep).
+    fn arm_accepts(&mut self, ring: &mut dyn StreamRing) {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            let Some(l) = l else {
+                continue;
+            };
+            if l.accepting || l.accept_failed {
+                continue;
+            }
+            match ring.accept_multi(l.socket.as_raw_fd(), listener_token(i, l.gen)) {
+                Ok(()) => l.accepting = true,
+                Err(e) => {
+                    l.accept_failed = true;
+                    tracing::warn!(error = %e, "could not submit a multishot accept");
                 }
             }
         }
@@ -823,21 +919,28 @@ impl Streams {
             return;
         }
         let mut socket = mio::net::TcpListener::from_std(socket);
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut socket, Token(i), Interest::READABLE)
-        {
+        let registered = if self.ring {
+            Ok(())
+        } else {
+            self.poll
+                .registry()
+                .register(&mut socket, Token(i), Interest::READABLE)
+        };
+        if let Err(e) = registered {
             tracing::warn!(error = %e, "could not register a TCP relayed address");
             self.free_listeners.push(i);
             return;
         }
+        self.next_listener_gen = self.next_listener_gen.wrapping_add(1) & TOKEN_GEN;
         self.listeners[i] = Some(Listener {
             socket,
             local: addr,
             transport: Transport::Tcp,
             queued: false,
             relay: true,
+            gen: self.next_listener_gen,
+            accepting: false,
+            accept_failed: false,
         });
         self.relay_listeners.insert(addr, i);
     }
@@ -850,6 +953,13 @@ impl Streams {
         if let Some(mut l) = self.listeners.get_mut(i).and_then(Option::take) {
             let _closing_anyway = self.poll.registry().deregister(&mut l.socket);
             self.free_listeners.push(i);
+            if l.accepting {
+                // Its accept holds the listening socket open in the kernel:
+                // cancel it, and close the socket with the accept's last completion.
+                self.cancels.push(l.socket.as_raw_fd());
+                self.retired_listeners
+                    .push((listener_token(i, l.gen), l.socket));
+            }
         }
     }
 
@@ -1470,12 +1580,22 @@ impl Streams {
             let Some(l) = l else {
                 continue;
             };
+            if self.ring {
+                // The next flush re-arms an accept an error ended.
+                l.accept_failed = false;
+                continue;
+            }
             if !l.queued {
                 l.queued = true;
                 self.ready.push_back(Ready::Listener(i));
             }
         }
     }
+}
+
+/// The ring token of listener `i` in generation `gen`.
+fn listener_token(i: usize, gen: u32) -> u64 {
+    TOKEN_LISTENER | (i as u64 & 0xFFFF_FFFF) | (u64::from(gen & TOKEN_GEN) << 32)
 }
 
 /// The ring token of connection `slot` in generation `gen`.
