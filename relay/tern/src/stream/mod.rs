@@ -14,35 +14,59 @@
 //!
 //! ## How it sits in the worker's loop
 //!
-//! The streams have an epoll instance of their own (a `mio::Poll`), and that
-//! one descriptor is *nested* into the worker's packet back end with
-//! [`tern_io::PacketIo::watch`]: the mmsg back end registers it in its own
-//! epoll, the io_uring back end keeps a multishot `POLL_ADD` on it. So the
-//! worker still blocks in exactly one place, a UDP-only relay pays nothing
-//! (no listener, nothing watched), and a UDP loop turn costs no extra syscall
-//! while no stream is active: only when the back end reports the nested epoll
-//! readable (or this module has work left from its budget, or a timer is
-//! due) does the worker call [`Streams::service`], which takes the ready
-//! events with one non-blocking `epoll_wait` and reads each ready connection.
-//! Writes to clients are queued into the connection's buffer by
-//! [`Streams::send`] and written once per loop turn by [`Streams::flush`] (one
-//! `write` per connection with data, not per message).
+//! How connections are driven depends on the worker's packet back end, and
+//! is fixed when the worker starts ([`tern_io::PacketIo::stream_ring`]):
+//!
+//! * **io_uring: completions on the worker's own ring.** Each listener has a
+//!   multishot `ACCEPT`; each connection has one single-shot `RECV` in flight
+//!   into the free end of its own read buffer (TLS: into a record buffer
+//!   whose bytes rustls takes with `read_tls` from the slice), re-armed once
+//!   what arrived has been handled, and at most one `SEND` of its queued
+//!   bytes (TLS: records `write_tls` put in the write buffer); a short send
+//!   is followed by the rest when it completes. All are submitted by
+//!   [`Streams::flush`] and reach the kernel with the loop's one
+//!   `io_uring_enter` (the wait); [`Streams::service`] takes the completions
+//!   without a syscall. So a stream message costs no syscall of its own.
+//!   The kernel owns the bytes an operation names until its completion is
+//!   taken: a connection closed with operations in flight has them
+//!   cancelled and is kept (buffers and socket) in `retired` until their
+//!   completions arrive; at shutdown [`Streams::close_all`] waits for them
+//!   (and leaks rather than frees if the ring never answers). Only outgoing
+//!   RFC 6062 connects still use the nested epoll below, until connected.
+//! * **mmsg (readiness).** The streams have an epoll instance of their own
+//!   (a `mio::Poll`), and that one descriptor is *nested* into the worker's
+//!   back end with [`tern_io::PacketIo::watch`] (a registration in mmsg's
+//!   own epoll). Only when the back end reports the nested epoll readable
+//!   (or this module has work left from its budget, or a timer is due) does
+//!   the worker call [`Streams::service`], which takes the ready events with
+//!   one non-blocking `epoll_wait` and reads each ready connection. Writes
+//!   to clients are queued into the connection's buffer by [`Streams::send`]
+//!   and written once per loop turn by [`Streams::flush`] (one `write` per
+//!   connection with data, not per message).
+//!
+//! Either way the worker still blocks in exactly one place, and a UDP-only
+//! relay pays nothing (no listener, nothing watched or submitted).
 //!
 //! Readiness is edge-triggered; a connection or listener that still has data
 //! after its budget (a few reads, a few dozen accepts) goes back on a ready
 //! list, and [`Streams::poll_timeout`] asks for an immediate turn while that
 //! list is not empty. Listeners are re-polled once a second as well, so an
-//! accept that failed (out of descriptors) is retried.
+//! accept that failed (out of descriptors) is retried (under the ring: a
+//! multishot accept an error ended is re-armed by that sweep).
 //!
 //! ## Bounds
 //!
 //! Each connection gets a [`READ_BUF`]-byte read buffer and (plain TCP) a
 //! [`WRITE_BUF`]-byte write buffer when it is accepted — nothing per message.
+//! Under the ring a TLS connection has the write buffer too (records are
+//! sent from it) and a [`TLS_IN_BUF`]-byte record buffer; a plain TCP one has
+//! exactly the readiness buffers.
 //! A message announcing more than [`MAX_FRAME`] bytes ends the connection at
 //! once (a 64 KiB length prefix never makes us wait for 64 KiB). A client that
 //! does not read fast enough, so that its write buffer and the kernel's send
-//! buffer are both full, is disconnected (`slow_reader`) instead of growing
-//! memory. Connections are capped relay-wide and per source IP (shared with
+//! buffer are both full (under the ring: its send is parked on the ring and
+//! the write buffer is full), is disconnected (`slow_reader`) instead of
+//! growing memory. Connections are capped relay-wide and per source IP (shared with
 //! the other workers); a connection without an allocation that sends nothing
 //! for `stream-idle-timeout`, or a TLS handshake not finished within
 //! `tls-handshake-timeout`, is closed. Every close is counted by reason, and
