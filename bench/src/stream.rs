@@ -48,8 +48,16 @@ pub enum StreamTransport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamTarget {
-    /// tern (`--listen-tcp` / `--listen-tls`).
+    /// tern (`--listen-tcp` / `--listen-tls`), back end chosen by probing.
     Tern,
+    /// tern with `--io-backend uring`: streams driven by completions on the ring.
+    #[serde(rename = "tern-uring")]
+    #[value(name = "tern-uring")]
+    TernUring,
+    /// tern with `--io-backend mmsg`: streams driven by epoll readiness.
+    #[serde(rename = "tern-mmsg")]
+    #[value(name = "tern-mmsg")]
+    TernMmsg,
     /// coturn's `turnserver`.
     Coturn,
 }
@@ -205,7 +213,7 @@ fn spawn(
     let listen = SocketAddr::new(ip, udp);
     let server = SocketAddr::new(ip, stream_port);
     let spawned = match target {
-        StreamTarget::Tern => {
+        StreamTarget::Tern | StreamTarget::TernUring | StreamTarget::TernMmsg => {
             if !sc.tern_bin.exists() {
                 bail!(
                     "tern binary {} not found (cargo build --release -p tern)",
@@ -219,6 +227,11 @@ fn spawn(
                 .args(["--auth-secret", SECRET, "--allow-peer", "127.0.0.0/8"])
                 .args(["--workers", &sc.workers.to_string(), "--log-level", "warn"])
                 .args(["--admin", "off", "--max-connections-per-source", "0"]);
+            match target {
+                StreamTarget::TernUring => cmd.args(["--io-backend", "uring"]),
+                StreamTarget::TernMmsg => cmd.args(["--io-backend", "mmsg"]),
+                _ => &mut cmd,
+            };
             match sc.transport {
                 StreamTransport::Tcp => cmd.args(["--listen-tcp", &server.to_string()]),
                 StreamTransport::Tls => cmd
