@@ -371,6 +371,8 @@ pub(crate) struct Streams {
     /// Ring: removed listeners whose multishot accept has not ended yet, by token.
     retired_listeners: Vec<(u64, mio::net::TcpListener)>,
     next_listener_gen: u32,
+    /// [`Streams::close_all`] ran: accept nothing more.
+    stopping: bool,
 }
 
 impl Streams {
@@ -437,6 +439,7 @@ impl Streams {
             cancels: Vec::new(),
             retired_listeners: Vec::new(),
             next_listener_gen: 0,
+            stopping: false,
         })
     }
 
@@ -618,7 +621,7 @@ impl Streams {
             unsafe { std::net::TcpStream::from_raw_fd(c.result) }
         });
         let live = matches!(self.listeners.get(i), Some(Some(l)) if l.gen == gen);
-        if !live {
+        if !live || self.stopping {
             // A removed listener's accept: close what it still took.
             drop(accepted);
             if !c.more {
@@ -840,6 +843,9 @@ impl Streams {
     /// Ring: a multishot accept on every listener that has none (and did
     /// not just fail: those wait for the sweep).
     fn arm_accepts(&mut self, ring: &mut dyn StreamRing) {
+        if self.stopping {
+            return;
+        }
         for (i, l) in self.listeners.iter_mut().enumerate() {
             let Some(l) = l else {
                 continue;
@@ -1235,6 +1241,12 @@ impl Streams {
     /// freed while the kernel may still use it (and leak them if the ring
     /// does not answer).
     pub(crate) fn close_all<P: PacketIo>(&mut self, io: &mut P) {
+        self.stopping = true;
+        for l in self.listeners.iter_mut().flatten() {
+            if l.accepting {
+                self.cancels.push(l.socket.as_raw_fd());
+            }
+        }
         for slot in 0..self.conns.len() {
             if self.conns[slot].is_some() {
                 self.close(slot as u32, CloseReason::Shutdown);
