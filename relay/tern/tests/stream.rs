@@ -846,6 +846,49 @@ fn tcp_relay_both_directions(backend: IoBackend) {
     relay.shutdown();
 }
 
+/// A client that resets its connection (RST, not FIN) while the relay has a
+/// receive pending on it (under io_uring: a RECV on the ring) is closed as
+/// `reset`, its allocation ends, and another client relays on.
+fn client_reset_ends_its_allocation(backend: IoBackend) {
+    if !available(backend) {
+        return;
+    }
+    let relay = Relay::start(config(backend)).unwrap();
+    let addr = relay.listen_tcp_addrs()[0];
+    let mut good = StreamTurn::new(tcp(addr));
+    let mut gone = StreamTurn::new(tcp(addr));
+    relay_round_trips(&mut gone, 5);
+    relay_round_trips(&mut good, 5);
+    assert_eq!(relay.stats().allocations, 2);
+    // Idle: the relay waits for its next bytes. SO_LINGER 0 makes close send RST.
+    std::thread::sleep(Duration::from_millis(50));
+    socket2::SockRef::from(&gone.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(gone);
+    assert!(
+        eventually(Duration::from_secs(5), || relay.stats().allocations == 1),
+        "the reset client's allocation ends"
+    );
+    let stats = relay.stats();
+    assert_eq!(
+        stats.streams.closed(CloseReason::Reset),
+        1,
+        "{:?}",
+        stats.streams
+    );
+    assert_eq!(stats.streams.closed(CloseReason::PeerClosed), 0);
+    assert_eq!(stats.streams.open[Transport::Tcp.index()], 1);
+    // The other client relays on.
+    let peer = peer();
+    good.channel_bind(0x4007, peer.local_addr().unwrap());
+    good.send_channel_data(0x4007, b"still here");
+    let mut b = [0u8; 64];
+    let (n, _) = peer.recv_from(&mut b).unwrap();
+    assert_eq!(&b[..n], b"still here");
+    relay.shutdown();
+}
+
 /// Instantiate the flows once per back end.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -864,6 +907,7 @@ on_every_backend!(
     slow_reader_is_disconnected,
     tls_allocation_relays_with_alpn,
     tls_reload_keeps_live_connections,
+    client_reset_ends_its_allocation,
 );
 
 #[test]
