@@ -322,16 +322,18 @@ impl<P: PacketIo> Worker<P> {
                 io.stream_ring().is_some(),
             )?;
             io.watch(streams.fd())?;
-            tracing::debug!(
-                worker = setup.index,
-                ring = streams.ring_driven(),
-                "stream connections driven by {}",
-                if streams.ring_driven() {
-                    "the io_uring ring"
-                } else {
-                    "epoll readiness"
-                }
-            );
+            if streams.ring_driven() {
+                tracing::info!(
+                    worker = setup.index,
+                    "TCP/TLS accepts, reads and writes go through this worker's io_uring ring"
+                );
+            } else {
+                tracing::info!(
+                    worker = setup.index,
+                    backend = %io.kind(),
+                    "TCP/TLS connections are driven by epoll readiness (the back end has no stream ring)"
+                );
+            }
             sockets.streams = Some(Box::new(streams));
         }
         let unix_now = SystemTime::now()
