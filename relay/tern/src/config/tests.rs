@@ -237,8 +237,15 @@ fn uring_min_wait_is_read_and_capped() {
         uring_min_wait_us: 10_001,
         ..base()
     };
-    assert_eq!(long.validate().unwrap_err().key(), Some("uring-min-wait-us"));
-    assert_eq!(Config::default().uring_min_wait_us, 0, "off unless asked for");
+    assert_eq!(
+        long.validate().unwrap_err().key(),
+        Some("uring-min-wait-us")
+    );
+    assert_eq!(
+        Config::default().uring_min_wait_us,
+        0,
+        "off unless asked for"
+    );
 }
 
 #[test]
