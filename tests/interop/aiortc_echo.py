@@ -8,8 +8,8 @@ object per line:
   stdout: {"type": "answer", "sdp": "..."}  our answer, host candidates only
 Every message that arrives on a data channel is sent straight back on it (echo). The
 script ends when stdin closes (the test is done) or after --timeout seconds, and then
-prints one line {"done": {...}} with how many messages it echoed, and the ICE pair it
-used as aiortc saw it.
+prints one line {"done": {...}} with how many messages it echoed, and the ICE pair
+aiortc had nominated when the first message arrived.
 
 Exit status 0 after a clean end, 1 on the time limit, 2 on a usage error.
 """
@@ -33,6 +33,19 @@ def emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
+def nominated_pair(pc: RTCPeerConnection):
+    """The ICE pair aioice nominated (private attributes: informational only)."""
+    ice = pc.sctp.transport.transport if pc.sctp else None
+    nominated = getattr(getattr(ice, "_connection", None), "_nominated", {})
+    for p in nominated.values():
+        return {
+            "local": [p.local_candidate.host, p.local_candidate.port],
+            "remote": [p.remote_candidate.host, p.remote_candidate.port],
+            "remote_type": p.remote_candidate.type,
+        }
+    return None
+
+
 async def stdin_reader() -> asyncio.StreamReader:
     reader = asyncio.StreamReader()
     protocol = asyncio.StreamReaderProtocol(reader)
@@ -46,6 +59,7 @@ async def run() -> dict:
     # reachable from the relay's peer-side address only.
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     echoed = {"messages": 0, "bytes": 0, "channels": []}
+    seen = {"pair": None}
 
     @pc.on("datachannel")
     def on_datachannel(channel) -> None:
@@ -54,6 +68,8 @@ async def run() -> dict:
         @channel.on("message")
         def on_message(message) -> None:
             echoed["messages"] += 1
+            if seen["pair"] is None:
+                seen["pair"] = nominated_pair(pc)
             echoed["bytes"] += len(message)
             channel.send(message)
 
@@ -69,17 +85,7 @@ async def run() -> dict:
     while await stdin.readline():
         pass
 
-    pair = None
-    ice = pc.sctp.transport.transport if pc.sctp else None
-    if ice is not None:
-        # aioice's nominated pair (a private attribute: informational only).
-        nominated = getattr(getattr(ice, "_connection", None), "_nominated", {})
-        for p in nominated.values():
-            pair = {
-                "local": [p.local_candidate.host, p.local_candidate.port],
-                "remote": [p.remote_candidate.host, p.remote_candidate.port],
-                "remote_type": p.remote_candidate.type,
-            }
+    pair = seen["pair"] or nominated_pair(pc)
     await pc.close()
     return {"echoed": echoed, "pair": pair}
 

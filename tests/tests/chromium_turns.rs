@@ -752,12 +752,12 @@ fn chromium_data_channel_echo_only_through_turns() {
 
     let (username, credential) =
         rest_credentials_valid_for(SECRET, "chromium", Duration::from_secs(600));
+    let turns_url = format!("turns:{}?transport=tcp", tern.tls);
     let ice_servers = json!([{
-        "urls": format!("turns:{}?transport=tcp", tern.tls),
+        "urls": turns_url,
         "username": username,
         "credential": credential,
     }]);
-    let turns_url = format!("turns:{}?transport=tcp", tern.tls);
     let server = PageServer::start(&topo);
 
     phase("UDP blocked");
@@ -857,6 +857,11 @@ fn chromium_data_channel_echo_only_through_turns() {
             RELAY_PEER_SIDE.to_string(),
             "{report}"
         );
+        assert_eq!(
+            peer_pair["remote"][1], result["pair"]["local"]["port"],
+            "{report}"
+        );
+        assert_eq!(peer_pair["remote_type"], "relay", "{report}");
         assert_eq!(peer_pair["local"][0], PEER.to_string(), "{report}");
     }
     let local = &result["pair"]["local"];
@@ -921,10 +926,13 @@ fn chromium_data_channel_echo_only_through_turns() {
         "the UDP block counted no dropped packet (the probe's at least):\n{rules}"
     );
     eprintln!(
-        "chromium turns: {MESSAGES} messages echoed over {}; TLS allocations {tls_allocs}, \
-         relayed to_peer {to_peer} to_client {to_client}; UDP packets dropped in the client \
-         namespace {dropped_out}; {:.1} s in all",
+        "chromium turns: {MESSAGES} messages echoed over {}; selected pair {} -> {} \
+         (aiortc: {peer_pair}); TLS allocations {tls_allocs}, relayed to_peer {to_peer} \
+         to_client {to_client}; UDP packets dropped in the client namespace {dropped_out}; \
+         {:.1} s in all",
         local["url"],
+        local,
+        remote,
         started.elapsed().as_secs_f64()
     );
 }
