@@ -564,6 +564,7 @@ fn serve(
 struct Browser {
     child: Child,
     log: PathBuf,
+    profile: PathBuf,
 }
 
 impl Browser {
@@ -605,7 +606,11 @@ impl Browser {
             .process_group(0)
             .spawn()
             .expect("spawn chromium");
-        Browser { child, log }
+        Browser {
+            child,
+            log,
+            profile,
+        }
     }
 
     fn log_tail(&self) -> String {
@@ -617,7 +622,7 @@ impl Browser {
 
 impl Drop for Browser {
     /// SIGTERM to the browser (it closes its helpers), at most 5 s for it to exit, then
-    /// SIGKILL to whatever is left of its process group.
+    /// SIGKILL to whatever is left of its process group; the profile directory goes.
     fn drop(&mut self) {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits i32"));
         let _ignored_if_gone = kill(pid, Signal::SIGTERM);
@@ -627,6 +632,8 @@ impl Drop for Browser {
         }
         let _ignored_if_gone = killpg(pid, Signal::SIGKILL);
         let _reaped = self.child.wait();
+        // ~5 MB of profile nobody reads; the browser's log stays.
+        let _best_effort = std::fs::remove_dir_all(&self.profile);
     }
 }
 
