@@ -581,3 +581,41 @@ fn a_certificate_reload_keeps_live_associations() {
     assert_eq!(relay.stats().streams.dtls.open, 2);
     relay.shutdown();
 }
+
+/// An RSA certificate (what many `tls-cert` files are; dimpl, for one, has
+/// none): written by OpenSSL, served over DTLS with an RSA suite.
+#[test]
+fn an_rsa_certificate_serves_dtls_too() {
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::{X509Builder, X509NameBuilder};
+
+    let pki = Pki::new("rsa");
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "tern rsa").unwrap();
+    let name = name.build();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+        .unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    std::fs::write(pki.cert(), b.build().to_pem().unwrap()).unwrap();
+    // PKCS#1 ("BEGIN RSA PRIVATE KEY"), as older tooling writes it.
+    std::fs::write(pki.key(), key.rsa().unwrap().private_key_to_pem().unwrap()).unwrap();
+    let relay = Relay::start(config(&pki)).unwrap();
+    let addr = relay.listen_dtls_addrs()[0];
+    let mut client =
+        handshake("127.0.0.1".parse().unwrap(), addr, Duration::from_secs(5)).expect("handshake");
+    let cipher = client.stream.ssl().current_cipher().unwrap().name();
+    assert!(cipher.contains("RSA"), "{cipher}");
+    relay_round_trips(&mut client, 3);
+    relay.shutdown();
+}
