@@ -7,7 +7,8 @@
 //! `max-connections-per-source` — is dropped or closed and counted, keeps
 //! no state where it must not, and a client relaying meanwhile is
 //! unaffected. A certificate reload keeps the live association and serves
-//! the new certificate to new clients.
+//! the new certificate to new clients; a drain refuses new DTLS allocations
+//! and keeps the live one relaying.
 
 mod ports;
 use ports::free_relay_ports;
@@ -579,6 +580,21 @@ fn a_certificate_reload_keeps_live_associations() {
     });
     assert_eq!(b.class, Class::Success, "{b:?}");
     assert_eq!(relay.stats().streams.dtls.open, 2);
+    // Draining: a new DTLS client's Allocate is refused, the old one relays on.
+    relay.set_draining(true);
+    let mut late = new;
+    let challenge = late.request(Method::ALLOCATE, false, |w| {
+        w.add_requested_transport(tern_stun::PROTOCOL_UDP).unwrap();
+    });
+    late.nonce = challenge.nonce.unwrap_or_default();
+    let refused = late.request(Method::ALLOCATE, true, |w| {
+        w.add_requested_transport(tern_stun::PROTOCOL_UDP).unwrap();
+    });
+    assert_eq!(refused.error, Some(403), "{refused:?}");
+    old.send_channel_data(0x4003, b"draining");
+    let mut buf = [0u8; 64];
+    let (n, _) = peer.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"draining");
     relay.shutdown();
 }
 
