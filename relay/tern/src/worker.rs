@@ -560,13 +560,17 @@ impl<P: PacketIo> Worker<P> {
 
     /// End the allocations of DTLS associations that closed.
     fn end_dtls_closed(&mut self, now: Instant) {
+        let mut ended = false;
         while let Some(ft) = self.sockets.dtls.as_mut().and_then(|d| d.take_closed()) {
             let mut host = WorkerHost {
                 io: &mut self.io,
                 sockets: &mut self.sockets,
                 shared: &self.shared,
             };
-            self.server.handle_client_closed(&mut host, ft, now);
+            ended |= self.server.handle_client_closed(&mut host, ft, now);
+        }
+        if ended {
+            self.drain_outputs();
         }
     }
 

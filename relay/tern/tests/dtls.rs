@@ -148,10 +148,18 @@ fn udp_from(source: IpAddr, to: SocketAddr) -> UdpSocket {
 /// within `within`.
 #[allow(clippy::disallowed_methods)] // tests wait on the clock
 fn handshake(source: IpAddr, to: SocketAddr, within: Duration) -> Option<DtlsTurn> {
+    handshake_on(udp_from(source, to), within)
+}
+
+/// [`handshake`] on a given connected socket.
+#[allow(clippy::disallowed_methods)] // tests wait on the clock
+fn handshake_on(sock: UdpSocket, within: Duration) -> Option<DtlsTurn> {
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut ssl = Ssl::new(&client_context()).unwrap();
     ssl.set_mtu(1200).unwrap();
     ssl.set_connect_state();
-    let mut s = SslStream::new(ssl, Udp(udp_from(source, to))).unwrap();
+    let mut s = SslStream::new(ssl, Udp(sock)).unwrap();
     let start = Instant::now();
     loop {
         match s.connect() {
@@ -440,7 +448,8 @@ fn stalled_handshake(source: IpAddr, to: SocketAddr) -> UdpSocket {
 fn bad_input_on_the_dtls_port_is_counted_and_harmless() {
     let pki = Pki::new("bad");
     let mut cfg = config(&pki);
-    cfg.tls_handshake_timeout = 1;
+    // Long enough for OpenSSL's first retransmission (after 1 s) to be seen.
+    cfg.tls_handshake_timeout = 2;
     cfg.max_connections_per_source = 3;
     let relay = Relay::start(cfg).unwrap();
     let addr = relay.listen_dtls_addrs()[0];
@@ -633,5 +642,33 @@ fn an_rsa_certificate_serves_dtls_too() {
     let cipher = client.stream.ssl().current_cipher().unwrap().name();
     assert!(cipher.contains("RSA"), "{cipher}");
     relay_round_trips(&mut client, 3);
+    relay.shutdown();
+}
+
+/// A client that restarts on the same address and port (RFC 6347 §4.2.8):
+/// its new ClientHello goes through the cookie exchange and replaces the old
+/// association, whose allocation ends; the new one allocates afresh.
+#[test]
+fn a_client_restarting_on_its_port_replaces_its_association() {
+    let pki = Pki::new("restart");
+    let relay = Relay::start(config(&pki)).unwrap();
+    let addr = relay.listen_dtls_addrs()[0];
+    let sock = udp_from("127.0.0.1".parse().unwrap(), addr);
+    let mut first = handshake_on(sock.try_clone().unwrap(), Duration::from_secs(5)).unwrap();
+    first.allocate();
+    assert_eq!(relay.stats().allocations, 1);
+    std::mem::forget(first); // gone without a close_notify
+    let mut second = handshake_on(sock, Duration::from_secs(5)).expect("a new handshake");
+    // New transaction ids, as a restarted client's are (the core answers a
+    // repeated id of the same five-tuple from its response cache).
+    second.next_tid = 100;
+    assert!(
+        eventually(Duration::from_secs(5), || relay.stats().allocations == 0),
+        "the old association's allocation ended"
+    );
+    relay_round_trips(&mut second, 3);
+    let d = relay.stats().streams.dtls;
+    assert_eq!((d.established, d.open), (2, 1), "{d:?}");
+    assert_eq!(d.closed(CloseReason::PeerClosed), 1);
     relay.shutdown();
 }

@@ -286,8 +286,18 @@ impl Dtls {
         on_message: &mut impl FnMut(&mut P, FiveTuple, &[u8]),
     ) {
         if let Some(&slot) = self.by_peer.get(&(local, source)) {
-            self.on_assoc_datagram(io, slot, datagram, now, on_message);
-            return;
+            // RFC 6347 §4.2.8: a new ClientHello on an established
+            // association (the client restarted on the same port) starts a
+            // new cookie exchange; a verified one replaces the association.
+            let restarted = self
+                .assocs
+                .get(slot as usize)
+                .is_some_and(|a| a.as_ref().is_some_and(|a| a.established))
+                && hello::client_hello(datagram).is_ok();
+            if !restarted {
+                self.on_assoc_datagram(io, slot, datagram, now, on_message);
+                return;
+            }
         }
         self.on_hello(io, socket, local, source, datagram, now, on_message);
         cookie::set_current(None);
@@ -360,6 +370,9 @@ impl Dtls {
                 self.stats.dropped[DtlsDrop::BadHello as usize] += 1;
             }
             Listen::Verified => {
+                if let Some(&old) = self.by_peer.get(&(local, source)) {
+                    self.close(old, CloseReason::PeerClosed);
+                }
                 if let Err(limit) = self.shared.acquire_connection(source.ip()) {
                     match limit {
                         ConnectionLimit::Total => self.stats.refused_total += 1,
