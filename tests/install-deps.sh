@@ -12,6 +12,8 @@
 #   clang libelf-dev zlib1g-dev pkg-config make linux-libc-dev libbpf-dev
 #                 build the XDP pre-filter (xdp/: clang -target bpf, the UAPI and
 #                 bpf_helpers.h headers; libbpf-sys's vendored libbpf needs libelf/zlib)
+#   libssl-dev    OpenSSL headers for the `openssl` crate: TURN over DTLS
+#                 (relay/tern/src/dtls/) runs on OpenSSL's DTLS (pkg-config finds it)
 #   gstreamer1.0-tools -plugins-base -plugins-good -plugins-bad
 #                 real media peers of the SFU test (relay/tern/tests/sfu_gst.rs):
 #                 gst-launch-1.0, vp8enc/vp8dec and the RTP payloaders (-good),
@@ -39,6 +41,7 @@ command -v clang >/dev/null || need+=(clang)
 command -v make >/dev/null || need+=(make)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 [[ -e /usr/include/gelf.h ]] || need+=(libelf-dev)
+[[ -e /usr/include/openssl/ssl.h ]] || need+=(libssl-dev)
 [[ -e /usr/include/zlib.h ]] || need+=(zlib1g-dev)
 [[ -e /usr/include/linux/bpf.h ]] || need+=(linux-libc-dev)
 [[ -e /usr/include/bpf/bpf_helpers.h ]] || need+=(libbpf-dev)
