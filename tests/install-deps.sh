@@ -12,10 +12,17 @@
 #   clang libelf-dev zlib1g-dev pkg-config make linux-libc-dev libbpf-dev
 #                 build the XDP pre-filter (xdp/: clang -target bpf, the UAPI and
 #                 bpf_helpers.h headers; libbpf-sys's vendored libbpf needs libelf/zlib)
+#   libssl-dev    OpenSSL headers for the `openssl` crate: TURN over DTLS
+#                 (relay/tern/src/dtls/) runs on OpenSSL's DTLS (pkg-config finds it)
 #   gstreamer1.0-tools -plugins-base -plugins-good -plugins-bad
 #                 real media peers of the SFU test (relay/tern/tests/sfu_gst.rs):
 #                 gst-launch-1.0, vp8enc/vp8dec and the RTP payloaders (-good),
 #                 srtpenc/srtpdec (-bad); 2 min 8 s to install on the development VM
+#   chromium libnss3-tools nftables python3 aiortc
+#                 tests/tests/chromium_turns.rs: headless Chromium in a network namespace
+#                 reaching an aiortc peer only through turns: on tern; certutil puts the
+#                 test CA in Chromium's NSS database, nft blocks UDP in the namespace
+#                 (chromium: 117 MB download on the development VM; aiortc: 12 s of pip)
 set -euo pipefail
 
 # The cargo-deb version the package is built with.
@@ -34,6 +41,7 @@ command -v clang >/dev/null || need+=(clang)
 command -v make >/dev/null || need+=(make)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 [[ -e /usr/include/gelf.h ]] || need+=(libelf-dev)
+[[ -e /usr/include/openssl/ssl.h ]] || need+=(libssl-dev)
 [[ -e /usr/include/zlib.h ]] || need+=(zlib1g-dev)
 [[ -e /usr/include/linux/bpf.h ]] || need+=(linux-libc-dev)
 [[ -e /usr/include/bpf/bpf_helpers.h ]] || need+=(libbpf-dev)
@@ -43,6 +51,9 @@ gst_has() { gst-inspect-1.0 "$1" >/dev/null 2>&1; }
 gst_has vp8enc || need+=(gstreamer1.0-plugins-good)
 gst_has videotestsrc || need+=(gstreamer1.0-plugins-base)
 gst_has srtpenc || need+=(gstreamer1.0-plugins-bad)
+command -v chromium >/dev/null || need+=(chromium)
+command -v certutil >/dev/null || need+=(libnss3-tools)
+command -v nft >/dev/null || need+=(nftables)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     apt-get update -q
@@ -56,12 +67,18 @@ if ! python3 -c 'import aioice' 2>/dev/null; then
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages aioice
 fi
 
+if ! python3 -c 'import aiortc' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiortc \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages aiortc
+fi
+
 if [[ $(cargo deb --version 2>/dev/null) != *"$CARGO_DEB_VERSION"* ]]; then
     start=$SECONDS
     cargo install --quiet --locked --no-default-features cargo-deb --version "$CARGO_DEB_VERSION"
     echo "cargo-deb $CARGO_DEB_VERSION installed in $((SECONDS - start)) s"
 fi
 
-command -v turnutils_uclient turnutils_peer redis-server shellcheck curl clang
+command -v turnutils_uclient turnutils_peer redis-server shellcheck curl clang chromium certutil nft
 cargo deb --version
 python3 -c 'import aioice; print("aioice", getattr(aioice, "__version__", "?"))'
+python3 -c 'import aiortc; print("aiortc", aiortc.__version__)'

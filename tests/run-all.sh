@@ -11,16 +11,18 @@ if [[ -n "${CI:-}" && "${CI}" != "false" ]]; then
     export TERN_REQUIRE_INTEROP=1
 fi
 
-# The interop tools (coturn, redis-server, aioice, shellcheck): installed here when
-# missing and we are root; otherwise those tests say "skipped" (or fail under
-# TERN_REQUIRE_INTEROP=1). TERN_NO_INSTALL=1 never installs.
+# The interop tools (coturn, redis-server, aioice, shellcheck, chromium, certutil, nft,
+# aiortc): installed here when missing and we are root; otherwise those tests say
+# "skipped" (or fail under TERN_REQUIRE_INTEROP=1). TERN_NO_INSTALL=1 never installs.
 if [[ $EUID -eq 0 && -z "${TERN_NO_INSTALL:-}" ]]; then
     if ! command -v turnutils_uclient >/dev/null || ! command -v redis-server >/dev/null \
         || ! command -v shellcheck >/dev/null || ! python3 -c 'import aioice' 2>/dev/null \
         || ! command -v clang >/dev/null || [[ ! -e /usr/include/bpf/bpf_helpers.h ]] \
-        || [[ ! -e /usr/include/gelf.h ]] \
+        || [[ ! -e /usr/include/gelf.h ]] || [[ ! -e /usr/include/openssl/ssl.h ]] \
         || ! command -v gst-launch-1.0 >/dev/null || ! gst-inspect-1.0 srtpenc >/dev/null 2>&1 \
-        || ! command -v curl >/dev/null || ! cargo deb --version >/dev/null 2>&1; then
+        || ! command -v curl >/dev/null || ! cargo deb --version >/dev/null 2>&1 \
+        || ! command -v chromium >/dev/null || ! command -v certutil >/dev/null \
+        || ! command -v nft >/dev/null || ! python3 -c 'import aiortc' 2>/dev/null; then
         tests/install-deps.sh
     fi
 fi

@@ -1,5 +1,6 @@
-//! coturn's `turnutils_uclient` over TCP (`-t`) and TLS (`-t -S`) against tern's
-//! `listen-tcp` / `listen-tls`, with coturn's echo peer `turnutils_peer`: channels
+//! coturn's `turnutils_uclient` over TCP (`-t`), TLS (`-t -S`) and DTLS (`-S`
+//! alone: DTLS over UDP) against tern's `listen-tcp` / `listen-tls` /
+//! `listen-dtls`, with coturn's echo peer `turnutils_peer`: channels
 //! and Send indications, ten concurrent sessions, every message echoed, none
 //! lost. The relayed transport stays UDP; tern's counters must show the
 //! allocations and the relayed messages under the right client transport.
@@ -101,9 +102,13 @@ fn run(name: &str, transport: Transport, extra: &[&str]) {
     let mut config = test_config();
     let any: SocketAddr = "127.0.0.1:0".parse().expect("literal");
     match transport {
-        Transport::Tls => {
+        Transport::Tls | Transport::Dtls => {
             let (cert, key) = self_signed(&dir);
-            config.listen_tls = vec![any];
+            if transport == Transport::Tls {
+                config.listen_tls = vec![any];
+            } else {
+                config.listen_dtls = vec![any];
+            }
             config.tls_cert = Some(cert);
             config.tls_key = Some(key);
         }
@@ -112,11 +117,15 @@ fn run(name: &str, transport: Transport, extra: &[&str]) {
     let relay = TestRelay::start_with(config);
     let server = match transport {
         Transport::Tls => relay.handle().listen_tls_addrs()[0],
+        Transport::Dtls => relay.handle().listen_dtls_addrs()[0],
         _ => relay.handle().listen_tcp_addrs()[0],
     };
     let (peer, peer_port) = start_peer(&peer_bin, V4, &dir);
     let mut cmd = Command::new(uclient);
-    cmd.args(["-t", "-u", USER, "-w", PASSWORD])
+    if transport.is_stream() {
+        cmd.arg("-t");
+    }
+    cmd.args(["-u", USER, "-w", PASSWORD])
         .args(extra)
         .args(["-e", &V4.to_string(), "-r", &peer_port.to_string()])
         .args(["-m", &CLIENTS.to_string(), "-n", &MESSAGES.to_string()])
@@ -126,7 +135,7 @@ fn run(name: &str, transport: Transport, extra: &[&str]) {
         run_with_timeout(&mut cmd, "turnutils_uclient", &dir, Duration::from_secs(90))
             .expect("run turnutils_uclient");
     let context = format!(
-        "uclient -t {extra:?} against {server}\n--- uclient log tail ---\n{}\n--- {}",
+        "uclient {transport:?} {extra:?} against {server}\n--- uclient log tail ---\n{}\n--- {}",
         tail(&log, 30),
         peer.describe()
     );
@@ -153,7 +162,13 @@ fn run(name: &str, transport: Transport, extra: &[&str]) {
         stats.turn.by_transport[Transport::Udp.index()].allocations_created,
         0
     );
-    assert!(stats.streams.accepted[transport.index()] >= CLIENTS);
+    if transport == Transport::Dtls {
+        let d = &stats.streams.dtls;
+        assert!(d.established >= CLIENTS, "{d:?}");
+        assert!(d.hello_verify_sent >= CLIENTS, "cookies first: {d:?}");
+    } else {
+        assert!(stats.streams.accepted[transport.index()] >= CLIENTS);
+    }
     if extra.contains(&"-s") {
         assert_eq!(stats.turn.channels_bound, 0);
     } else {
@@ -175,6 +190,16 @@ fn uclient_over_tcp_with_send_indications() {
 #[test]
 fn uclient_over_tls_with_channels() {
     run("uclient-tls-channels", Transport::Tls, &["-S"]);
+}
+
+#[test]
+fn uclient_over_dtls_with_channels() {
+    run("uclient-dtls-channels", Transport::Dtls, &["-S"]);
+}
+
+#[test]
+fn uclient_over_dtls_with_send_indications() {
+    run("uclient-dtls-send", Transport::Dtls, &["-S", "-s"]);
 }
 
 /// uclient -T: TCP allocations, full mesh of Connects, every message back.

@@ -255,6 +255,9 @@ pub enum RouterError {
     /// The consumer's payload type map leaves out one of the producer's.
     #[error("payload type {0} of the producer has no mapping for the consumer")]
     UnmappedPayloadType(u8),
+    /// The producer already has a pipe consumer on that transport.
+    #[error("the producer is already piped to this transport")]
+    AlreadyPiped,
 }
 
 /// The forwarding core of one room.
@@ -395,7 +398,7 @@ impl Router {
         }
         for cid in p.consumers {
             if let Some(c) = self.consumers.remove(cid.0) {
-                self.consumer_streams.remove(&(c.transport, c.ssrc));
+                self.forget_consumer_streams(cid, &c);
                 self.push_event(Event::ConsumerClosed { consumer: cid });
             }
         }
@@ -444,6 +447,7 @@ impl Router {
             ssrc: params.ssrc,
             pt_map,
             switchable,
+            pipe: false,
             paused: params.paused,
             preferred_spatial,
             target_spatial,
@@ -492,17 +496,93 @@ impl Router {
         Ok(id)
     }
 
+    /// Add a pipe consumer: the producer's media to a pipe transport that
+    /// joins this router to another one (on another host), as it arrived.
+    /// Every encoding goes through with its own SSRC, sequence numbers,
+    /// timestamps, payload types and header extensions: no layer selection,
+    /// no rewrite, so the far router can declare a producer with the same
+    /// parameters. Feedback from the far side on the pipe is about those
+    /// SSRCs: NACKs are answered from the producer's retransmission buffer
+    /// (byte-identical), PLI/FIR go to the producer for that encoding, SRs
+    /// are passed on unchanged and RR blocks fill the consumer's stats.
+    pub fn add_pipe_consumer(
+        &mut self,
+        producer: ProducerId,
+        transport: TransportId,
+    ) -> Result<ConsumerId, RouterError> {
+        let p = self
+            .producers
+            .get(producer.0)
+            .ok_or(RouterError::UnknownProducer(producer))?;
+        if p.consumers.iter().any(|c| {
+            self.consumers
+                .get(c.0)
+                .is_some_and(|c| c.pipe && c.transport == transport)
+        }) {
+            return Err(RouterError::AlreadyPiped);
+        }
+        let ssrcs: Vec<Ssrc> = p.encodings.iter().filter_map(Encoding::ssrc).collect();
+        if let Some(&taken) = ssrcs
+            .iter()
+            .find(|&&s| self.consumer_streams.contains_key(&(transport, s)))
+        {
+            return Err(RouterError::SsrcInUse(taken));
+        }
+        let consumer = Consumer {
+            producer,
+            transport,
+            ssrc: Ssrc::new(0),
+            pt_map: [NO_PT; 128],
+            switchable: false,
+            pipe: true,
+            paused: false,
+            preferred_spatial: u8::MAX,
+            target_spatial: 0,
+            current_spatial: None,
+            target_temporal: u8::MAX,
+            current_temporal: u8::MAX,
+            seq: SeqMapper::new(SeqNo::new(0)),
+            ts: TimestampMapper::new(p.clock_rate, 0),
+            needs_sync: false,
+            vp8: None,
+            sr_offset: None,
+            rtx: None,
+            history: Box::default(),
+            sr_sent: [(0, None); SR_MEMORY],
+            sr_next: 0,
+            stats: ConsumerStats::default(),
+        };
+        let id = ConsumerId(self.consumers.insert(consumer));
+        for ssrc in ssrcs {
+            self.consumer_streams.insert((transport, ssrc), id);
+        }
+        if let Some(p) = self.producers.get_mut(producer.0) {
+            p.consumers.push(id);
+        }
+        debug!(
+            consumer = id.0,
+            producer = producer.0,
+            "pipe consumer added"
+        );
+        Ok(id)
+    }
+
     /// Remove a consumer.
     pub fn remove_consumer(&mut self, id: ConsumerId) -> Result<(), RouterError> {
         let c = self
             .consumers
             .remove(id.0)
             .ok_or(RouterError::UnknownConsumer(id))?;
-        self.consumer_streams.remove(&(c.transport, c.ssrc));
+        self.forget_consumer_streams(id, &c);
         if let Some(p) = self.producers.get_mut(c.producer.0) {
             p.consumers.retain(|&x| x != id);
         }
         Ok(())
+    }
+
+    /// True when the consumer is a pipe consumer.
+    pub fn is_pipe_consumer(&self, id: ConsumerId) -> Option<bool> {
+        self.consumers.get(id.0).map(|c| c.pipe)
     }
 
     /// Pause a consumer: nothing is sent to it until it is resumed.
@@ -721,6 +801,26 @@ impl Router {
             let Some(c) = consumers.get_mut(cid.0) else {
                 continue;
             };
+            if c.pipe {
+                // As it arrived: the far router has the same parameters.
+                if c.paused {
+                    continue;
+                }
+                let written = out.push(c.transport, PacketKind::Rtp, Some(cid), |slot| {
+                    let dst = slot.get_mut(..packet.len())?;
+                    dst.copy_from_slice(packet);
+                    Some(packet.len())
+                });
+                if written {
+                    forwarded += 1;
+                    c.stats.packets += 1;
+                    c.stats.bytes += packet.len() as u64;
+                    c.stats.payload_bytes += pkt.payload().len() as u64;
+                } else {
+                    count(stats, DropReason::OutputFull);
+                }
+                continue;
+            }
             let Some(Forward {
                 seq,
                 ts,
@@ -915,6 +1015,17 @@ impl Router {
 
     // ------------------------------------------------------------ helpers
 
+    /// Forget the (transport, SSRC) keys that name consumer `id`: its own
+    /// SSRC, or for a pipe consumer every encoding SSRC of its producer.
+    fn forget_consumer_streams(&mut self, id: ConsumerId, c: &Consumer) {
+        if c.pipe {
+            self.consumer_streams
+                .retain(|&(t, _), v| t != c.transport || *v != id);
+        } else {
+            self.consumer_streams.remove(&(c.transport, c.ssrc));
+        }
+    }
+
     fn observe(&mut self, now: Instant) {
         self.epoch.get_or_insert(now);
         self.last_now = Some(now);
@@ -998,6 +1109,16 @@ impl Router {
         let found = bound?;
         self.producer_streams.insert((transport, ssrc), found);
         if !found.rtx {
+            // Pipe consumers hear feedback about the SSRC from now on.
+            if let Some(p) = self.producers.get(found.producer.0) {
+                for &cid in &p.consumers {
+                    if let Some(c) = self.consumers.get(cid.0).filter(|c| c.pipe) {
+                        self.consumer_streams
+                            .entry((c.transport, ssrc))
+                            .or_insert(cid);
+                    }
+                }
+            }
             self.push_event(Event::EncodingBound {
                 producer: found.producer,
                 encoding: found.encoding as u8,
@@ -1071,6 +1192,22 @@ impl Router {
             let Some(c) = consumers.get_mut(cid.0) else {
                 continue;
             };
+            if c.pipe {
+                if c.paused {
+                    continue;
+                }
+                let written = out.push(c.transport, PacketKind::Rtcp, Some(cid), |slot| {
+                    rtcp::write_sender_report(slot, &info, &[]).ok()
+                });
+                if written {
+                    c.sr_sent[c.sr_next] = (info.compact_ntp(), Some(now));
+                    c.sr_next = (c.sr_next + 1) % SR_MEMORY;
+                    stats.sender_reports_forwarded += 1;
+                } else {
+                    count(stats, DropReason::OutputFull);
+                }
+                continue;
+            }
             let on_this = if c.switchable {
                 c.current_spatial == Some(enc_idx)
             } else {
@@ -1149,6 +1286,32 @@ impl Router {
         let Some(p) = producers.get(c.producer.0) else {
             return;
         };
+        if c.pipe {
+            // About one of the producer's own SSRCs: resend what it sent.
+            let Some(e) = p.encodings.iter().find(|e| e.ssrc() == Some(nack.media)) else {
+                return;
+            };
+            for seq in nack.lost() {
+                let Some(original) = e.buffer.get(seq, now, config.retransmit_max_age) else {
+                    c.stats.nack_misses += 1;
+                    stats.nack_misses += 1;
+                    continue;
+                };
+                let written = out.push(c.transport, PacketKind::Rtp, Some(cid), |slot| {
+                    let dst = slot.get_mut(..original.len())?;
+                    dst.copy_from_slice(original);
+                    Some(original.len())
+                });
+                if written {
+                    c.stats.retransmitted += 1;
+                    stats.retransmitted += 1;
+                } else {
+                    count(stats, DropReason::OutputFull);
+                    break;
+                }
+            }
+            return;
+        }
         for seq in nack.lost() {
             let entry = c.history[usize::from(seq.get()) & (HISTORY - 1)];
             let stored = if entry.valid && entry.out_seq == seq.get() {
@@ -1265,7 +1428,13 @@ impl Router {
         if p.kind != MediaKind::Video {
             return;
         }
-        let enc = if c.switchable {
+        let enc = if c.pipe {
+            // The far side asks for the encoding it names.
+            match p.encodings.iter().position(|e| e.ssrc() == Some(media)) {
+                Some(i) => i,
+                None => return,
+            }
+        } else if c.switchable {
             c.current_spatial.unwrap_or(c.target_spatial)
         } else {
             0
@@ -1725,6 +1894,8 @@ struct Consumer {
     pt_map: [u8; 128],
     /// Video whose key frames we can see: layers switch only at key frames.
     switchable: bool,
+    /// A pipe consumer: every encoding as it arrived, no rewrite.
+    pipe: bool,
     paused: bool,
     preferred_spatial: u8,
     target_spatial: usize,

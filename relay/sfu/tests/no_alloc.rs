@@ -74,6 +74,9 @@ fn count_allocations(f: impl FnOnce()) -> u64 {
 const CONSUMERS: u32 = 20;
 const FRAMES: u32 = 600;
 
+/// The far end of a pipe transport.
+const PIPE: TransportId = TransportId(90);
+
 #[test]
 fn forwarding_path_does_not_allocate() {
     assert!(count_allocations(|| drop(black_box(vec![1u8; 16]))) >= 1);
@@ -100,6 +103,9 @@ fn forwarding_path_does_not_allocate() {
         }
         ids.push(router.add_consumer(c).unwrap());
     }
+    // A pipe to another router: every encoding as it arrived; its far
+    // side NACKs and asks for key frames about the original SSRCs.
+    let pipe = router.add_pipe_consumer(p, PIPE).unwrap();
     let a = router.add_producer(audio_producer(0xAA)).unwrap();
     for i in 0..CONSUMERS {
         router.add_consumer(consumer(a, 10 + i, 0x200 + i)).unwrap();
@@ -136,6 +142,14 @@ fn forwarding_path_does_not_allocate() {
     let plis: Vec<_> = (0..CONSUMERS)
         .map(|i| (TransportId(10 + i), pli(0x100 + i)))
         .collect();
+    // The far side of the pipe NACKs the packet of encoding 1 sent two
+    // frames earlier (3 packets a frame from 100) and asks for a key frame.
+    let pipe_feedback: Vec<_> = (0..FRAMES)
+        .map(|f| {
+            let seq = 100u16.wrapping_add(3 * f.saturating_sub(2) as u16);
+            (nack(0xA1, &[seq, seq + 1]), pli(0xA1))
+        })
+        .collect();
     let sr = streams[1].sender_report(1 << 40, 10, 1000);
     let mut events = 0u64;
     // Every transmit is SRTP-protected in place in its slot, as the worker
@@ -149,7 +163,7 @@ fn forwarding_path_does_not_allocate() {
     for ctx in [&mut cm, &mut gcm] {
         for ssrc in (0x100..0x100 + CONSUMERS)
             .chain(0x200..0x200 + CONSUMERS)
-            .chain([0x7465_726E])
+            .chain([0x7465_726E, 0xA0, 0xA1])
         {
             let mut b = [0u8; 64];
             b[0] = 0x80;
@@ -185,6 +199,9 @@ fn forwarding_path_does_not_allocate() {
                 let (t, p) = &plis[(f / 10) as usize % plis.len()];
                 router.handle_input(now, *t, p, &mut out).unwrap();
                 router.handle_input(now, PUB, &sr, &mut out).unwrap();
+                let (n, p) = &pipe_feedback[f as usize];
+                router.handle_input(now, PIPE, n, &mut out).unwrap();
+                router.handle_input(now, PIPE, p, &mut out).unwrap();
             }
             now += Duration::from_millis(33);
             if router.poll_timeout().is_some_and(|t| t <= now) {
@@ -233,4 +250,10 @@ fn forwarding_path_does_not_allocate() {
         .map(|&c| router.consumer_stats(c).unwrap().layer_switches)
         .sum();
     assert!(switches > u64::from(CONSUMERS) * 4, "switches {switches}");
+    let piped = router.consumer_stats(pipe).unwrap();
+    assert!(piped.packets > u64::from(FRAMES) * 6 - 100, "{piped:?}");
+    assert!(
+        piped.retransmitted > 0 && piped.plis_received > 0,
+        "{piped:?}"
+    );
 }

@@ -60,6 +60,9 @@ pub struct Flags {
     /// Client-facing TLS address for TURN over TLS, turns: (repeatable; needs --tls-cert and --tls-key).
     #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_listen)]
     pub listen_tls: Vec<SocketAddr>,
+    /// Client-facing DTLS address for TURN over DTLS 1.2 on UDP, RFC 7350 (repeatable; needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = config::parse_listen)]
+    pub listen_dtls: Vec<SocketAddr>,
     /// PEM certificate chain for --listen-tls (re-read on SIGHUP).
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -232,8 +235,10 @@ impl Flags {
                 problem,
             })?;
         }
-        let no_listen =
-            self.listen.is_empty() && self.listen_tcp.is_empty() && self.listen_tls.is_empty();
+        let no_listen = self.listen.is_empty()
+            && self.listen_tcp.is_empty()
+            && self.listen_tls.is_empty()
+            && self.listen_dtls.is_empty();
         let (mut config, origin) = match (&self.config, no_listen) {
             (Some(path), _) => (Config::load(path)?, Origin::File(path.clone())),
             (None, false) => (Config::default(), Origin::Flags),
@@ -258,6 +263,7 @@ impl Flags {
         replace(&mut c.listen, &self.listen);
         replace(&mut c.listen_tcp, &self.listen_tcp);
         replace(&mut c.listen_tls, &self.listen_tls);
+        replace(&mut c.listen_dtls, &self.listen_dtls);
         if self.tls_cert.is_some() {
             c.tls_cert.clone_from(&self.tls_cert);
         }

@@ -34,6 +34,9 @@ pub struct Config {
     pub listen_tcp: Vec<SocketAddr>,
     /// Client-facing TLS addresses (TURN over TLS, `turns:`; needs `tls-cert` and `tls-key`).
     pub listen_tls: Vec<SocketAddr>,
+    /// Client-facing DTLS addresses (TURN over DTLS 1.2 on UDP, RFC 7350;
+    /// needs `tls-cert` and `tls-key`, shared with `listen-tls`).
+    pub listen_dtls: Vec<SocketAddr>,
     /// PEM certificate chain for `listen-tls`, re-read on SIGHUP.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `listen-tls`, re-read on SIGHUP.
@@ -243,6 +246,7 @@ impl Default for Config {
             listen: Vec::new(),
             listen_tcp: Vec::new(),
             listen_tls: Vec::new(),
+            listen_dtls: Vec::new(),
             tls_cert: None,
             tls_key: None,
             max_connections: 10_000,
@@ -343,7 +347,11 @@ impl Config {
     /// work out what follows from the settings (relay addresses). Called by
     /// [`crate::Relay::start`] and `tern check-config`.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
-        if self.listen.is_empty() && self.listen_tcp.is_empty() && self.listen_tls.is_empty() {
+        if self.listen.is_empty()
+            && self.listen_tcp.is_empty()
+            && self.listen_tls.is_empty()
+            && self.listen_dtls.is_empty()
+        {
             return Err(ConfigError::problem("listen", "no address to listen on"));
         }
         if u128::from(self.uring_min_wait_us) > tern_io::MAX_MIN_WAIT.as_micros() {
@@ -359,6 +367,7 @@ impl Config {
             ("listen", &self.listen),
             ("listen-tcp", &self.listen_tcp),
             ("listen-tls", &self.listen_tls),
+            ("listen-dtls", &self.listen_dtls),
         ] {
             for (i, a) in list.iter().enumerate() {
                 if list[..i].contains(a) {
@@ -373,6 +382,16 @@ impl Config {
                     "listen-tls",
                     a.to_string(),
                     "also in listen-tcp: one TCP port serves one of them",
+                ));
+            }
+        }
+        for a in &self.listen_dtls {
+            // Port 0 picks a free port for each: no clash.
+            if a.port() != 0 && self.listen.contains(a) {
+                return Err(ConfigError::invalid(
+                    "listen-dtls",
+                    a.to_string(),
+                    "also in listen: one UDP port serves one of them",
                 ));
             }
         }
@@ -523,17 +542,22 @@ impl Config {
         }))
     }
 
-    /// `tls-cert` and `tls-key` go together, and with `listen-tls`.
+    /// `tls-cert` and `tls-key` go together, and with `listen-tls` or `listen-dtls`.
     pub(crate) fn validate_tls_files(&self) -> Result<(), ConfigError> {
-        match (&self.tls_cert, &self.tls_key, self.listen_tls.is_empty()) {
+        let none = self.listen_tls.is_empty() && self.listen_dtls.is_empty();
+        match (&self.tls_cert, &self.tls_key, none) {
             (Some(_), Some(_), false) | (None, None, true) => Ok(()),
             (_, _, false) => Err(ConfigError::problem(
-                "listen-tls",
+                if self.listen_tls.is_empty() {
+                    "listen-dtls"
+                } else {
+                    "listen-tls"
+                },
                 "needs both tls-cert and tls-key",
             )),
             (Some(_), _, true) | (_, Some(_), true) => Err(ConfigError::problem(
                 "tls-cert",
-                "tls-cert and tls-key are set but there is no listen-tls address",
+                "tls-cert and tls-key are set but there is no listen-tls or listen-dtls address",
             )),
         }
     }
@@ -570,6 +594,7 @@ impl Config {
                 .iter()
                 .chain(&self.listen_tcp)
                 .chain(&self.listen_tls)
+                .chain(&self.listen_dtls)
                 .map(|a| a.ip())
                 .find(|ip| ip.is_ipv4() == v4 && !ip.is_unspecified())
         };
@@ -623,6 +648,7 @@ impl Config {
         let mut listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
         listen.extend(self.listen_tcp.iter().map(|a| format!("tcp {a}")));
         listen.extend(self.listen_tls.iter().map(|a| format!("tls {a}")));
+        listen.extend(self.listen_dtls.iter().map(|a| format!("dtls {a}")));
         let mut relay = Vec::new();
         if let Some(a) = validated.relay.v4 {
             relay.push(relay_text(IpAddr::V4(a.bind), IpAddr::V4(a.advertised)));
@@ -997,6 +1023,7 @@ struct RawConfig {
     listen: Option<toml::Value>,
     listen_tcp: Option<toml::Value>,
     listen_tls: Option<toml::Value>,
+    listen_dtls: Option<toml::Value>,
     tls_cert: Option<toml::Value>,
     tls_key: Option<toml::Value>,
     max_connections: Option<toml::Value>,
@@ -1055,6 +1082,9 @@ impl RawConfig {
         }
         if let Some(v) = self.listen_tls {
             c.listen_tls = each("listen-tls", v, parse_listen, true)?;
+        }
+        if let Some(v) = self.listen_dtls {
+            c.listen_dtls = each("listen-dtls", v, parse_listen, true)?;
         }
         if let Some(v) = self.tls_cert {
             c.tls_cert = Some(PathBuf::from(string("tls-cert", v)?));

@@ -26,6 +26,7 @@
 mod admin;
 pub mod cli;
 pub mod config;
+mod dtls;
 mod http;
 mod metrics;
 pub mod nicstats;
@@ -55,6 +56,7 @@ use tern_turn::policy::PeerPolicy;
 use tern_turn::{Credentials, RelayPortRange, ServerConfig, Stats, Transport};
 
 pub use config::{Config, ConfigError};
+pub use dtls::{DtlsDrop, DtlsError, DtlsStats};
 use nicstats::NicSelection;
 pub use notify::Notifier;
 pub use side::{DrainCause, Lifecycle, UndrainError};
@@ -94,6 +96,9 @@ pub enum StartError {
     /// The TLS certificate or key of `listen-tls` could not be loaded.
     #[error("tls-cert/tls-key: {0}")]
     Tls(#[from] TlsError),
+    /// The certificate or key could not be loaded for `listen-dtls`.
+    #[error("tls-cert/tls-key (DTLS): {0}")]
+    Dtls(#[from] DtlsError),
     /// The admin endpoint could not be bound.
     #[error("admin: cannot bind {addr}: {source}")]
     Admin {
@@ -209,6 +214,22 @@ impl Relay {
         for (all, more) in tcp_listeners.iter_mut().zip(tls_listeners) {
             all.extend(more);
         }
+        // One cookie secret for every worker: a client's retried ClientHello
+        // verifies whichever worker the kernel hands it to.
+        let mut dtls_secret = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut dtls_secret);
+        let dtls_context = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) if !config.listen_dtls.is_empty() => {
+                Some(dtls::ossl::load(cert, key, dtls_secret)?)
+            }
+            _ => None,
+        };
+        let (listen_dtls, mut dtls_listeners) = bind_listeners(&config.listen_dtls, workers)?;
+        let dtls_config = dtls_context.map(|context| dtls::DtlsConfig {
+            idle_timeout: Duration::from_secs(config.stream_idle_timeout),
+            handshake_timeout: Duration::from_secs(config.tls_handshake_timeout),
+            context,
+        });
         let stream_config = stream::StreamConfig {
             idle_timeout: Duration::from_secs(config.stream_idle_timeout),
             handshake_timeout: Duration::from_secs(config.tls_handshake_timeout),
@@ -267,6 +288,8 @@ impl Relay {
                 listeners: std::mem::take(&mut listeners[index]),
                 stream_listeners: std::mem::take(&mut tcp_listeners[index]),
                 stream_config: stream_config.clone(),
+                dtls_listeners: std::mem::take(&mut dtls_listeners[index]),
+                dtls_config: dtls_config.clone(),
                 handoffs: (
                     handoff_rx[index]
                         .take()
@@ -359,6 +382,8 @@ impl Relay {
             listen,
             listen_tcp,
             listen_tls,
+            listen_dtls,
+            dtls_secret,
             backend: selection.kind,
             shared,
             side: side.clone(),
@@ -435,6 +460,7 @@ impl Relay {
             listen = ?relay.listen,
             listen_tcp = ?relay.listen_tcp,
             listen_tls = ?relay.listen_tls,
+            listen_dtls = ?relay.listen_dtls,
             workers,
             cores = ?pinned,
             relay_ports = %format_args!("{lo}-{hi}"),
@@ -458,6 +484,9 @@ pub struct RelayHandle {
     listen: Vec<SocketAddr>,
     listen_tcp: Vec<SocketAddr>,
     listen_tls: Vec<SocketAddr>,
+    listen_dtls: Vec<SocketAddr>,
+    /// The DTLS cookie secret, kept across certificate reloads.
+    dtls_secret: [u8; 32],
     backend: BackendKind,
     shared: Arc<Shared>,
     side: Arc<Side>,
@@ -490,6 +519,11 @@ impl RelayHandle {
     /// The TLS addresses actually bound (port 0 resolved), in `listen-tls` order.
     pub fn listen_tls_addrs(&self) -> Vec<SocketAddr> {
         self.listen_tls.clone()
+    }
+
+    /// The DTLS addresses actually bound (port 0 resolved), in `listen-dtls` order.
+    pub fn listen_dtls_addrs(&self) -> Vec<SocketAddr> {
+        self.listen_dtls.clone()
     }
 
     /// How many workers run.
@@ -588,6 +622,21 @@ impl RelayHandle {
             },
             _ => None,
         };
+        // The same for DTLS: live associations keep their session.
+        let dtls = match (
+            &config.tls_cert,
+            &config.tls_key,
+            self.listen_dtls.is_empty(),
+        ) {
+            (Some(cert), Some(key), false) => match dtls::ossl::load(cert, key, self.dtls_secret) {
+                Ok(ctx) => Some(ctx),
+                Err(e) => {
+                    tracing::error!(error = %e, "DTLS certificate not reloaded; the previous one stays");
+                    None
+                }
+            },
+            _ => None,
+        };
         let (credentials, policy) = credentials_and_policy(config);
         self.side.set_admin_token(config.admin_token.clone());
         for w in &self.side.links {
@@ -598,9 +647,15 @@ impl RelayHandle {
             if let Some(tls) = &tls {
                 w.send(Control::Tls(tls.clone()));
             }
+            if let Some(ctx) = &dtls {
+                w.send(Control::Dtls(ctx.clone()));
+            }
         }
         if tls.is_some() {
             tracing::info!("reloaded the TLS certificate and key");
+        }
+        if dtls.is_some() {
+            tracing::info!("reloaded the DTLS certificate and key");
         }
         let mut running = self.config();
         let restart: Vec<&str> = restart_keys(&running, config);
@@ -612,7 +667,7 @@ impl RelayHandle {
         running.allow_peer = config.allow_peer.clone();
         running.deny_peer = config.deny_peer.clone();
         running.admin_token = config.admin_token.clone();
-        if tls.is_some() {
+        if tls.is_some() || dtls.is_some() {
             running.tls_cert.clone_from(&config.tls_cert);
             running.tls_key.clone_from(&config.tls_key);
         }
@@ -917,6 +972,7 @@ fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     check(running.listen_tcp != new.listen_tcp, "listen-tcp");
     check(running.tcp_relay != new.tcp_relay, "tcp-relay");
     check(running.listen_tls != new.listen_tls, "listen-tls");
+    check(running.listen_dtls != new.listen_dtls, "listen-dtls");
     check(
         running.max_connections != new.max_connections,
         "max-connections",

@@ -711,6 +711,98 @@ impl Collected {
 }
 
 impl Collected {
+    /// DTLS associations (`listen-dtls`): ClientHellos by outcome, open and
+    /// closed associations, refusals by limit, dropped datagrams by reason.
+    fn render_dtls(&self, o: &mut String, t: &Totals) {
+        let d = &t.streams.dtls;
+        header(
+            o,
+            "tern_dtls_client_hellos_total",
+            "counter",
+            "ClientHellos from new sources, by result: verify_sent (HelloVerifyRequest, no state kept; bad_cookie is the part that carried a wrong or expired cookie), accepted (cookie verified: an association).",
+        );
+        for (result, value) in [
+            ("verify_sent", d.hello_verify_sent),
+            ("bad_cookie", d.bad_cookie),
+            ("accepted", d.accepted),
+        ] {
+            sample(
+                o,
+                "tern_dtls_client_hellos_total",
+                &[("result", result)],
+                value,
+            );
+        }
+        for (name, kind, help, value) in [
+            (
+                "tern_dtls_handshakes_total",
+                "counter",
+                "DTLS handshakes finished.",
+                d.established,
+            ),
+            (
+                "tern_dtls_associations_open",
+                "gauge",
+                "DTLS associations now (handshaking or established).",
+                d.open,
+            ),
+            (
+                "tern_dtls_retransmissions_total",
+                "counter",
+                "DTLS handshake flights retransmitted on a timer.",
+                d.retransmits,
+            ),
+        ] {
+            header(o, name, kind, help);
+            sample(o, name, &[], value);
+        }
+        header(
+            o,
+            "tern_dtls_associations_refused_total",
+            "counter",
+            "Verified ClientHellos refused by max-connections (total) or max-connections-per-source (per_source).",
+        );
+        for (limit, value) in [
+            ("total", d.refused_total),
+            ("per_source", d.refused_per_source),
+        ] {
+            sample(
+                o,
+                "tern_dtls_associations_refused_total",
+                &[("limit", limit)],
+                value,
+            );
+        }
+        header(
+            o,
+            "tern_dtls_associations_closed_total",
+            "counter",
+            "DTLS associations closed, by reason.",
+        );
+        for reason in CloseReason::ALL {
+            sample(
+                o,
+                "tern_dtls_associations_closed_total",
+                &[("reason", reason.as_str())],
+                d.closed(reason),
+            );
+        }
+        header(
+            o,
+            "tern_dtls_dropped_total",
+            "counter",
+            "Datagrams on DTLS ports dropped, by reason.",
+        );
+        for reason in crate::DtlsDrop::ALL {
+            sample(
+                o,
+                "tern_dtls_dropped_total",
+                &[("reason", reason.as_str())],
+                d.dropped(reason),
+            );
+        }
+    }
+
     /// Allocations and relayed packets by client transport, and the TCP/TLS
     /// connections: accepted, open, refused by limit, closed by reason.
     fn render_transports(&self, o: &mut String, t: &Totals) {
@@ -797,6 +889,7 @@ impl Collected {
                 s.closed(reason),
             );
         }
+        self.render_dtls(o, t);
         header(
             o,
             "tern_tcp_relay_connections_bound_total",
@@ -1102,6 +1195,11 @@ mod tests {
         t.turn.by_transport[Transport::Tls.index()].allocations_created = 5;
         t.streams.accepted[Transport::Tls.index()] = 7;
         t.streams.open[Transport::Tcp.index()] = 2;
+        t.turn.by_transport[Transport::Dtls.index()].allocations_created = 4;
+        t.streams.dtls.hello_verify_sent = 9;
+        t.streams.dtls.open = 1;
+        t.streams.dtls.closed[CloseReason::HandshakeTimeout as usize] = 6;
+        t.streams.dtls.dropped[crate::DtlsDrop::NotDtls as usize] = 8;
         let mut o = String::new();
         Collected::new(1).render_transports(&mut o, &t);
         for line in [
@@ -1111,6 +1209,11 @@ mod tests {
             "tern_stream_connections_accepted_total{transport=\"tls\"} 7\n",
             "tern_stream_connections_open{transport=\"tcp\"} 2\n",
             "# TYPE tern_stream_connections_open gauge\n",
+            "tern_transport_allocations_created_total{transport=\"dtls\"} 4\n",
+            "tern_dtls_client_hellos_total{result=\"verify_sent\"} 9\n",
+            "tern_dtls_associations_open 1\n",
+            "tern_dtls_associations_closed_total{reason=\"handshake_timeout\"} 6\n",
+            "tern_dtls_dropped_total{reason=\"not_dtls\"} 8\n",
         ] {
             assert!(o.contains(line), "no {line:?} in\n{o}");
         }

@@ -32,7 +32,7 @@ use tern_turn::RelayPortRange;
 
 use api::{
     ApiError, ConsumerSpec, ConsumerUpdate, ConsumerView, EncodingView, ProducerSpec, ProducerView,
-    Reply, RouterView, SrtpSpec, TransportSpec, TransportView,
+    Reply, RouterView, SrtpSpec, TransportKind, TransportSpec, TransportView,
 };
 
 /// Packets one datagram's fan-out may produce (consumers of a producer, or
@@ -77,6 +77,11 @@ pub(crate) enum Op {
     GetTransport {
         router: u64,
         transport: u32,
+    },
+    ConnectTransport {
+        router: u64,
+        transport: u32,
+        remote: SocketAddr,
     },
     DeleteTransport {
         router: u64,
@@ -184,6 +189,9 @@ pub(crate) enum SfuDrop {
     WrongSource,
     /// To a transport whose remote is not known yet.
     NoRemote,
+    /// To a pipe transport that is not connected yet (a pipe never learns
+    /// its remote from what arrives).
+    PipeNotConnected,
     /// SRTP/SRTCP that did not authenticate.
     SrtpAuth,
     /// SRTP/SRTCP replayed or older than the replay window.
@@ -193,7 +201,7 @@ pub(crate) enum SfuDrop {
 }
 
 impl SfuDrop {
-    pub(crate) const ALL: [SfuDrop; 11] = [
+    pub(crate) const ALL: [SfuDrop; 12] = [
         SfuDrop::MalformedRtp,
         SfuDrop::MalformedRtcp,
         SfuDrop::UnknownSsrc,
@@ -202,6 +210,7 @@ impl SfuDrop {
         SfuDrop::OutputFull,
         SfuDrop::WrongSource,
         SfuDrop::NoRemote,
+        SfuDrop::PipeNotConnected,
         SfuDrop::SrtpAuth,
         SfuDrop::SrtpReplay,
         SfuDrop::SrtpOther,
@@ -217,6 +226,7 @@ impl SfuDrop {
             SfuDrop::OutputFull => "output_full",
             SfuDrop::WrongSource => "wrong_source",
             SfuDrop::NoRemote => "no_remote",
+            SfuDrop::PipeNotConnected => "pipe_not_connected",
             SfuDrop::SrtpAuth => "srtp_auth",
             SfuDrop::SrtpReplay => "srtp_replay",
             SfuDrop::SrtpOther => "srtp_other",
@@ -271,6 +281,7 @@ struct Srtp {
 
 struct Transport {
     router: u64,
+    kind: TransportKind,
     socket: SocketId,
     local: SocketAddr,
     remote: Option<SocketAddr>,
@@ -348,6 +359,11 @@ impl Shard {
         if t.remote.is_some_and(|r| r != source) {
             t.stats.dropped += 1;
             self.counters.drops[SfuDrop::WrongSource.index()] += 1;
+            return;
+        }
+        if t.remote.is_none() && t.kind == TransportKind::Pipe {
+            t.stats.dropped += 1;
+            self.counters.drops[SfuDrop::PipeNotConnected.index()] += 1;
             return;
         }
         let rtcp = tern_sfu::rtcp::is_rtcp(data);
@@ -515,6 +531,34 @@ impl Shard {
             Op::GetTransport { router, transport } => {
                 Ok(Reply::Transport(self.transport_view(router, transport)?))
             }
+            Op::ConnectTransport {
+                router,
+                transport,
+                remote,
+            } => {
+                self.transport_view(router, transport)?;
+                let t = self
+                    .transports
+                    .get_mut(&transport)
+                    .ok_or_else(|| no_transport(transport))?;
+                if t.fixed_remote && t.remote != Some(remote) {
+                    return Err(ApiError::new(
+                        409,
+                        format!(
+                            "transport {transport} is already connected to another remote; delete and recreate it to move it"
+                        ),
+                    ));
+                }
+                t.remote = Some(remote);
+                t.fixed_remote = true;
+                tracing::debug!(
+                    worker = self.worker,
+                    router,
+                    transport,
+                    "SFU transport connected"
+                );
+                Ok(Reply::Transport(self.transport_view(router, transport)?))
+            }
             Op::DeleteTransport { router, transport } => {
                 self.transport_view(router, transport)?;
                 let entry = self.router_mut(router)?;
@@ -564,18 +608,41 @@ impl Shard {
                 Ok(Reply::Deleted)
             }
             Op::CreateConsumer { router, spec } => {
-                self.transport_view(router, spec.transport)?;
+                let kind = self.transport_view(router, spec.transport)?.kind;
                 let entry = self.router_mut(router)?;
                 let producer = entry
                     .producers
                     .get(&spec.producer)
                     .ok_or_else(|| no_producer(spec.producer))?
                     .id;
-                let params: ConsumerParams = spec.params(producer);
-                let id = entry
-                    .router
-                    .add_consumer(params)
-                    .map_err(|e| ApiError::new(409, e.to_string()))?;
+                let added = match (kind, spec.ssrc) {
+                    (TransportKind::Pipe, None) => {
+                        check_pipe_consumer(&spec)?;
+                        entry
+                            .router
+                            .add_pipe_consumer(producer, TransportId(spec.transport))
+                    }
+                    (TransportKind::Pipe, Some(_)) => {
+                        return Err(ApiError::new(
+                            400,
+                            "ssrc: a consumer on a pipe transport keeps the producer's SSRCs; leave it out",
+                        ))
+                    }
+                    (TransportKind::Plain, Some(ssrc)) => {
+                        let params: ConsumerParams = spec.params(producer, ssrc);
+                        entry.router.add_consumer(params)
+                    }
+                    (TransportKind::Plain, None) => {
+                        return Err(ApiError::new(
+                            400,
+                            "ssrc: required for a consumer on a plain transport",
+                        ))
+                    }
+                };
+                let id = added.map_err(|e| ApiError::new(409, e.to_string()))?;
+                if spec.paused && kind == TransportKind::Pipe {
+                    let _just_added = entry.router.pause_consumer(id);
+                }
                 entry.consumers.insert(
                     id.get(),
                     ConsumerEntry {
@@ -603,6 +670,15 @@ impl Shard {
                     .ok_or_else(|| no_consumer(consumer))?;
                 let id = c.id;
                 let refused = |e: tern_sfu::RouterError| ApiError::new(409, e.to_string());
+                if c.spec.ssrc.is_none()
+                    && (update.preferred_spatial_layer.is_some()
+                        || update.preferred_temporal_layer.is_some())
+                {
+                    return Err(ApiError::new(
+                        400,
+                        "a pipe consumer sends every layer; preferred layers apply on the far router's consumers",
+                    ));
+                }
                 if update.preferred_spatial_layer.is_some()
                     || update.preferred_temporal_layer.is_some()
                 {
@@ -672,6 +748,7 @@ impl Shard {
             id,
             Transport {
                 router,
+                kind: spec.kind,
                 socket: sid,
                 local,
                 remote: spec.remote,
@@ -774,6 +851,7 @@ impl Shard {
         Ok(TransportView {
             id,
             router,
+            kind: t.kind,
             local: t.local.to_string(),
             remote: t.remote.map(|r| r.to_string()),
             remote_fixed: t.fixed_remote,
@@ -978,12 +1056,37 @@ impl ProducerSpec {
     }
 }
 
+/// A consumer on a pipe takes nothing but its producer, transport and
+/// paused state: everything else is the producer's own.
+fn check_pipe_consumer(spec: &ConsumerSpec) -> Result<(), ApiError> {
+    let extra = [
+        ("payload_types", !spec.payload_types.is_empty()),
+        (
+            "preferred_spatial_layer",
+            spec.preferred_spatial_layer.is_some(),
+        ),
+        (
+            "preferred_temporal_layer",
+            spec.preferred_temporal_layer.is_some(),
+        ),
+        ("rtx_ssrc", spec.rtx_ssrc.is_some()),
+        ("rtx_payload_types", !spec.rtx_payload_types.is_empty()),
+    ];
+    match extra.iter().find(|(_, given)| *given) {
+        Some((name, _)) => Err(ApiError::new(
+            400,
+            format!("{name}: a consumer on a pipe transport forwards the producer's RTP as it arrived; leave it out"),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl ConsumerSpec {
-    fn params(&self, producer: ProducerId) -> ConsumerParams {
+    fn params(&self, producer: ProducerId, ssrc: u32) -> ConsumerParams {
         ConsumerParams {
             producer,
             transport: TransportId(self.transport),
-            ssrc: tern_sfu::Ssrc::new(self.ssrc),
+            ssrc: tern_sfu::Ssrc::new(ssrc),
             payload_types: self
                 .payload_types
                 .iter()

@@ -32,6 +32,7 @@ use tern_turn::{
     Stats, Transport, Via, PEER_HEADROOM, PEER_TAILROOM,
 };
 
+use crate::dtls::{Dtls, DtlsConfig};
 use crate::metrics::{Counters, Reporter};
 use crate::shared::Shared;
 use crate::stream::{StreamConfig, StreamStats, Streams};
@@ -56,6 +57,8 @@ pub(crate) enum Control {
     },
     /// A new TLS certificate and key (SIGHUP); live connections keep theirs.
     Tls(Arc<rustls::ServerConfig>),
+    /// A new DTLS context (SIGHUP: certificate and key); live associations keep theirs.
+    Dtls(openssl::ssl::SslContext),
     /// Start or stop draining (refuse new allocations); `epoch` is echoed in reports.
     Draining { on: bool, epoch: u64 },
     /// Send a copy of the counters back.
@@ -89,6 +92,10 @@ pub(crate) struct Setup {
     /// This worker's TCP/TLS listeners (empty: no stream transport).
     pub(crate) stream_listeners: Vec<(TcpListener, Transport)>,
     pub(crate) stream_config: StreamConfig,
+    /// This worker's sockets of the `listen-dtls` addresses (empty: no DTLS).
+    pub(crate) dtls_listeners: Vec<UdpSocket>,
+    /// The DTLS context and timeouts; `None` without `listen-dtls`.
+    pub(crate) dtls_config: Option<DtlsConfig>,
     /// Data connections other workers hand over (RFC 6062), and how many workers run.
     pub(crate) handoffs: (Receiver<crate::stream::Handoff>, usize),
     pub(crate) server: ServerConfig,
@@ -169,6 +176,8 @@ fn start<P: PacketIo>(io: P, setup: Setup, ready: Sender<io::Result<Arc<dyn Wake
 enum Role {
     Free,
     Listener(SocketAddr),
+    /// A `listen-dtls` socket: its datagrams go to the DTLS layer.
+    Dtls(SocketAddr),
     Relay(SocketAddr),
     /// An SFU transport's socket, by transport id.
     Sfu(u32),
@@ -184,6 +193,9 @@ struct Sockets {
     /// TCP/TLS clients, when any stream listener is configured. Taken out
     /// while they are being read (see `service_streams`).
     streams: Option<Box<Streams>>,
+    /// DTLS clients, when `listen-dtls` is configured. Taken out while a
+    /// datagram of theirs is handled.
+    dtls: Option<Box<Dtls>>,
     /// RFC 6062 work the core asked of the host while the streams were taken
     /// out; applied by `apply_stream_ops`.
     stream_ops: Vec<StreamOp>,
@@ -302,6 +314,7 @@ impl<P: PacketIo> Worker<P> {
             relays: RelayTable::new(),
             unroutable: 0,
             streams: None,
+            dtls: None,
             stream_ops: Vec::new(),
         };
         for socket in setup.listeners {
@@ -311,6 +324,22 @@ impl<P: PacketIo> Worker<P> {
             sockets.listeners.push((local, id));
         }
         let now = Instant::now();
+        if let Some(config) = setup
+            .dtls_config
+            .filter(|_| !setup.dtls_listeners.is_empty())
+        {
+            for socket in setup.dtls_listeners {
+                let local = socket.local_addr()?;
+                let id = io.add_socket(socket)?;
+                sockets.set_role(id, Role::Dtls(local));
+            }
+            sockets.dtls = Some(Box::new(Dtls::new(
+                setup.index,
+                config,
+                setup.shared.clone(),
+                now,
+            )?));
+        }
         if !setup.stream_listeners.is_empty() {
             let streams = Streams::new(
                 setup.index,
@@ -393,6 +422,9 @@ impl<P: PacketIo> Worker<P> {
             if let Some(streams) = &self.sockets.streams {
                 deadline = deadline.min(streams.poll_timeout());
             }
+            if let Some(dtls) = &self.sockets.dtls {
+                deadline = deadline.min(dtls.poll_timeout());
+            }
             if let Some(t) = self.sfu.as_ref().and_then(|s| s.poll_timeout()) {
                 deadline = deadline.min(t);
             }
@@ -451,6 +483,12 @@ impl<P: PacketIo> Worker<P> {
         }
         self.service_streams();
         let now = Instant::now();
+        if let Some(dtls) = &mut self.sockets.dtls {
+            if dtls.poll_timeout() <= now {
+                dtls.on_timeout(&mut self.io, now);
+            }
+        }
+        self.end_dtls_closed(now);
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             let mut host = WorkerHost {
                 io: &mut self.io,
@@ -541,6 +579,22 @@ impl<P: PacketIo> Worker<P> {
         self.apply_stream_ops();
     }
 
+    /// End the allocations of DTLS associations that closed.
+    fn end_dtls_closed(&mut self, now: Instant) {
+        let mut ended = false;
+        while let Some(ft) = self.sockets.dtls.as_mut().and_then(|d| d.take_closed()) {
+            let mut host = WorkerHost {
+                io: &mut self.io,
+                sockets: &mut self.sockets,
+                shared: &self.shared,
+            };
+            ended |= self.server.handle_client_closed(&mut host, ft, now);
+        }
+        if ended {
+            self.drain_outputs();
+        }
+    }
+
     /// Carry out what the core asked of the host for RFC 6062 (after the
     /// responses it queued, so a ConnectionBind answer precedes raw bytes).
     fn apply_stream_ops(&mut self) {
@@ -590,6 +644,43 @@ impl<P: PacketIo> Worker<P> {
                     self.server
                         .handle_peer_packet(local, meta.source, slot, meta.len, now)
                 }
+                Role::Dtls(local) => {
+                    let Some(mut dtls) = self.sockets.dtls.take() else {
+                        continue;
+                    };
+                    let packet = &slot[PEER_HEADROOM..PEER_HEADROOM + meta.len];
+                    let (server, sockets, shared) =
+                        (&mut self.server, &mut self.sockets, &self.shared);
+                    dtls.on_datagram(
+                        &mut self.io,
+                        meta.socket,
+                        local,
+                        meta.source,
+                        packet,
+                        now,
+                        &mut |io, ft, message| {
+                            let forward = {
+                                let mut host = WorkerHost {
+                                    io: &mut *io,
+                                    sockets: &mut *sockets,
+                                    shared,
+                                };
+                                server.handle_client_message(&mut host, ft, message, now)
+                            };
+                            // Client messages only ever go to relay sockets.
+                            if let Some(Forward { via, to, payload }) = forward {
+                                if send_via(&mut *io, &mut *sockets, via, to, payload) {
+                                    relayed += 1;
+                                }
+                            }
+                        },
+                    );
+                    self.sockets.dtls = Some(dtls);
+                    if self.sockets.dtls.as_ref().is_some_and(|d| d.has_closed()) {
+                        self.end_dtls_closed(now);
+                    }
+                    None
+                }
                 Role::Sfu(transport) => {
                     if let Some(sfu) = &mut self.sfu {
                         let data = &mut slot[PEER_HEADROOM..PEER_HEADROOM + meta.len];
@@ -624,6 +715,9 @@ impl<P: PacketIo> Worker<P> {
             if let Some(streams) = &mut self.sockets.streams {
                 streams.on_event(&event, self.batch_at);
             }
+            if let Some(dtls) = &mut self.sockets.dtls {
+                dtls.on_event(&event, self.batch_at);
+            }
             log_event(self.index, &event);
         }
     }
@@ -640,6 +734,11 @@ impl<P: PacketIo> Worker<P> {
             Control::Tls(config) => {
                 if let Some(streams) = &mut self.sockets.streams {
                     streams.set_tls(config);
+                }
+            }
+            Control::Dtls(context) => {
+                if let Some(dtls) = &mut self.sockets.dtls {
+                    dtls.set_context(context);
                 }
             }
             Control::Draining { on, epoch } => {
@@ -676,11 +775,16 @@ impl<P: PacketIo> Worker<P> {
     }
 
     fn stream_stats(&self) -> StreamStats {
-        self.sockets
+        let mut stats = self
+            .sockets
             .streams
             .as_ref()
             .map(|s| *s.stats())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(dtls) = &self.sockets.dtls {
+            stats.dtls = *dtls.stats();
+        }
+        stats
     }
 
     fn stall(&mut self, took: Duration) {
@@ -713,6 +817,9 @@ impl<P: PacketIo> Worker<P> {
         if let Some(streams) = &mut self.sockets.streams {
             streams.close_all(&mut self.io);
         }
+        if let Some(dtls) = &mut self.sockets.dtls {
+            dtls.close_all(&mut self.io);
+        }
         self.drain_outputs();
         self.io.flush();
         for &(_, id) in &self.sockets.listeners {
@@ -738,8 +845,8 @@ impl Sockets {
                 .find(|(a, _)| *a == addr)
                 .map(|&(_, id)| id),
             Via::Relay(addr) => self.relays.get(addr, &self.roles),
-            // Stream clients are written by the stream module, never a UDP socket.
-            Via::Stream(_) => None,
+            // Stream and DTLS clients are written by their modules, never directly.
+            Via::Stream(_) | Via::Dtls(_) => None,
         }
     }
 }
@@ -754,6 +861,15 @@ fn send_via<P: PacketIo>(
     to: SocketAddr,
     payload: &[u8],
 ) -> bool {
+    if let Via::Dtls(local) = via {
+        return match &mut sockets.dtls {
+            Some(dtls) => dtls.send(io, local, to, payload),
+            None => {
+                sockets.unroutable += 1;
+                false
+            }
+        };
+    }
     if let Via::Stream(local) = via {
         return match &mut sockets.streams {
             Some(streams) => {

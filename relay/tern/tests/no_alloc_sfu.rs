@@ -1,7 +1,8 @@
 //! Proves that the worker's SFU path allocates nothing per packet: a
 //! publisher's RTP (SRTP, AES_CM_128_HMAC_SHA1_80) arriving on an SFU
-//! transport, fanned out by the router to two consumers, protected again
-//! (AEAD_AES_128_GCM) and queued on the PacketIo send queue.
+//! transport, fanned out by the router to two consumers — one plain, one on a
+//! pipe transport (the cascade to another tern: every packet as it arrived)
+//! — protected again (AEAD_AES_128_GCM) and queued on the PacketIo send queue.
 //!
 //! The same counting allocator as `no_alloc.rs`: allocations on the relay's
 //! worker threads (`tern-worker-N`) fail the test; other relay threads (the
@@ -108,9 +109,11 @@ fn run(backend: IoBackend) -> Result<(), String> {
         .parse()
         .map_err(|e| format!("{e}"))?;
     let mut sub_ts = Vec::new();
-    for sub in &subs {
+    for (i, sub) in subs.iter().enumerate() {
+        // The second subscriber stands for another tern at the pipe's far end.
+        let kind = if i == 1 { "pipe" } else { "plain" };
         let body = format!(
-            r#"{{"remote":"{}","srtp":{{"profile":"AEAD_AES_128_GCM","recv_key":"{k}","send_key":"{k}"}}}}"#,
+            r#"{{"kind":"{kind}","remote":"{}","srtp":{{"profile":"AEAD_AES_128_GCM","recv_key":"{k}","send_key":"{k}"}}}}"#,
             sub.local_addr().unwrap(),
             k = b64(&SUB_KEY)
         );
@@ -128,11 +131,15 @@ fn run(backend: IoBackend) -> Result<(), String> {
         return Err(format!("producer: {s} {p}"));
     }
     for (i, t) in sub_ts.iter().enumerate() {
-        let body = format!(
-            r#"{{"producer":{},"transport":{t},"ssrc":{}}}"#,
-            p["id"],
-            0xC0DE_0000u32 + i as u32
-        );
+        let body = if i == 1 {
+            format!(r#"{{"producer":{},"transport":{t}}}"#, p["id"])
+        } else {
+            format!(
+                r#"{{"producer":{},"transport":{t},"ssrc":{}}}"#,
+                p["id"],
+                0xC0DE_0000u32 + i as u32
+            )
+        };
         let (s, c) = api(admin, "POST", &format!("{base}/consumers"), &body)?;
         if s != 201 {
             return Err(format!("consumer: {s} {c}"));
@@ -167,7 +174,7 @@ fn run(backend: IoBackend) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
                 seq = seq.wrapping_add(1);
             }
-            for sub in &subs {
+            for (i, sub) in subs.iter().enumerate() {
                 let mut got = 0;
                 while got < n {
                     let (len, _) = sub
@@ -177,6 +184,11 @@ fn run(backend: IoBackend) -> Result<(), String> {
                     if !(192..=223).contains(&buf[1]) {
                         if len != 17 + PAYLOAD + 16 {
                             return Err(format!("subscriber got {len} bytes"));
+                        }
+                        // The pipe keeps the publisher's SSRC; the consumer has its own.
+                        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                        if (ssrc == PUB_SSRC) != (i == 1) {
+                            return Err(format!("subscriber {i} got SSRC {ssrc:#x}"));
                         }
                         got += 1;
                     }
@@ -198,7 +210,7 @@ fn run(backend: IoBackend) -> Result<(), String> {
     relay.shutdown();
     if allocations != 0 {
         return Err(format!(
-            "worker threads allocated {allocations} times while forwarding {MEASURED} packets to 2 subscribers"
+            "worker threads allocated {allocations} times while forwarding {MEASURED} packets to a subscriber and a pipe"
         ));
     }
     Ok(())

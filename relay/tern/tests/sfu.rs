@@ -394,6 +394,108 @@ fn api_round_trip_and_errors_match_the_openapi_document() {
     let (s, c) = api.call("PATCH", &consumer, Some(json!({ "paused": false })));
     assert_eq!((s, &c["paused"]), (200, &json!(false)));
 
+    // A pipe transport: created unconnected, connected once by PATCH (409
+    // to move it), consumed by a pipe consumer that keeps the producer's SSRCs.
+    let (s, pipe) = api.call(
+        "POST",
+        &format!("{base}/transports"),
+        Some(json!({ "kind": "pipe" })),
+    );
+    assert_eq!(s, 201, "{pipe}");
+    assert_eq!(
+        (&pipe["kind"], &pipe["remote"]),
+        (&json!("pipe"), &Value::Null)
+    );
+    let pipe_path = format!("{base}/transports/{}", id(&pipe));
+    let (s, t) = api.call(
+        "PATCH",
+        &pipe_path,
+        Some(json!({ "remote": "127.0.0.1:9" })),
+    );
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(
+        (&t["remote"], &t["remote_fixed"]),
+        (&json!("127.0.0.1:9"), &json!(true))
+    );
+    let (s, _) = api.call(
+        "PATCH",
+        &pipe_path,
+        Some(json!({ "remote": "127.0.0.1:10" })),
+    );
+    assert_eq!(s, 409);
+    let (_, r) = api.call("GET", &base, None);
+    let producer = r["producers"][0]["id"].clone();
+    let (s, pc) = api.call(
+        "POST",
+        &format!("{base}/consumers"),
+        Some(json!({ "producer": producer, "transport": id(&pipe) })),
+    );
+    assert_eq!(s, 201, "{pc}");
+    assert_eq!((&pc["pipe"], &pc["ssrc"]), (&json!(true), &Value::Null));
+    let pc_path = format!("{base}/consumers/{}", id(&pc));
+    let (s, _) = api.call("PATCH", &pc_path, Some(json!({ "paused": true })));
+    assert_eq!(s, 200);
+    let pipe_cases: Vec<(&str, String, Value, u16)> = vec![
+        (
+            "PATCH",
+            pipe_path.clone(),
+            json!({ "remote": "nowhere" }),
+            400,
+        ),
+        ("PATCH", pipe_path.clone(), json!({}), 400),
+        (
+            "PATCH",
+            format!("{base}/transports/4242"),
+            json!({ "remote": "127.0.0.1:9" }),
+            404,
+        ),
+        (
+            "POST",
+            format!("{base}/transports"),
+            json!({ "kind": "tunnel" }),
+            400,
+        ),
+        (
+            "PATCH",
+            pc_path.clone(),
+            json!({ "preferred_spatial_layer": 0 }),
+            400,
+        ),
+        (
+            "POST",
+            format!("{base}/consumers"),
+            json!({ "producer": producer, "transport": id(&pipe) }),
+            409,
+        ),
+        (
+            "POST",
+            format!("{base}/consumers"),
+            json!({ "producer": producer, "transport": id(&pipe), "ssrc": 9 }),
+            400,
+        ),
+        (
+            "POST",
+            format!("{base}/consumers"),
+            json!({ "producer": producer, "transport": id(&pipe), "payload_types": [{ "producer": 96, "consumer": 100 }] }),
+            400,
+        ),
+        (
+            "POST",
+            format!("{base}/consumers"),
+            json!({ "producer": producer, "transport": r["transports"][1]["id"] }),
+            400,
+        ),
+    ];
+    for (method, path, body, want) in pipe_cases {
+        let (s, v) = api.call(method, &path, Some(body.clone()));
+        assert_eq!(s, want, "{method} {path} {body}: {v}");
+        assert!(!v["error"].as_str().unwrap().is_empty());
+    }
+    let (s, _) = api.call("DELETE", &pipe_path, None);
+    assert_eq!(s, 200);
+    let (s, _) = api.call("GET", &pc_path, None);
+    assert_eq!(s, 404, "the pipe consumer went with its transport");
+
     // Bad IDs, bodies, methods and tokens: 4xx with a message, as documented.
     let cases: Vec<(&str, String, Option<Value>, u16)> = vec![
         ("GET", "/sfu/routers/abc".into(), None, 404),

@@ -48,10 +48,10 @@ impl FiveTuple {
 
     /// Where messages to this client leave from.
     pub fn via(&self) -> crate::Via {
-        if self.transport.is_stream() {
-            crate::Via::Stream(self.listener)
-        } else {
-            crate::Via::Listener(self.listener)
+        match self.transport {
+            Transport::Udp => crate::Via::Listener(self.listener),
+            Transport::Tcp | Transport::Tls => crate::Via::Stream(self.listener),
+            Transport::Dtls => crate::Via::Dtls(self.listener),
         }
     }
 }
@@ -66,11 +66,19 @@ pub enum Transport {
     Tcp,
     /// TLS over a TCP connection (`turns:`).
     Tls,
+    /// DTLS over UDP (RFC 7350): one association per client address; messages
+    /// are datagrams (no ChannelData padding), sent by the host's DTLS layer.
+    Dtls,
 }
 
 impl Transport {
     /// Every transport, in index order, for exporting counters.
-    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+    pub const ALL: [Transport; 4] = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Dtls,
+    ];
 
     /// The metric label value.
     pub fn as_str(self) -> &'static str {
@@ -78,12 +86,13 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Dtls => "dtls",
         }
     }
 
     /// Whether messages travel on a byte stream (ChannelData padded to 4 bytes).
     pub fn is_stream(self) -> bool {
-        !matches!(self, Transport::Udp)
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
 
     /// A dense index (`Transport::ALL[t.index()] == t`).

@@ -65,6 +65,9 @@ pub enum Via {
     /// destination (towards a stream client; the bytes are one whole frame,
     /// ChannelData already padded to 4 bytes).
     Stream(SocketAddr),
+    /// The DTLS association on this (UDP) listening address with the
+    /// destination (towards a DTLS client; the host encrypts the datagram).
+    Dtls(SocketAddr),
 }
 
 /// A datagram to send now, borrowing the caller's buffer.

@@ -165,9 +165,40 @@ fn five_tuple_helpers() {
     assert_eq!(ft.via(), Via::Listener(sa(LISTENER)));
     for (i, t) in Transport::ALL.iter().enumerate() {
         assert_eq!(t.index(), i);
-        assert_eq!(t.is_stream(), *t != Transport::Udp);
+        assert_eq!(t.is_stream(), matches!(t, Transport::Tcp | Transport::Tls));
     }
     assert_eq!(Transport::Tls.as_str(), "tls");
+    assert_eq!(Transport::Dtls.as_str(), "dtls");
+}
+
+#[test]
+fn a_dtls_client_gets_datagrams_on_its_association_unpadded() {
+    let mut h = Harness::new(config());
+    let mut c = Client::user("203.0.113.9:40000", "alice");
+    c.transport = Transport::Dtls;
+    let a = h.allocate(&mut c);
+    let relayed = a.relayed();
+    let peer: SocketAddr = sa(PEER);
+    h.channel_bind(&mut c, 0x4001, peer).ok();
+    let fwd = h
+        .client_sends(&c, &channel_data(0x4001, b"hello"))
+        .expect("relayed to the peer");
+    assert_eq!(fwd.via, Via::Relay(relayed));
+    assert_eq!(fwd.payload, b"hello");
+    // Peer → client: ChannelData through the DTLS layer, not padded (datagrams).
+    let fwd = h.peer_packet(relayed, peer, b"hello").expect("to client");
+    assert_eq!(fwd.via, Via::Dtls(c.listener));
+    assert_eq!(fwd.to, c.addr);
+    assert_eq!(fwd.payload.len(), 4 + 5);
+    let by = &h.server.stats().by_transport;
+    assert_eq!(by[Transport::Dtls.index()].allocations_created, 1);
+    assert_eq!(by[Transport::Udp.index()].allocations_created, 0);
+    // The association ends: so does the allocation.
+    let now = h.now;
+    assert!(h
+        .server
+        .handle_client_closed(&mut h.host, c.five_tuple(), now));
+    assert_eq!(h.server.allocation_count(), 0);
 }
 
 // ---- RFC 6062 TCP allocations ------------------------------------------------

@@ -755,6 +755,31 @@ tls-handshake-timeout = 4
         ..base()
     };
     assert_eq!(clash.validate().unwrap_err().key(), Some("listen-tls"));
+    // DTLS shares the certificate: it needs the pair too, and its own UDP port.
+    let dtls = |cert: bool| Config {
+        tls_cert: cert.then(|| PathBuf::from("c.pem")),
+        tls_key: cert.then(|| PathBuf::from("k.pem")),
+        listen_dtls: vec!["127.0.0.1:5349".parse().unwrap()],
+        ..base()
+    };
+    assert!(dtls(true).validate().is_ok());
+    assert_eq!(
+        dtls(false).validate().unwrap_err().key(),
+        Some("listen-dtls")
+    );
+    let text = "listen-dtls = [\"127.0.0.1:5349\"]\ntls-cert = \"c.pem\"\ntls-key = \"k.pem\"\n";
+    let parsed = Config::from_toml_str(text).unwrap();
+    assert_eq!(parsed.listen_dtls, vec!["127.0.0.1:5349".parse().unwrap()]);
+    let alone = Config {
+        listen: vec![],
+        ..dtls(true)
+    };
+    assert!(alone.validate().is_ok(), "DTLS alone is a listen address");
+    let udp_clash = Config {
+        listen: vec!["127.0.0.1:5349".parse().unwrap()],
+        ..dtls(true)
+    };
+    assert_eq!(udp_clash.validate().unwrap_err().key(), Some("listen-dtls"));
     let zero = Config {
         stream_idle_timeout: 0,
         ..base()

@@ -95,8 +95,20 @@ impl Directory {
 /// `POST /sfu/routers/{id}/transports`.
 #[derive(Debug, Clone)]
 pub(crate) struct TransportSpec {
+    pub(crate) kind: TransportKind,
     pub(crate) remote: Option<SocketAddr>,
     pub(crate) srtp: Option<SrtpSpec>,
+}
+
+/// A plain RTP transport to a media peer, or a pipe to another tern
+/// router (cascading): pipe consumers send a producer's encodings as they
+/// arrived, and its remote is only ever the one the API gives.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TransportKind {
+    #[default]
+    Plain,
+    Pipe,
 }
 
 /// SDES-style keys: each the base64 of master key ‖ master salt.
@@ -121,6 +133,8 @@ impl std::fmt::Debug for SrtpSpec {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TransportBody {
+    #[serde(default)]
+    kind: TransportKind,
     #[serde(default)]
     remote: Option<String>,
     #[serde(default)]
@@ -262,7 +276,10 @@ pub(crate) struct PayloadTypeMap {
 pub(crate) struct ConsumerSpec {
     pub(crate) producer: u64,
     pub(crate) transport: u32,
-    pub(crate) ssrc: u32,
+    /// Required on a plain transport; absent on a pipe (which keeps the
+    /// producer's SSRCs).
+    #[serde(default)]
+    pub(crate) ssrc: Option<u32>,
     #[serde(default)]
     pub(crate) payload_types: Vec<PayloadTypeMap>,
     #[serde(default)]
@@ -277,6 +294,14 @@ pub(crate) struct ConsumerSpec {
     /// RTX payload type per media payload type of the consumer.
     #[serde(default)]
     pub(crate) rtx_payload_types: Vec<RtxMap>,
+}
+
+/// `PATCH /sfu/routers/{id}/transports/{id}`: connect a transport (a pipe's
+/// far end, known once the far router created it) to its remote.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransportUpdate {
+    remote: String,
 }
 
 /// `PATCH /sfu/routers/{id}/consumers/{id}`: only what is given changes.
@@ -330,6 +355,7 @@ pub(crate) struct RouterStatsView {
 pub(crate) struct TransportView {
     pub(crate) id: u32,
     pub(crate) router: u64,
+    pub(crate) kind: TransportKind,
     pub(crate) local: String,
     pub(crate) remote: Option<String>,
     pub(crate) remote_fixed: bool,
@@ -399,7 +425,9 @@ pub(crate) struct ConsumerView {
     pub(crate) router: u64,
     pub(crate) producer: u64,
     pub(crate) transport: u32,
-    pub(crate) ssrc: u32,
+    pub(crate) ssrc: Option<u32>,
+    /// A pipe consumer (every encoding as it arrived).
+    pub(crate) pipe: bool,
     pub(crate) paused: bool,
     pub(crate) preferred_spatial_layer: Option<u8>,
     pub(crate) preferred_temporal_layer: Option<u8>,
@@ -435,6 +463,7 @@ impl ConsumerView {
             producer: spec.producer,
             transport: spec.transport,
             ssrc: spec.ssrc,
+            pipe: spec.ssrc.is_none(),
             paused: s.paused,
             preferred_spatial_layer: spec.preferred_spatial_layer,
             preferred_temporal_layer: spec.preferred_temporal_layer,
@@ -551,6 +580,15 @@ fn dispatch(side: &Side, dir: &Directory, req: &Request) -> Answer {
                     Op::GetTransport { router, transport },
                     200,
                 ),
+                "PATCH" => {
+                    let remote = remote_addr(&parse_json::<TransportUpdate>(body(req)?)?.remote)?;
+                    let op = Op::ConnectTransport {
+                        router,
+                        transport,
+                        remote,
+                    };
+                    call(side, dir, router, op, 200)
+                }
                 "DELETE" => call(
                     side,
                     dir,
@@ -558,7 +596,7 @@ fn dispatch(side: &Side, dir: &Directory, req: &Request) -> Answer {
                     Op::DeleteTransport { router, transport },
                     200,
                 ),
-                _ => Err(method(m, "GET, DELETE")),
+                _ => Err(method(m, "GET, PATCH, DELETE")),
             }
         }
         ["routers", r, "producers"] => {
@@ -660,23 +698,23 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::new(400, format!("bad JSON body: {e}")))
 }
 
+/// A remote transport address from the API: IP:PORT, neither unspecified.
+fn remote_addr(r: &str) -> Result<SocketAddr, ApiError> {
+    let addr: SocketAddr = r
+        .parse()
+        .map_err(|_| ApiError::new(400, format!("remote: {r:?} is not an IP:PORT address")))?;
+    if addr.port() == 0 || addr.ip().is_unspecified() {
+        return Err(ApiError::new(
+            400,
+            format!("remote: {r} is not a usable address"),
+        ));
+    }
+    Ok(addr)
+}
+
 fn transport_spec(body: &[u8]) -> Result<TransportSpec, ApiError> {
     let b: TransportBody = parse_json(body)?;
-    let remote = match b.remote {
-        None => None,
-        Some(r) => {
-            let addr: SocketAddr = r.parse().map_err(|_| {
-                ApiError::new(400, format!("remote: {r:?} is not an IP:PORT address"))
-            })?;
-            if addr.port() == 0 || addr.ip().is_unspecified() {
-                return Err(ApiError::new(
-                    400,
-                    format!("remote: {r} is not a usable address"),
-                ));
-            }
-            Some(addr)
-        }
-    };
+    let remote = b.remote.as_deref().map(remote_addr).transpose()?;
     let srtp = match b.srtp {
         None => None,
         Some(s) => {
@@ -719,7 +757,11 @@ fn transport_spec(body: &[u8]) -> Result<TransportSpec, ApiError> {
             })
         }
     };
-    Ok(TransportSpec { remote, srtp })
+    Ok(TransportSpec {
+        kind: b.kind,
+        remote,
+        srtp,
+    })
 }
 
 fn producer_spec(body: &[u8]) -> Result<ProducerSpec, ApiError> {

@@ -261,6 +261,8 @@ pub struct StreamStats {
     pub handoffs_in: u64,
     /// Handoffs refused (the other worker's queue was full): closed.
     pub handoffs_dropped: u64,
+    /// DTLS associations (`listen-dtls`, [`crate::DtlsStats`]).
+    pub dtls: crate::DtlsStats,
 }
 
 impl StreamStats {
@@ -288,6 +290,7 @@ impl StreamStats {
         self.handoffs_out += other.handoffs_out;
         self.handoffs_in += other.handoffs_in;
         self.handoffs_dropped += other.handoffs_dropped;
+        self.dtls.merge(&other.dtls);
     }
 
     /// Connections closed for `reason`.
