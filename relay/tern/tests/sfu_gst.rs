@@ -594,6 +594,10 @@ fn gstreamer_simulcast_switch_waits_for_the_key_frame_gstreamer_sends_on_pli() {
     };
     let (stay, up) = (by_id(consumers[0]), by_id(consumers[1]));
     assert_eq!(
+        stay["stats"]["packets"], view["producers"][0]["encodings"][0]["packets"],
+        "the low subscriber got every low packet: {view:#}"
+    );
+    assert_eq!(
         (
             &stay["stats"]["spatial_layer"],
             &stay["stats"]["layer_switches"]
@@ -622,10 +626,27 @@ fn gstreamer_simulcast_switch_waits_for_the_key_frame_gstreamer_sends_on_pli() {
             &[(320, 240), (640, 480)]
         };
         assert_eq!(sizes, want, "{name}: decoded sizes\n{}", d.out);
-        assert_eq!(
-            d.frames, SIM_FRAMES,
+        // Every frame decodes, give or take one at each edge of the stream:
+        // - the one picture current at the switch may come from both
+        //   encodings: the low one's copy is forwarded before the high one's
+        //   key frame of the same instant arrives, and that key frame must
+        //   go too (everything after it depends on it), stamped just after
+        //   it (tern's timestamps only move forward), so the switched
+        //   subscriber may show that picture twice;
+        // - GStreamer's publisher sometimes sends 119 of an encoding's 120
+        //   frames when it stops (seen at a plain UDP socket without tern),
+        //   so the subscriber on that encoding then has one frame less.
+        // Subscriber 0 got every packet of the low encoding (checked above).
+        let (least, most) = if i == 0 {
+            (SIM_FRAMES - 1, SIM_FRAMES)
+        } else {
+            (SIM_FRAMES - 1, SIM_FRAMES + 1)
+        };
+        assert!(
+            (least..=most).contains(&d.frames),
             "{name} decoded {} of {SIM_FRAMES} frames\n{}",
-            d.frames, d.err
+            d.frames,
+            d.err
         );
     }
     relay.shutdown();
