@@ -15,7 +15,7 @@
 #   gstreamer1.0-tools -plugins-base -plugins-good -plugins-bad
 #                 real media peers of the SFU test (relay/tern/tests/sfu_gst.rs):
 #                 gst-launch-1.0, vp8enc/vp8dec, the RTP payloaders, rtpbin and
-#                 rtpfunnel (-good), videoscale/videoconvert (-base),
+#                 rtpfunnel (-good), videoscale/videoconvert (-base), openh264enc/dec,
 #                 srtpenc/srtpdec (-bad); 2 min 8 s to install on the development VM
 set -euo pipefail
 

@@ -53,7 +53,59 @@ const PUB_SSRC: u32 = 0x0BAD_CAFE;
 const RTP_CAPS: &str =
     "application/x-rtp,media=video,clock-rate=90000,encoding-name=VP8,payload=96";
 
+/// What a test needs to know of a video codec on both GStreamer sides.
+#[derive(Clone, Copy)]
+struct VideoCodec {
+    /// The API's codec name.
+    api: &'static str,
+    /// RTP caps of the payload type 96 stream.
+    rtp_caps: &'static str,
+    /// Encoder with no periodic key frames (`{BITRATE}` in bit/s) and
+    /// payloader; key frames come at the start and on request only.
+    encode: &'static str,
+    /// Depayloader and decoder.
+    decode: &'static str,
+    /// The decoder's GObject type name, as `-v` prints it on caps lines.
+    decoder_type: &'static str,
+    /// Plugins it needs beyond the common ones.
+    elements: &'static [&'static str],
+}
+
+const VP8: VideoCodec = VideoCodec {
+    api: "vp8",
+    rtp_caps: RTP_CAPS,
+    encode:
+        "vp8enc deadline=1 keyframe-max-dist=100000 cpu-used=8 threads=1 target-bitrate={BITRATE} \
+             ! rtpvp8pay pt=96 mtu=1200",
+    decode: "rtpvp8depay ! vp8dec",
+    decoder_type: "GstVP8Dec",
+    elements: &["vp8enc", "vp8dec"],
+};
+
+/// H.264 with openh264 (gstreamer1.0-plugins-bad): SPS and PPS before every
+/// IDR (`config-interval=-1`), so a subscriber switched to another
+/// resolution gets the new parameter sets with the key frame.
+const H264: VideoCodec = VideoCodec {
+    api: "h264",
+    rtp_caps: "application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload=96",
+    encode: "openh264enc gop-size=100000 complexity=low bitrate={BITRATE} \
+             ! rtph264pay pt=96 mtu=1200 config-interval=-1",
+    decode: "rtph264depay ! h264parse ! openh264dec",
+    decoder_type: "GstOpenh264Dec",
+    elements: &[
+        "openh264enc",
+        "openh264dec",
+        "rtph264pay",
+        "rtph264depay",
+        "h264parse",
+    ],
+};
+
 fn have_gstreamer() -> bool {
+    have_elements(&[])
+}
+
+fn have_elements(extra: &[&str]) -> bool {
     let ok = [
         "vp8enc",
         "vp8dec",
@@ -68,6 +120,7 @@ fn have_gstreamer() -> bool {
         "rtpfunnel",
     ]
     .iter()
+    .chain(extra)
     .all(|e| {
         Command::new("gst-inspect-1.0")
             .arg(e)
@@ -148,6 +201,7 @@ struct ProxiedSubscriber {
 }
 
 fn proxied_subscriber(
+    codec: VideoCodec,
     admin: SocketAddr,
     router: &str,
     mut consumer: Value,
@@ -180,11 +234,13 @@ fn proxied_subscriber(
         .unwrap();
     let sub = Subscriber::launch(&format!(
         "rtpbin name=rb latency={latency_ms} do-retransmission=true rtp-profile=avpf \
-         udpsrc port={rtp_port} caps=\"{RTP_CAPS}\" ! rb.recv_rtp_sink_0 \
+         udpsrc port={rtp_port} caps=\"{}\" ! rb.recv_rtp_sink_0 \
          udpsrc port={rtcp_port} caps=\"application/x-rtcp\" ! rb.recv_rtcp_sink_0 \
          rb.send_rtcp_src_0 ! udpsink host=127.0.0.1 port={} sync=false async=false \
-         rb. ! rtpvp8depay ! vp8dec",
-        hop.addr.port()
+         rb. ! {}",
+        codec.rtp_caps,
+        hop.addr.port(),
+        codec.decode,
     ));
     ProxiedSubscriber { consumer, hop, sub }
 }
@@ -442,12 +498,12 @@ fn assert_clean(name: &str, out: &str, err: &str) {
 }
 
 /// The resolutions a subscriber's decoder announced, in order (`-v` prints
-/// each caps change of `vp8dec`'s source pad).
-fn decoded_sizes(out: &str) -> Vec<(u32, u32)> {
+/// each caps change of the decoder's source pad).
+fn decoded_sizes(out: &str, decoder_type: &str) -> Vec<(u32, u32)> {
     let mut sizes = Vec::new();
     for line in out
         .lines()
-        .filter(|l| l.contains("GstVP8Dec") && l.contains("src: caps = video/x-raw"))
+        .filter(|l| l.contains(decoder_type) && l.contains("src: caps = video/x-raw"))
     {
         let field = |name: &str| -> Option<u32> {
             let at = line.find(&format!("{name}=(int)"))? + name.len() + 6;
@@ -477,16 +533,16 @@ const SIM_FRAMES: usize = 120;
 /// makes a key frame at the start and then only when asked: rtpbin turns a
 /// PLI for an SSRC into a force-key-unit event that `rtpfunnel` routes to
 /// that SSRC's encoder.
-fn simulcast_publisher(to: SocketAddr, rtcp_port: u16) -> Child {
+fn simulcast_publisher(codec: VideoCodec, to: SocketAddr, rtcp_port: u16) -> Child {
     let port = to.port();
-    let enc = "vp8enc deadline=1 keyframe-max-dist=100000 cpu-used=8 threads=1";
+    let low = codec.encode.replace("{BITRATE}", "300000");
+    let high = codec.encode.replace("{BITRATE}", "1000000");
     launch(&format!(
         "rtpbin name=rb rtp-profile=avpf \
          videotestsrc num-buffers={SIM_FRAMES} is-live=true pattern=ball \
            ! video/x-raw,width=640,height=480,framerate=30/1 ! tee name=t \
-         t. ! queue ! videoscale ! video/x-raw,width=320,height=240 \
-           ! {enc} target-bitrate=300000 ! rtpvp8pay pt=96 ssrc={LOW_SSRC} mtu=1200 ! f. \
-         t. ! queue ! {enc} target-bitrate=1000000 ! rtpvp8pay pt=96 ssrc={HIGH_SSRC} mtu=1200 ! f. \
+         t. ! queue ! videoscale ! video/x-raw,width=320,height=240 ! {low} ssrc={LOW_SSRC} ! f. \
+         t. ! queue ! {high} ssrc={HIGH_SSRC} ! f. \
          rtpfunnel name=f ! rb.send_rtp_sink_0 \
          rb.send_rtp_src_0 ! udpsink host=127.0.0.1 port={port} sync=false \
          rb.send_rtcp_src_0 ! udpsink host=127.0.0.1 port={port} sync=false async=false \
@@ -495,8 +551,17 @@ fn simulcast_publisher(to: SocketAddr, rtcp_port: u16) -> Child {
 }
 
 #[test]
-fn gstreamer_simulcast_switch_waits_for_the_key_frame_gstreamer_sends_on_pli() {
-    if !have_gstreamer() {
+fn gstreamer_vp8_simulcast_switch_waits_for_the_key_frame_gstreamer_sends_on_pli() {
+    simulcast_switch(VP8);
+}
+
+#[test]
+fn gstreamer_h264_simulcast_switch_waits_for_the_key_frame_gstreamer_sends_on_pli() {
+    simulcast_switch(H264);
+}
+
+fn simulcast_switch(codec: VideoCodec) {
+    if !have_elements(codec.elements) {
         return;
     }
     let (relay, admin) = start_relay();
@@ -508,7 +573,7 @@ fn gstreamer_simulcast_switch_waits_for_the_key_frame_gstreamer_sends_on_pli() {
         admin,
         "POST",
         &format!("{base}/producers"),
-        json!({ "transport": t["id"], "kind": "video", "codec": "vp8", "clock_rate": 90000,
+        json!({ "transport": t["id"], "kind": "video", "codec": codec.api, "clock_rate": 90000,
                 "payload_types": [96], "key_frame_request": "pli",
                 "encodings": [{ "ssrc": LOW_SSRC }, { "ssrc": HIGH_SSRC }] }),
     )["id"]
@@ -527,6 +592,7 @@ fn gstreamer_simulcast_switch_waits_for_the_key_frame_gstreamer_sends_on_pli() {
     let subs: Vec<ProxiedSubscriber> = (0..2u32)
         .map(|i| {
             proxied_subscriber(
+                codec,
                 admin,
                 &base,
                 json!({ "producer": producer, "ssrc": 0x5C5C_0000 + i, "preferred_spatial_layer": 0 }),
@@ -538,7 +604,7 @@ fn gstreamer_simulcast_switch_waits_for_the_key_frame_gstreamer_sends_on_pli() {
         .collect();
     let consumers: Vec<u64> = subs.iter().map(|s| s.consumer).collect();
     std::thread::sleep(Duration::from_millis(1500));
-    let publisher = simulcast_publisher(hop.addr, pub_rtcp);
+    let publisher = simulcast_publisher(codec, hop.addr, pub_rtcp);
     let consumer_view = |c: u64| api(admin, "GET", &format!("{base}/consumers/{c}"), json!({}));
     assert!(
         eventually(Duration::from_secs(10), || consumer_view(consumers[1])
@@ -619,7 +685,7 @@ fn gstreamer_simulcast_switch_waits_for_the_key_frame_gstreamer_sends_on_pli() {
         drop(ps.hop);
         let name = format!("subscriber {i}");
         assert_clean(&name, &d.out, &d.err);
-        let sizes = decoded_sizes(&d.out);
+        let sizes = decoded_sizes(&d.out, codec.decoder_type);
         let want: &[(u32, u32)] = if i == 0 {
             &[(320, 240)]
         } else {
@@ -673,6 +739,7 @@ fn gstreamer_subscribers_recover_2_percent_loss_and_200_ms_delay_by_nack() {
     let subs: Vec<ProxiedSubscriber> = (0..2u32)
         .map(|i| {
             proxied_subscriber(
+                VP8,
                 admin,
                 &base,
                 json!({ "producer": producer, "ssrc": 0x7777_0001 + i }),
