@@ -280,13 +280,24 @@ fn api(admin: SocketAddr, method: &str, path: &str, body: Value) -> Value {
     serde_json::from_str(&a.body).unwrap()
 }
 
-/// A free loopback UDP port (probed, then released for GStreamer to bind).
+/// A UDP port free a moment ago, for GStreamer to bind (on 0.0.0.0, as
+/// `udpsrc` does). Probed below the kernel's ephemeral range (32768 and up
+/// here), so no socket bound to port 0 — by any process — can take it
+/// before GStreamer does; spread by process id and a counter so that tests
+/// running at once do not probe the same ports.
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const LO: u32 = 21_000;
+    const SPAN: u32 = 11_000; // 21000..=31999
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..2000 {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (LO + start.wrapping_add(k.wrapping_mul(101)) % SPAN) as u16;
+        if UdpSocket::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free UDP port in 21000-31999");
 }
 
 /// SRTP caps fields for srtpdec (AES_CM_128_HMAC_SHA1_80); srtpdec takes
@@ -315,7 +326,7 @@ fn subscriber(port: u16, ssrc: u32, srtp_key: Option<&[u8]>) -> Subscriber {
 /// A decoding `gst-launch-1.0` subscriber whose decoded frames go, scaled to
 /// 8×8 grey (64 bytes each), to a file of its own.
 struct Subscriber {
-    child: Child,
+    child: Gst,
     frames: std::path::PathBuf,
 }
 
@@ -379,34 +390,69 @@ fn publish(port: u16, srtp_key: Option<&[u8]>, mtu: u32) {
     );
 }
 
-/// Stop a subscriber (SIGINT: `-e` turns it into EOS) and return its output.
-fn finish(mut child: Child) -> (String, String) {
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
-    let _ = kill(pid, Signal::SIGINT);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
+/// A running `gst-launch-1.0`. Its output is read as it comes, by two
+/// threads: with `-v` it prints far more than a pipe holds, and a full pipe
+/// would stall its streaming threads (and so the decoding being counted).
+/// Killed if the test ends without stopping it.
+struct Gst {
+    child: Option<Child>,
+    out: Option<std::thread::JoinHandle<String>>,
+    err: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Gst {
+    fn spawn(mut cmd: Command) -> Gst {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gst-launch-1.0 runs");
+        fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+            std::thread::spawn(move || {
+                let mut b = Vec::new();
+                let _ = r.read_to_end(&mut b);
+                String::from_utf8_lossy(&b).into_owned()
+            })
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let out = child.stdout.take().map(drain);
+        let err = child.stderr.take().map(drain);
+        Gst {
+            child: Some(child),
+            out,
+            err,
+        }
     }
-    let _ = child.wait();
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (out, err)
+}
+
+impl Drop for Gst {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Stop a pipeline (SIGINT: `-e` turns it into EOS; killed after 10 s) and
+/// return its output.
+fn finish(mut g: Gst) -> (String, String) {
+    if let Some(mut child) = g.child.take() {
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let _ = kill(pid, Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.wait();
+    }
+    let join = |h: Option<std::thread::JoinHandle<String>>| {
+        h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+    };
+    (join(g.out.take()), join(g.err.take()))
 }
 
 fn run(srtp: bool) {
@@ -497,14 +543,11 @@ fn gstreamer_vp8_over_srtp_to_two_decoding_subscribers() {
 }
 
 /// `gst-launch-1.0 -e -v PIPELINE`, output captured (see [`finish`]).
-fn launch(pipeline: &str) -> Child {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("exec gst-launch-1.0 -e -v {pipeline}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gst-launch-1.0 runs")
+fn launch(pipeline: &str) -> Gst {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("exec gst-launch-1.0 -e -v {pipeline}"));
+    Gst::spawn(cmd)
 }
 
 /// No decoder or element error or warning in a subscriber's output.
@@ -553,7 +596,7 @@ const SIM_FRAMES: usize = 120;
 /// makes a key frame at the start and then only when asked: rtpbin turns a
 /// PLI for an SSRC into a force-key-unit event that `rtpfunnel` routes to
 /// that SSRC's encoder.
-fn simulcast_publisher(codec: VideoCodec, to: SocketAddr, rtcp_port: u16) -> Child {
+fn simulcast_publisher(codec: VideoCodec, to: SocketAddr, rtcp_port: u16) -> Gst {
     let port = to.port();
     let low = codec.encode.replace("{BITRATE}", "300000");
     let high = codec.encode.replace("{BITRATE}", "1000000");
