@@ -353,15 +353,20 @@ impl Subscriber {
     }
 
     /// Stop it (EOS) and count what it decoded.
-    fn finish(self) -> Decoded {
-        let (out, err) = finish(self.child);
+    fn finish(mut self) -> Decoded {
+        let (out, err) = finish(&mut self.child);
         let bytes = std::fs::metadata(&self.frames).map_or(0, |m| m.len());
-        let _ = std::fs::remove_file(&self.frames);
         Decoded {
             out,
             err,
             frames: (bytes / 64) as usize,
         }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.frames);
     }
 }
 
@@ -435,7 +440,7 @@ impl Drop for Gst {
 
 /// Stop a pipeline (SIGINT: `-e` turns it into EOS; killed after 10 s) and
 /// return its output.
-fn finish(mut g: Gst) -> (String, String) {
+fn finish(g: &mut Gst) -> (String, String) {
     if let Some(mut child) = g.child.take() {
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
         let _ = kill(pid, Signal::SIGINT);
@@ -667,7 +672,7 @@ fn simulcast_switch(codec: VideoCodec) {
         .collect();
     let consumers: Vec<u64> = subs.iter().map(|s| s.consumer).collect();
     std::thread::sleep(Duration::from_millis(1500));
-    let publisher = simulcast_publisher(codec, hop.addr, pub_rtcp);
+    let mut publisher = simulcast_publisher(codec, hop.addr, pub_rtcp);
     let consumer_view = |c: u64| api(admin, "GET", &format!("{base}/consumers/{c}"), json!({}));
     assert!(
         eventually(Duration::from_secs(10), || consumer_view(consumers[1])
@@ -701,7 +706,7 @@ fn simulcast_switch(codec: VideoCodec) {
         (SIM_FRAMES as u64 * 1000 / 30).saturating_sub(1000) + 1500,
     ));
     let view = api(admin, "GET", &base, json!({}));
-    let (pub_out, pub_err) = finish(publisher);
+    let (pub_out, pub_err) = finish(&mut publisher);
     drop(hop);
     let high = &view["producers"][0]["encodings"][1];
     assert!(
