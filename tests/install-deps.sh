@@ -16,7 +16,8 @@
 #                 (relay/tern/src/dtls/) runs on OpenSSL's DTLS (pkg-config finds it)
 #   gstreamer1.0-tools -plugins-base -plugins-good -plugins-bad
 #                 real media peers of the SFU test (relay/tern/tests/sfu_gst.rs):
-#                 gst-launch-1.0, vp8enc/vp8dec and the RTP payloaders (-good),
+#                 gst-launch-1.0, vp8enc/vp8dec, the RTP payloaders, rtpbin and
+#                 rtpfunnel (-good), videoscale/videoconvert (-base), openh264enc/dec,
 #                 srtpenc/srtpdec (-bad); 2 min 8 s to install on the development VM
 #   chromium libnss3-tools nftables python3 aiortc
 #                 tests/tests/chromium_turns.rs: headless Chromium in a network namespace

@@ -8,6 +8,16 @@
 //! `floor(n * share)` of the first `n`, spread evenly) and holds each
 //! forwarded packet for a fixed delay, so the harness's own accounting can
 //! be checked against a known impairment.
+//!
+//! **Two-way** (`reply` set), the proxy stands on a media path: what comes
+//! from `to` goes back the other way (to a fixed address, or to whoever
+//! last sent from the other side), and everything else goes on to `to`,
+//! from the proxy's one socket. So the far end (an SFU) sees one address
+//! for its peer, sends its media and RTCP there, and gets that peer's RTCP
+//! (NACKs, PLIs, reports) back from it, as from a NAT. RTCP coming back
+//! (RFC 5761: second byte 192..=223) may go to its own port, for peers
+//! such as GStreamer's `rtpbin` that take RTP and RTCP on two. Drop and
+//! delay apply to both directions, each with its own drop pattern.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
@@ -39,6 +49,29 @@ pub struct ForwarderConfig {
     pub max_packets: u64,
     /// Stop after this long.
     pub time_limit: Duration,
+    /// Two-way mode: where what comes from `to` goes back.
+    pub reply: Option<ReplyRoute>,
+}
+
+/// Where a two-way forwarder sends what comes from its `to` address.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplyRoute {
+    /// Destination of everything from `to` (RTP, and RTCP unless `rtcp` is
+    /// set); `None`: the source of the latest datagram from anyone else.
+    pub to: Option<SocketAddr>,
+    /// Destination of RTCP from `to` (second byte 192..=223, RFC 5761).
+    pub rtcp: Option<SocketAddr>,
+}
+
+impl ReplyRoute {
+    /// Where a datagram from `to` goes, given the last other source seen.
+    fn dest(&self, data: &[u8], learned: Option<SocketAddr>) -> Option<SocketAddr> {
+        let rtcp = data.len() >= 2 && (192..=223).contains(&data[1]);
+        match self.rtcp {
+            Some(r) if rtcp => Some(r),
+            _ => self.to.or(learned),
+        }
+    }
 }
 
 /// Counters of a forwarder, readable while it runs.
@@ -52,6 +85,11 @@ pub struct ForwarderCounters {
     pub dropped: AtomicU64,
     /// Datagrams the kernel refused to send.
     pub send_errors: AtomicU64,
+    /// Two-way: datagrams sent back from `to`'s side.
+    pub replied: AtomicU64,
+    /// Two-way: datagrams from `to` with nowhere to go yet (no other side
+    /// learned).
+    pub unroutable: AtomicU64,
 }
 
 /// A snapshot of [`ForwarderCounters`].
@@ -65,6 +103,10 @@ pub struct ForwarderStats {
     pub dropped: u64,
     /// Datagrams the kernel refused to send.
     pub send_errors: u64,
+    /// Two-way: datagrams sent back from `to`'s side (within `forwarded`).
+    pub replied: u64,
+    /// Two-way: datagrams from `to` with nowhere to go yet.
+    pub unroutable: u64,
 }
 
 impl ForwarderCounters {
@@ -75,6 +117,8 @@ impl ForwarderCounters {
             forwarded: self.forwarded.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             send_errors: self.send_errors.load(Ordering::Relaxed),
+            replied: self.replied.load(Ordering::Relaxed),
+            unroutable: self.unroutable.load(Ordering::Relaxed),
         }
     }
 }
@@ -117,14 +161,15 @@ pub fn run(
         return;
     }
     let fd = sock.as_raw_fd();
-    let dest = SockAddr::from(cfg.to);
     let mut rb = RecvBatch::new(cfg.batch);
     let mut sb = SendBatch::new(cfg.batch);
     let delay_ns = cfg.delay.as_nanos() as u64;
-    let mut held: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    let mut held: VecDeque<(u64, SocketAddr, Vec<u8>)> = VecDeque::new();
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let end = monotonic_ns() + cfg.time_limit.as_nanos() as u64;
-    let mut n_seen = 0u64;
+    // Packets received, and each direction's count for its drop pattern.
+    let (mut n_seen, mut n_on, mut n_back) = (0u64, 0u64, 0u64);
+    let mut learned: Option<SocketAddr> = None;
     let flush = |sb: &mut SendBatch| {
         let want = sb.len() as u64;
         let (sent, _err) = sb.flush(fd);
@@ -133,39 +178,58 @@ pub fn run(
             .send_errors
             .fetch_add(want - sent as u64, Ordering::Relaxed);
     };
+    let send = |sb: &mut SendBatch, to: SocketAddr, data: &[u8]| {
+        let dest = SockAddr::from(to);
+        if !sb.push(data.len(), Some(&dest), |b| b.copy_from_slice(data)) {
+            flush(sb);
+            sb.push(data.len(), Some(&dest), |b| b.copy_from_slice(data));
+        }
+    };
     while !stop.load(Ordering::Relaxed) && n_seen < cfg.max_packets && monotonic_ns() < end {
         let Ok(n) = rb.recv(fd) else { break };
         let now = monotonic_ns();
         counters.received.fetch_add(n as u64, Ordering::Relaxed);
         for i in 0..n {
-            let drop_it = drops(n_seen, cfg.drop_share);
             n_seen += 1;
+            let data = rb.data(i);
+            let back = cfg.reply.is_some() && rb.source(i) == Some(cfg.to);
+            let dest = match &cfg.reply {
+                Some(r) if back => r.dest(data, learned),
+                Some(_) => {
+                    learned = rb.source(i).or(learned);
+                    Some(cfg.to)
+                }
+                None => Some(cfg.to),
+            };
+            let Some(dest) = dest else {
+                counters.unroutable.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let k = if back { &mut n_back } else { &mut n_on };
+            let drop_it = drops(*k, cfg.drop_share);
+            *k += 1;
             if drop_it {
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let data = rb.data(i);
+            if back {
+                counters.replied.fetch_add(1, Ordering::Relaxed);
+            }
             if delay_ns == 0 {
-                if !sb.push(data.len(), Some(&dest), |b| b.copy_from_slice(data)) {
-                    flush(&mut sb);
-                    sb.push(data.len(), Some(&dest), |b| b.copy_from_slice(data));
-                }
+                send(&mut sb, dest, data);
             } else {
                 let mut v = pool.pop().unwrap_or_default();
                 v.clear();
                 v.extend_from_slice(data);
-                held.push_back((now + delay_ns, v));
+                held.push_back((now + delay_ns, dest, v));
             }
         }
         let now = monotonic_ns();
-        while held.front().is_some_and(|(due, _)| *due <= now) {
-            let Some((_, v)) = held.pop_front() else {
+        while held.front().is_some_and(|(due, _, _)| *due <= now) {
+            let Some((_, dest, v)) = held.pop_front() else {
                 break;
             };
-            if !sb.push(v.len(), Some(&dest), |b| b.copy_from_slice(&v)) {
-                flush(&mut sb);
-                sb.push(v.len(), Some(&dest), |b| b.copy_from_slice(&v));
-            }
+            send(&mut sb, dest, &v);
             pool.push(v);
         }
         if !sb.is_empty() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tern_bench::compare::{compare, table};
-use tern_bench::forwarder::{self, ForwarderConfig, ForwarderCounters};
+use tern_bench::forwarder::{self, ForwarderConfig, ForwarderCounters, ReplyRoute};
 use tern_bench::load::Load;
 use tern_bench::mix::PayloadMix;
 use tern_bench::netns::{self, Direction, LossFilter};
@@ -189,6 +189,16 @@ enum Cmd {
         /// Delay added to every forwarded packet, milliseconds.
         #[arg(long, default_value_t = 0.0)]
         delay_ms: f64,
+        /// Forward both ways: what comes from --to goes back (to --reply-to,
+        /// or to the latest other source), everything else on to --to.
+        #[arg(long)]
+        two_way: bool,
+        /// Two-way: where what comes from --to goes (default: learned).
+        #[arg(long, requires = "two_way")]
+        reply_to: Option<SocketAddr>,
+        /// Two-way: where RTCP from --to goes, if not with the RTP.
+        #[arg(long, requires = "two_way")]
+        reply_rtcp_to: Option<SocketAddr>,
     },
 }
 
@@ -656,7 +666,7 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
                     "--egress-sockets needs --io mmsg or uring".into(),
                 ))
             }
-            tern_bench::null_io::NullIo::Harness => forward(&f, 0.0, 0.0)?,
+            tern_bench::null_io::NullIo::Harness => forward(&f, 0.0, 0.0, None)?,
             io => {
                 check_forward_addrs(&f)?;
                 let sock = forwarder::bind(f.listen)?;
@@ -671,7 +681,20 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
                 eprintln!("{stats:?}");
             }
         },
-        Cmd::Proxy { f, drop, delay_ms } => forward(&f, drop, delay_ms)?,
+        Cmd::Proxy {
+            f,
+            drop,
+            delay_ms,
+            two_way,
+            reply_to,
+            reply_rtcp_to,
+        } => {
+            let reply = two_way.then_some(ReplyRoute {
+                to: reply_to,
+                rtcp: reply_rtcp_to,
+            });
+            forward(&f, drop, delay_ms, reply)?
+        }
         Cmd::Sfu {
             tern,
             subscribers,
@@ -696,8 +719,18 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
     Ok(())
 }
 
-fn forward(f: &ForwardArgs, drop: f64, delay_ms: f64) -> tern_bench::Result<()> {
+fn forward(
+    f: &ForwardArgs,
+    drop: f64,
+    delay_ms: f64,
+    reply: Option<ReplyRoute>,
+) -> tern_bench::Result<()> {
     check_forward_addrs(f)?;
+    for a in reply.iter().flat_map(|r| [r.to, r.rtcp]).flatten() {
+        if !a.ip().is_loopback() {
+            return Err(tern_bench::Error(format!("{a} is not a loopback address")));
+        }
+    }
     let sock = forwarder::bind(f.listen)?;
     let cfg = ForwarderConfig {
         to: f.to,
@@ -706,6 +739,7 @@ fn forward(f: &ForwardArgs, drop: f64, delay_ms: f64) -> tern_bench::Result<()> 
         batch: f.batch,
         max_packets: f.max_packets,
         time_limit: Duration::from_secs(f.time_limit),
+        reply,
     };
     let counters = ForwarderCounters::default();
     forwarder::run(&sock, &cfg, &AtomicBool::new(false), &counters);

@@ -38,6 +38,7 @@ fn proxy(to: SocketAddr, drop_share: f64, delay: Duration) -> ForwarderThread {
         batch: 64,
         max_packets: 1_000_000,
         time_limit: Duration::from_secs(60),
+        reply: None,
     };
     ForwarderThread::spawn("127.0.0.1:0".parse().unwrap(), cfg).unwrap()
 }
@@ -298,4 +299,97 @@ fn mix_and_flood_through_real_coturn_sessions_when_installed() {
             "{path:?}"
         );
     }
+}
+
+/// The two-way proxy on a media path: the far end (`far`, an SFU's socket)
+/// sees only the proxy; its RTP goes to the peer's RTP port, its RTCP to
+/// the peer's RTCP port, and the peer's RTCP reaches it from the proxy's
+/// address, with the delay added each way and the drop pattern per
+/// direction. Without fixed reply addresses, replies go to the latest
+/// other source.
+#[test]
+#[allow(clippy::disallowed_methods)] // the injected delay is a lower bound on the clock
+fn two_way_proxy_routes_replies_rtcp_apart_with_delay_and_loss() {
+    use std::net::UdpSocket;
+    use std::time::Instant;
+    use tern_bench::forwarder::ReplyRoute;
+
+    let bind = || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    };
+    let (far, peer_rtp, peer_rtcp, peer_tx) = (bind(), bind(), bind(), bind());
+    let delay = Duration::from_millis(30);
+    let fwd = ForwarderThread::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        ForwarderConfig {
+            to: far.local_addr().unwrap(),
+            drop_share: 0.25,
+            delay,
+            batch: 64,
+            max_packets: 1_000,
+            time_limit: Duration::from_secs(20),
+            reply: Some(ReplyRoute {
+                to: Some(peer_rtp.local_addr().unwrap()),
+                rtcp: Some(peer_rtcp.local_addr().unwrap()),
+            }),
+        },
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    // RTP (PT 96) and RTCP (PT 200, an SR) from the far end, four of each.
+    let (rtp, rtcp) = ([0x80u8, 96, 0, 1], [0x80u8, 200, 0, 6]);
+    let t0 = Instant::now();
+    for _ in 0..4 {
+        far.send_to(&rtp, fwd.addr).unwrap();
+        far.send_to(&rtcp, fwd.addr).unwrap();
+    }
+    // 25 % of the 8 packets from the far end are dropped, exactly the 4th
+    // and the 8th (both RTCP): 4 RTP and 2 RTCP arrive, each at its port.
+    for _ in 0..4 {
+        let (n, from) = peer_rtp.recv_from(&mut buf).unwrap();
+        assert_eq!((from, &buf[..n]), (fwd.addr, &rtp[..]));
+    }
+    assert!(t0.elapsed() >= delay, "delayed on the way back");
+    for _ in 0..2 {
+        let (n, from) = peer_rtcp.recv_from(&mut buf).unwrap();
+        assert_eq!((from, &buf[..n]), (fwd.addr, &rtcp[..]));
+    }
+    peer_rtcp
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(peer_rtcp.recv_from(&mut buf).is_err(), "two dropped");
+    // The peer's RTCP reaches the far end from the proxy's address.
+    let t1 = Instant::now();
+    peer_tx.send_to(&[0x81, 205, 0, 2], fwd.addr).unwrap();
+    let (n, from) = far.recv_from(&mut buf).unwrap();
+    assert_eq!((from, &buf[..n]), (fwd.addr, &[0x81u8, 205, 0, 2][..]));
+    assert!(t1.elapsed() >= delay, "delayed on the way on");
+    let s = fwd.counters.snapshot();
+    assert_eq!((s.received, s.dropped, s.replied), (9, 2, 6), "{s:?}");
+    drop(fwd);
+
+    // Learned: replies go to whoever sent from the other side last.
+    let fwd = ForwarderThread::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        ForwarderConfig {
+            to: far.local_addr().unwrap(),
+            drop_share: 0.0,
+            delay: Duration::ZERO,
+            batch: 64,
+            max_packets: 1_000,
+            time_limit: Duration::from_secs(20),
+            reply: Some(ReplyRoute::default()),
+        },
+    )
+    .unwrap();
+    far.send_to(&rtp, fwd.addr).unwrap(); // nobody learned yet
+    peer_tx.send_to(&rtp, fwd.addr).unwrap();
+    far.recv_from(&mut buf).unwrap();
+    far.send_to(&rtcp, fwd.addr).unwrap();
+    let (n, from) = peer_tx.recv_from(&mut buf).unwrap();
+    assert_eq!((from, &buf[..n]), (fwd.addr, &rtcp[..]));
+    let s = fwd.counters.snapshot();
+    assert_eq!((s.unroutable, s.replied), (1, 1), "{s:?}");
 }

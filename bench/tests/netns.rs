@@ -145,6 +145,7 @@ fn three_namespace_topology_relays_and_cleans_up() {
                 batch: 64,
                 max_packets: 1_000_000,
                 time_limit: Duration::from_secs(60),
+                reply: None,
             },
         )
     })

@@ -785,10 +785,21 @@ impl Router {
         if !producer.pts[usize::from(pkt.payload_type().get())] {
             return Err(count(stats, DropReason::UnknownPayloadType));
         }
-        let info = producer.codec.frame_info(pkt.payload());
+        let mut info = producer.codec.frame_info(pkt.payload());
         let clock_rate = producer.clock_rate;
         let nack = producer.nack;
         let encoding = &mut producer.encodings[enc_idx];
+        if info.key_frame_start {
+            // A key frame may open with several packets that each look like
+            // its start (H.264: SPS, then the IDR slice's first fragment):
+            // only the first of its timestamp starts it, so it counts once
+            // and a switch never begins after its parameter sets.
+            if encoding.key_frame_ts == Some(pkt.timestamp()) {
+                info.key_frame_start = false;
+            } else {
+                encoding.key_frame_ts = Some(pkt.timestamp());
+            }
+        }
         let missing_before = encoding.missing.len();
         encoding.on_packet(now, epoch, clock_rate, pkt, info, nack);
         if encoding.missing.len() > missing_before {
@@ -1492,6 +1503,8 @@ struct Encoding {
     packets: u64,
     bytes: u64,
     key_frames: u64,
+    /// RTP timestamp of the latest key frame start.
+    key_frame_ts: Option<u32>,
     last_packet_at: Option<Instant>,
     /// RFC 3550 A.8 jitter, scaled by 16.
     jitter_q4: u32,
@@ -1523,6 +1536,7 @@ impl Encoding {
             packets: 0,
             bytes: 0,
             key_frames: 0,
+            key_frame_ts: None,
             last_packet_at: None,
             jitter_q4: 0,
             last_transit: None,

@@ -215,6 +215,57 @@ fn h264_switches_on_idr_fragments() {
     assert_contiguous(&rx);
 }
 
+/// An H.264 key frame opens with several packets that each look like its
+/// start (SPS, then the IDR slice's first fragment): it is one key frame, and
+/// a switch happens only at its first packet. A switch asked for between
+/// them (after the SPS went by) waits for the next key frame instead of
+/// starting at the IDR slice without its parameter sets, which a decoder
+/// switching resolution cannot decode.
+#[test]
+fn h264_key_frame_with_parameter_sets_counts_once_and_switches_only_at_its_start() {
+    let mut w = World::new();
+    let p = w
+        .router
+        .add_producer(video_producer(Codec::H264, &[0xB0, 0xB1]))
+        .unwrap();
+    let c = w.add_consumer(consumer(p, 10, 0xC0)).unwrap();
+    let mut low = Stream::new(Codec::H264, 0xB0, 0, 1, 1);
+    let mut high = Stream::new(Codec::H264, 0xB1, 1, 30_000, 9);
+    for f in 0..12u32 {
+        for s in [&mut low, &mut high] {
+            let packets = if f == 0 || (s.encoding == 0 && (f == 4 || f == 8)) {
+                s.h264_key_frame_with_parameter_sets(3)
+            } else {
+                s.frame(false, 2, None, false)
+            };
+            for (i, pkt) in packets.iter().enumerate() {
+                w.input(PUB, pkt).unwrap();
+                if f == 4 && s.encoding == 0 && i == 0 {
+                    // Between the low key frame's SPS and the rest of it.
+                    w.router.set_preferred_layers(c, Some(0), None).unwrap();
+                    w.timers();
+                }
+            }
+        }
+        w.advance(FRAME);
+    }
+    let es: Vec<_> = w.router.producer_stats(p).unwrap().collect();
+    assert_eq!((es[0].key_frames, es[1].key_frames), (3, 1), "{es:?}");
+    let rx = w.rtp_to(TransportId(10));
+    let tags: Vec<_> = rx.iter().map(|r| r.tag(Codec::H264)).collect();
+    let first0 = tags.iter().position(|t| t.0 == 0).unwrap();
+    assert_eq!(
+        tags[first0],
+        (0, 8, 0),
+        "switched at the next key frame's SPS"
+    );
+    assert_eq!(rx[first0].payload[0] & 0x1F, 7, "an SPS first");
+    assert!(tags[..first0].iter().all(|t| t.0 == 1));
+    assert!(tags[first0..].iter().all(|t| t.0 == 0));
+    assert_eq!(w.router.consumer_stats(c).unwrap().layer_switches, 2);
+    assert_contiguous(&rx);
+}
+
 #[test]
 fn vp8_temporal_layers_are_filtered_without_gaps_and_raised_at_sync_frames() {
     let mut w = World::new();

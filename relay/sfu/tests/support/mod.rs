@@ -301,6 +301,38 @@ impl Stream {
         v
     }
 
+    /// An H.264 key frame the way RTP senders such as GStreamer's
+    /// `rtph264pay config-interval=-1` send it: SPS and PPS as single NAL
+    /// packets, then the IDR slice in `fragments` FU-A packets, all with the
+    /// frame's timestamp. Each packet carries the usual tag after its NAL
+    /// (or FU) header.
+    pub fn h264_key_frame_with_parameter_sets(&mut self, fragments: u8) -> Vec<Vec<u8>> {
+        assert_eq!(self.codec, Codec::H264);
+        let mut v = Vec::new();
+        let tagged = |head: &[u8], encoding: u8, frame: u32, i: u8| {
+            let mut p = head.to_vec();
+            p.push(encoding);
+            p.extend_from_slice(&frame.to_be_bytes());
+            p.push(i);
+            p.extend_from_slice(&[0xAB; 40]);
+            p
+        };
+        // SPS (7), PPS (8): NAL header F=0, NRI=3.
+        for (i, nal) in [0x67u8, 0x68].into_iter().enumerate() {
+            let p = tagged(&[nal, 0x42], self.encoding, self.frame, i as u8);
+            v.push(self.packet(false, &p));
+        }
+        for i in 0..fragments {
+            let s = if i == 0 { 0x80 } else { 0 };
+            let e = if i + 1 == fragments { 0x40 } else { 0 };
+            let p = tagged(&[0x60 | 28, s | e | 5], self.encoding, self.frame, 2 + i);
+            v.push(self.packet(i + 1 == fragments, &p));
+        }
+        self.frame += 1;
+        self.ts = self.ts.wrapping_add(self.ts_step);
+        v
+    }
+
     fn packet(&mut self, marker: bool, payload: &[u8]) -> Vec<u8> {
         let mut b = vec![0x80, self.pt | if marker { 0x80 } else { 0 }];
         b.extend_from_slice(&self.seq.to_be_bytes());
