@@ -25,14 +25,12 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{field, get, http_raw, parse_prometheus, Daemon, Samples, TOKEN};
-use nix::sched::CloneFlags;
 use serde_json::{json, Value};
 
 const IP_A: &str = "10.201.0.1";
@@ -62,66 +60,13 @@ fn can_run() -> bool {
     false
 }
 
-/// A network namespace, removed (with its veth end and sockets) on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("cas-{}-{tag}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.0];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
-    /// Run the calling thread in this namespace until the guard drops
-    /// (sockets opened meanwhile stay in it).
-    fn enter(&self) -> Back {
-        let back = File::open("/proc/thread-self/ns/net").unwrap();
-        let ns = File::open(format!("/run/netns/{}", self.0)).unwrap();
-        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).unwrap();
-        Back(back)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-struct Back(File);
-
-impl Drop for Back {
-    fn drop(&mut self) {
-        nix::sched::setns(&self.0, CloneFlags::CLONE_NEWNET).unwrap();
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod netns;
+use netns::Netns;
 
 /// Namespaces a and b joined by veth `casa` (IP_A) ↔ `casb` (IP_B).
 fn topology() -> (Netns, Netns) {
-    let a = Netns::new("a");
-    let b = Netns::new("b");
+    let a = Netns::new("cas", "a");
+    let b = Netns::new("cas", "b");
     a.exec(&[
         "ip", "link", "add", "casa", "type", "veth", "peer", "name", "casb", "netns", &b.0,
     ]);

@@ -9,14 +9,12 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use nix::sched::CloneFlags;
 
 const SERVER: &str = "10.78.0.2";
 const CLIENT: &str = "10.78.0.1";
@@ -38,59 +36,8 @@ fn can_run(test: &str) -> bool {
     false
 }
 
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("txdp-{}-{tag}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.0];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
-    /// Run the calling thread in this namespace until the guard drops.
-    fn enter(&self) -> Back {
-        let back = File::open("/proc/thread-self/ns/net").unwrap();
-        let ns = File::open(format!("/run/netns/{}", self.0)).unwrap();
-        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).unwrap();
-        Back(back)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-struct Back(File);
-
-impl Drop for Back {
-    fn drop(&mut self) {
-        nix::sched::setns(&self.0, CloneFlags::CLONE_NEWNET).unwrap();
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod netns;
+use netns::Netns;
 
 /// tern in namespace `ns` (`ip netns exec` execs it: the child's pid is tern's).
 fn start(ns: &Netns, extra: &[&str]) -> Daemon {
@@ -148,8 +95,8 @@ fn stun_binding_request(tid: u8) -> Vec<u8> {
 /// Namespaces `a` (client and peer, CLIENT) and `b` (tern, SERVER) joined
 /// by a veth pair, static neighbours both ways.
 fn topology(tag: &str) -> (Netns, Netns) {
-    let a = Netns::new(&format!("{tag}a"));
-    let b = Netns::new(&format!("{tag}b"));
+    let a = Netns::new("txdp", &format!("{tag}a"));
+    let b = Netns::new("txdp", &format!("{tag}b"));
     a.exec(&[
         "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
     ]);
@@ -300,7 +247,7 @@ fn xdp_auto_without_privilege_or_interface_runs_without_and_says_why() {
     if !can_run("xdp_auto_without_privilege_or_interface_runs_without_and_says_why") {
         return;
     }
-    let b = Netns::new("du");
+    let b = Netns::new("txdp", "du");
     // Only loopback in the namespace, and an interface list naming one that
     // does not exist: auto must log why and relay anyway.
     let mut tern = Command::new("ip")
@@ -458,9 +405,9 @@ fn a_turn_session_through_the_af_xdp_back_end() {
 /// client (a) 10.78.1.2 -- 10.78.1.1 relay (b) 10.78.2.1 -- 10.78.2.2 peer (c),
 /// static neighbours, transmit checksums finished in software.
 fn three_namespaces(tag: &str) -> (Netns, Netns, Netns) {
-    let a = Netns::new(&format!("{tag}a"));
-    let b = Netns::new(&format!("{tag}b"));
-    let c = Netns::new(&format!("{tag}c"));
+    let a = Netns::new("txdp", &format!("{tag}a"));
+    let b = Netns::new("txdp", &format!("{tag}b"));
+    let c = Netns::new("txdp", &format!("{tag}c"));
     a.exec(&[
         "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
     ]);
