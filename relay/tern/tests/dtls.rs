@@ -10,7 +10,9 @@
 //! the new certificate to new clients; a drain refuses new DTLS allocations
 //! and keeps the live one relaying.
 
+mod common;
 mod ports;
+use common::Answer;
 use ports::free_relay_ports;
 
 use std::io::{self, Read, Write};
@@ -189,15 +191,6 @@ struct DtlsTurn {
     next_tid: u8,
 }
 
-#[derive(Debug)]
-struct Answer {
-    class: Class,
-    error: Option<u16>,
-    relayed: Option<SocketAddr>,
-    mapped: Option<SocketAddr>,
-    nonce: Option<Vec<u8>>,
-}
-
 impl DtlsTurn {
     fn recv(&mut self) -> Vec<u8> {
         let mut buf = [0u8; 4096];
@@ -243,20 +236,7 @@ impl DtlsTurn {
                 continue;
             }
             assert_eq!(msg.transaction_id(), tid);
-            return Answer {
-                class: msg.class(),
-                error: msg
-                    .get(attr::ERROR_CODE)
-                    .and_then(|a| tern_stun::decode_error_code(a.value).ok())
-                    .map(|(c, _)| c),
-                relayed: msg
-                    .get(attr::XOR_RELAYED_ADDRESS)
-                    .and_then(|a| tern_stun::decode_xor_address(a.value, &tid).ok()),
-                mapped: msg
-                    .get(attr::XOR_MAPPED_ADDRESS)
-                    .and_then(|a| tern_stun::decode_xor_address(a.value, &tid).ok()),
-                nonce: msg.get(attr::NONCE).map(|a| a.value.to_vec()),
-            };
+            return Answer::of(&msg);
         }
     }
 

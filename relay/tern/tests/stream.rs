@@ -6,7 +6,9 @@
 //! and never disturbs a well-behaved client; a TLS certificate reload keeps
 //! live connections. The main flows run once per packet I/O back end.
 
+mod common;
 mod ports;
+use common::Answer;
 use ports::free_relay_ports;
 
 use std::io::{self, Read, Write};
@@ -98,15 +100,6 @@ struct StreamTurn<S: Read + Write> {
     next_tid: u8,
 }
 
-#[derive(Debug)]
-struct Answer {
-    class: Class,
-    error: Option<u16>,
-    relayed: Option<SocketAddr>,
-    mapped: Option<SocketAddr>,
-    nonce: Option<Vec<u8>>,
-}
-
 impl<S: Read + Write> StreamTurn<S> {
     fn new(stream: S) -> Self {
         StreamTurn {
@@ -165,21 +158,7 @@ impl<S: Read + Write> StreamTurn<S> {
                 continue;
             }
             assert_eq!(msg.transaction_id(), tid);
-            let tid = msg.transaction_id();
-            return Answer {
-                class: msg.class(),
-                error: msg
-                    .get(attr::ERROR_CODE)
-                    .and_then(|a| tern_stun::decode_error_code(a.value).ok())
-                    .map(|(c, _)| c),
-                relayed: msg
-                    .get(attr::XOR_RELAYED_ADDRESS)
-                    .and_then(|a| tern_stun::decode_xor_address(a.value, &tid).ok()),
-                mapped: msg
-                    .get(attr::XOR_MAPPED_ADDRESS)
-                    .and_then(|a| tern_stun::decode_xor_address(a.value, &tid).ok()),
-                nonce: msg.get(attr::NONCE).map(|a| a.value.to_vec()),
-            };
+            return Answer::of(&msg);
         }
     }
 

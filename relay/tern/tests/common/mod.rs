@@ -51,8 +51,33 @@ pub struct Answer {
     pub class: Class,
     pub error: Option<u16>,
     pub relayed: Option<SocketAddr>,
+    pub mapped: Option<SocketAddr>,
     pub alternate: Option<SocketAddr>,
     pub nonce: Option<Vec<u8>>,
+}
+
+impl Answer {
+    /// What a test looks at in a response, on any transport.
+    pub fn of(msg: &Message<'_>) -> Answer {
+        let tid = msg.transaction_id();
+        let xor = |a: u16| {
+            msg.get(a)
+                .and_then(|a| tern_stun::decode_xor_address(a.value, &tid).ok())
+        };
+        Answer {
+            class: msg.class(),
+            error: msg
+                .get(attr::ERROR_CODE)
+                .and_then(|a| tern_stun::decode_error_code(a.value).ok())
+                .map(|(c, _)| c),
+            relayed: xor(attr::XOR_RELAYED_ADDRESS),
+            mapped: xor(attr::XOR_MAPPED_ADDRESS),
+            alternate: msg
+                .get(attr::ALTERNATE_SERVER)
+                .and_then(|a| tern_stun::decode_address(a.value).ok()),
+            nonce: msg.get(attr::NONCE).map(|a| a.value.to_vec()),
+        }
+    }
 }
 
 impl Turn {
@@ -114,24 +139,7 @@ impl Turn {
         let mut buf = [0u8; 1500];
         let (n, _) = self.socket.recv_from(&mut buf).expect("a STUN response");
         let msg = Message::parse(&buf[..n]).expect("a well-formed response");
-        let error = msg
-            .get(attr::ERROR_CODE)
-            .and_then(|a| tern_stun::decode_error_code(a.value).ok())
-            .map(|(c, _)| c);
-        let relayed = msg
-            .get(attr::XOR_RELAYED_ADDRESS)
-            .and_then(|a| tern_stun::decode_xor_address(a.value, &msg.transaction_id()).ok());
-        let alternate = msg
-            .get(attr::ALTERNATE_SERVER)
-            .and_then(|a| tern_stun::decode_address(a.value).ok());
-        let nonce = msg.get(attr::NONCE).map(|a| a.value.to_vec());
-        Answer {
-            class: msg.class(),
-            error,
-            relayed,
-            alternate,
-            nonce,
-        }
+        Answer::of(&msg)
     }
 
     /// Allocate (challenge, then signed): the final answer.
