@@ -65,6 +65,13 @@ pub struct Load {
     pub flood_rate_pps: f64,
     /// Packet count limit over all flood flows.
     pub flood_count: u64,
+    /// Sender clock tick: zero paces every packet on time (spinning for
+    /// waits under 60 µs, so a sender thread keeps a core busy); otherwise
+    /// a sender sleeps a tick whenever it is caught up and then sends what
+    /// accrued, so senders use little CPU and the machine-wide CPU figure
+    /// is mostly the relay's and the kernel's.
+    #[serde(with = "secs")]
+    pub tick: Duration,
 }
 
 impl Load {
@@ -596,7 +603,10 @@ pub fn send(
         .collect();
     let t0 = monotonic_ns();
     let end = t0 + load.duration.as_nanos() as u64;
-    let depth = (rate_pps * 0.005).max(2.0 * burst as f64);
+    let tick = load.tick;
+    let depth = (rate_pps * 0.005)
+        .max(2.0 * burst as f64)
+        .max(2.0 * rate_pps * tick.as_secs_f64());
     let mut bucket = TokenBucket::new(rate_pps, depth, t0);
     let mut next = 0usize;
     let mut now = t0;
@@ -607,7 +617,12 @@ pub fn send(
         let n = bucket.take(want);
         if n == 0 {
             let wait = bucket.wait_ns();
-            if wait > 60_000 {
+            if !tick.is_zero() {
+                thread::sleep(
+                    tick.max(Duration::from_nanos(wait))
+                        .min(Duration::from_millis(100)),
+                );
+            } else if wait > 60_000 {
                 thread::sleep(Duration::from_nanos((wait - 50_000).min(1_000_000)));
             } else {
                 std::hint::spin_loop();

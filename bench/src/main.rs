@@ -260,6 +260,12 @@ struct ScenarioArgs {
     /// Packets per flow per sendmmsg.
     #[arg(long, default_value_t = 1)]
     burst: usize,
+    /// Sender tick, microseconds: 0 paces each packet on time (a sender
+    /// spins between close packets); N > 0 sleeps N µs whenever caught up
+    /// and sends what accrued, so the senders barely load the machine and
+    /// `machine ns/pkt` is mostly relay and kernel (at most 100000).
+    #[arg(long, default_value_t = 0)]
+    tick_us: u64,
     /// Send indications instead of ChannelData (permission only, no channel).
     #[arg(long)]
     send_indications: bool,
@@ -376,6 +382,7 @@ impl ScenarioArgs {
             }),
             flood_flows: self.flood_flows,
             flood_rate_pps: flood_rate,
+            tick: Duration::from_micros(self.tick_us.min(100_000)),
             flood_count: (flood_rate * self.flood_flows as f64 * duration.as_secs_f64()).ceil()
                 as u64,
         };

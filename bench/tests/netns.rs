@@ -43,6 +43,7 @@ fn load(rate: f64, count: u64) -> Load {
         flood_flows: 0,
         flood_rate_pps: 0.0,
         flood_count: 0,
+        tick: Duration::ZERO,
     }
 }
 
