@@ -331,6 +331,12 @@ struct ScenarioArgs {
     /// (needs --null-io mmsg or uring).
     #[arg(long)]
     null_per_flow: bool,
+    /// The harness's own packet I/O: kernel (sendmmsg/recvmmsg), or xsk:
+    /// AF_XDP sockets on the client and peer veths (--topology netns, one
+    /// sender; a tern-bench built with --features xdp), which keeps the
+    /// harness's CPU out of the machine-wide figure.
+    #[arg(long, value_enum, default_value = "kernel")]
+    harness_io: tern_bench::scenario::HarnessIo,
 }
 
 fn parse_mix(s: &str) -> Result<PayloadMix, String> {
@@ -383,6 +389,7 @@ impl ScenarioArgs {
             flood_flows: self.flood_flows,
             flood_rate_pps: flood_rate,
             tick: Duration::from_micros(self.tick_us.min(100_000)),
+            xsk: None,
             flood_count: (flood_rate * self.flood_flows as f64 * duration.as_secs_f64()).ceil()
                 as u64,
         };
@@ -409,6 +416,7 @@ impl ScenarioArgs {
             topology: self.topology,
             null_io: self.null_io,
             null_per_flow: self.null_per_flow,
+            harness_io: self.harness_io,
         })
     }
 }

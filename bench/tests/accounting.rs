@@ -28,6 +28,7 @@ fn load(rate: f64, count: u64) -> Load {
         flood_rate_pps: 0.0,
         flood_count: 0,
         tick: Duration::ZERO,
+        xsk: None,
     }
 }
 
@@ -158,6 +159,7 @@ fn real_turn_sessions_through_coturn_when_installed() {
             topology: TopologyKind::Loopback,
             null_io: Default::default(),
             null_per_flow: false,
+            harness_io: tern_bench::scenario::HarnessIo::Kernel,
         };
         let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
         assert_eq!(b.flows.len(), 20);
@@ -292,6 +294,7 @@ fn mix_and_flood_through_real_coturn_sessions_when_installed() {
             topology: TopologyKind::Loopback,
             null_io: Default::default(),
             null_per_flow: false,
+            harness_io: tern_bench::scenario::HarnessIo::Kernel,
         };
         let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
         assert_eq!(b.flows.len(), 12, "flood flows are sessions too");

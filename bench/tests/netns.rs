@@ -44,6 +44,7 @@ fn load(rate: f64, count: u64) -> Load {
         flood_rate_pps: 0.0,
         flood_count: 0,
         tick: Duration::ZERO,
+        xsk: None,
     }
 }
 
@@ -205,6 +206,7 @@ fn coturn_across_the_netns_topology_when_installed() {
         topology: TopologyKind::Netns,
         null_io: Default::default(),
         null_per_flow: false,
+        harness_io: tern_bench::scenario::HarnessIo::Kernel,
     };
     let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
     let r = b.window(&sc.load, 100.0, Duration::ZERO);
