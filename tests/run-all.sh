@@ -75,13 +75,15 @@ phase() {
 
 total_start=$SECONDS
 phase fmt cargo fmt --all -- --check
-phase clippy cargo clippy --workspace --all-targets --features tern/xdp -- -D warnings
-phase build-tests cargo test --workspace --features tern/xdp --no-run
-phase test cargo test --workspace --features tern/xdp --no-fail-fast
+phase clippy cargo clippy --workspace --all-targets --features tern/xdp,tern-bench/xdp -- -D warnings
+phase build-tests cargo test --workspace --features tern/xdp,tern-bench/xdp --no-run
+phase test cargo test --workspace --features tern/xdp,tern-bench/xdp --no-fail-fast
 # The default run uses the back end `auto` picks (io_uring where the kernel offers
 # it); the daemon's and the end-to-end/interop tests run again on the portable one.
 phase test-mmsg env TERN_TEST_IO_BACKEND=mmsg cargo test -p tern -p tern-tests --features tern/xdp --no-fail-fast
 phase tuning tuning_suite
+# The benchmark harness end to end, bounded (bench/smoke.sh says what it checks).
+phase bench-smoke root_phase bench/smoke.sh
 phase package root_phase tests/package.sh
 phase operating root_phase tests/operating.sh
 printf '=== phase times (TERN_REQUIRE_INTEROP=%s)\n' "${TERN_REQUIRE_INTEROP:-0}"

@@ -180,6 +180,9 @@ pub struct Measurement {
     pub cpu: CpuReport,
     /// The echoed direction (peer → relay → client), with `Load::echo`.
     pub echo: Option<EchoReport>,
+    /// With `--harness-io xsk`: how the harness's own datagrams went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub harness_xsk: Option<HarnessXsk>,
     /// Probe payload bytes the kernel took (what the peers see, no TURN framing).
     pub sent_bytes: u64,
     /// Payload bytes of the distinct probes received.
@@ -231,6 +234,21 @@ pub struct ClassReport {
     pub reordered: u64,
     /// One-way latency of this class's probes.
     pub latency: Latency,
+}
+
+/// The AF_XDP harness's own paths: what went through its XSKs and what
+/// the kernel carried instead (TX ring full; datagrams the sink's XDP
+/// program passed up).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct HarnessXsk {
+    /// Generator frames through the client-side XSK.
+    pub sent_xsk: u64,
+    /// Generator datagrams sent through the kernel instead.
+    pub sent_kernel: u64,
+    /// Sink datagrams through the peer-side XSK.
+    pub received_xsk: u64,
+    /// Sink datagrams through the peer sockets.
+    pub received_kernel: u64,
 }
 
 /// What came back to the clients when peers echo.
@@ -308,9 +326,11 @@ pub fn measure(
                 let (received_total, stop_rx) = (&received_total, &stop_rx);
                 let h = s.spawn(move || {
                     let mut st = RxStats::new((flows.len(), nlow), max_seq);
-                    xsk_receive(sides, peers, received_total, stop_rx, ready_tx, |d, now| {
-                        st.on(d, run, now)
-                    });
+                    let counts =
+                        xsk_receive(sides, peers, received_total, stop_rx, ready_tx, |d, now| {
+                            st.on(d, run, now)
+                        });
+                    st.xsk = Some(counts);
                     st
                 });
                 match ready.recv_timeout(Duration::from_secs(10)) {
@@ -551,6 +571,15 @@ fn summarize(requested: u64, tx: &TxStats, rx: &RxStats, cpu: CpuReport) -> Meas
         latency: Latency::from_hist(&hist),
         cpu,
         echo: None,
+        harness_xsk: match (tx.xsk, rx.xsk) {
+            (None, None) => None,
+            (t, r) => Some(HarnessXsk {
+                sent_xsk: t.map_or(0, |t| t.0),
+                sent_kernel: t.map_or(0, |t| t.1),
+                received_xsk: r.map_or(0, |r| r.0),
+                received_kernel: r.map_or(0, |r| r.1),
+            }),
+        },
         sent_bytes: tx.bytes,
         received_bytes,
         delivered_bytes_per_s: per_s(received_bytes, send_s),
@@ -572,6 +601,9 @@ pub struct TxStats {
     pub bytes: u64,
     /// Packets the kernel took, by payload size (index = bytes).
     pub sizes: Vec<u64>,
+    /// With the AF_XDP harness: frames through the XSK, datagrams the
+    /// XSK path had to hand to the kernel instead.
+    pub xsk: Option<(u64, u64)>,
 }
 
 impl TxStats {
@@ -587,6 +619,10 @@ impl TxStats {
         for (a, b) in self.sizes.iter_mut().zip(&o.sizes) {
             *a += b;
         }
+        self.xsk = match (self.xsk, o.xsk) {
+            (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -792,7 +828,11 @@ fn xsk_send(
     let tx = crate::xsk_load::XskTx::open(sides, flows);
     start.wait();
     match tx {
-        Ok(mut tx) => go(&mut tx),
+        Ok(mut tx) => {
+            let mut st = go(&mut tx);
+            st.xsk = Some(tx.counts());
+            st
+        }
         Err(e) => {
             eprintln!("tern-bench: AF_XDP sender: {e}");
             TxStats::default()
@@ -820,14 +860,16 @@ fn xsk_receive(
     stop: &AtomicBool,
     ready: std::sync::mpsc::Sender<Result<(), crate::Error>>,
     on: impl FnMut(&[u8], u64) -> bool,
-) {
+) -> (u64, u64) {
     match crate::xsk_load::XskRx::open(sides, peers) {
         Ok(mut rx) => {
             let _ = ready.send(Ok(()));
             rx.run(received_total, stop, on);
+            rx.counts()
         }
         Err(e) => {
             let _ = ready.send(Err(e));
+            (0, 0)
         }
     }
 }
@@ -840,10 +882,11 @@ fn xsk_receive(
     _: &AtomicBool,
     ready: std::sync::mpsc::Sender<Result<(), crate::Error>>,
     _: impl FnMut(&[u8], u64) -> bool,
-) {
+) -> (u64, u64) {
     let _ = ready.send(Err(crate::Error(
         "this tern-bench was built without the xdp feature".into(),
     )));
+    (0, 0)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -884,6 +927,8 @@ struct RxStats {
     flood_from: usize,
     bytes: [u64; 2],
     sizes: Vec<u64>,
+    /// With the AF_XDP harness: datagrams through the XSK, through the kernel.
+    xsk: Option<(u64, u64)>,
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -902,6 +947,7 @@ impl RxStats {
             flood_from,
             bytes: [0; 2],
             sizes: vec![0; MAX_SIZE + 1],
+            xsk: None,
         }
     }
 
@@ -962,6 +1008,7 @@ impl RxStats {
             *a += b;
         }
         self.foreign += o.foreign;
+        self.xsk = self.xsk.or(o.xsk);
     }
 }
 
