@@ -102,7 +102,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from_hist(h: &Histogram<u64>) -> Latency {
+    pub(crate) fn from_hist(h: &Histogram<u64>) -> Latency {
         if h.is_empty() {
             return Latency::default();
         }
