@@ -201,7 +201,18 @@ impl Janus {
                 body["srtp_suite"] = json!(80);
                 body["srtp_crypto"] = json!(key);
             }
-            let data = self.message(body)?;
+            // add_remote_publisher answers before the publisher's thread
+            // has entered it in the room: "No such feed" (428) for a moment.
+            let mut tries = 0;
+            let data = loop {
+                match self.message(body.clone()) {
+                    Err(e) if e.0.contains("error 428") && tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    r => break r?,
+                }
+            };
             let n = parse_forwarders(&data)?;
             if n != chunk.len() {
                 bail!("janus made {n} of {} forwarders: {data}", chunk.len());
