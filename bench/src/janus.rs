@@ -95,31 +95,14 @@ impl Janus {
             std::process::id(),
             http.port()
         ));
-        write_config(&dir, &modules, http.port())?;
-        let log = std::fs::File::create(dir.join("janus.log"))?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("-F")
-            .arg(&dir)
-            .arg("-C")
-            .arg(dir.join("janus.jcfg"))
-            .arg("-L")
-            .arg(dir.join("janus.log"))
-            .args(["-N", "-o", "-d", "3"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error(format!("cannot start janus ({}): {e}", bin.display())))?;
+        let child = write_config(&dir, &modules, http.port()).and_then(|()| spawn(bin, &dir));
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let _scratch = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let mut j = Janus {
             pid: child.id(),
             child,
@@ -131,17 +114,21 @@ impl Janus {
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
+            // The folder goes when `j` drops: say what the log said.
             if let Ok(Some(status)) = j.child.try_wait() {
                 bail!(
-                    "janus exited at start ({status}); see {}",
-                    j.dir.join("janus.log").display()
+                    "janus exited at start ({status}); its log ends:\n{}",
+                    j.log_tail()
                 );
             }
             if http_json(http, "GET", "/janus/info", "").is_ok_and(|(s, _)| s == 200) {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("janus did not answer on {http} within 15 s");
+                bail!(
+                    "janus did not answer on {http} within 15 s; its log ends:\n{}",
+                    j.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -222,6 +209,13 @@ impl Janus {
         Ok(made)
     }
 
+    /// The last lines of Janus' log.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("janus.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
     fn message(&mut self, body: Value) -> Result<Value> {
         let path = format!("/janus/{}/{}", self.session, self.handle);
         self.request(&path, json!({"janus": "message", "body": body}))
@@ -236,6 +230,34 @@ impl Janus {
         }
         parse_answer(&text)
     }
+}
+
+/// Start `bin` on the configuration in `dir`, its output to `dir/janus.log`,
+/// dying with the harness.
+fn spawn(bin: &Path, dir: &Path) -> Result<Child> {
+    let log = std::fs::File::create(dir.join("janus.log"))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("-F")
+        .arg(dir)
+        .arg("-C")
+        .arg(dir.join("janus.jcfg"))
+        .arg("-L")
+        .arg(dir.join("janus.log"))
+        .args(["-N", "-o", "-d", "3"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| Error(format!("cannot start janus ({}): {e}", bin.display())))
 }
 
 /// The useful part of a Janus API answer: `plugindata.data` for a plugin
