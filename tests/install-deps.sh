@@ -24,6 +24,9 @@
 #                 reaching an aiortc peer only through turns: on tern; certutil puts the
 #                 test CA in Chromium's NSS database, nft blocks UDP in the namespace
 #                 (chromium: 117 MB download on the development VM; aiortc: 12 s of pip)
+#   janus         Janus 1.1.2's VideoRoom (remote publishers + RTP forwarders), the second
+#                 SFU of `tern-bench sfu --targets tern,janus` and of its CI smoke test
+#                 (bench/tests/sfu_janus.rs); its packaged service is not used
 set -euo pipefail
 
 # The cargo-deb version the package is built with.
@@ -55,6 +58,7 @@ gst_has srtpenc || need+=(gstreamer1.0-plugins-bad)
 command -v chromium >/dev/null || need+=(chromium)
 command -v certutil >/dev/null || need+=(libnss3-tools)
 command -v nft >/dev/null || need+=(nftables)
+command -v janus >/dev/null || need+=(janus)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     apt-get update -q

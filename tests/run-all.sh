@@ -12,7 +12,7 @@ if [[ -n "${CI:-}" && "${CI}" != "false" ]]; then
 fi
 
 # The interop tools (coturn, redis-server, aioice, shellcheck, chromium, certutil, nft,
-# aiortc): installed here when missing and we are root; otherwise those tests say
+# aiortc, janus): installed here when missing and we are root; otherwise those tests say
 # "skipped" (or fail under TERN_REQUIRE_INTEROP=1). TERN_NO_INSTALL=1 never installs.
 if [[ $EUID -eq 0 && -z "${TERN_NO_INSTALL:-}" ]]; then
     if ! command -v turnutils_uclient >/dev/null || ! command -v redis-server >/dev/null \
@@ -22,7 +22,8 @@ if [[ $EUID -eq 0 && -z "${TERN_NO_INSTALL:-}" ]]; then
         || ! command -v gst-launch-1.0 >/dev/null || ! gst-inspect-1.0 srtpenc >/dev/null 2>&1 \
         || ! command -v curl >/dev/null || ! cargo deb --version >/dev/null 2>&1 \
         || ! command -v chromium >/dev/null || ! command -v certutil >/dev/null \
-        || ! command -v nft >/dev/null || ! python3 -c 'import aiortc' 2>/dev/null; then
+        || ! command -v nft >/dev/null || ! python3 -c 'import aiortc' 2>/dev/null \
+        || ! command -v janus >/dev/null; then
         tests/install-deps.sh
     fi
 fi

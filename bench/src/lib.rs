@@ -22,6 +22,7 @@ pub mod compare;
 pub mod cpu;
 mod error;
 pub mod forwarder;
+pub mod janus;
 pub mod load;
 pub mod mix;
 pub mod mmsg;

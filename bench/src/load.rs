@@ -127,7 +127,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from_hist(h: &Histogram<u64>) -> Latency {
+    pub(crate) fn from_hist(h: &Histogram<u64>) -> Latency {
         if h.is_empty() {
             return Latency::default();
         }

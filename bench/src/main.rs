@@ -31,19 +31,37 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// SFU mode: one publisher to N subscribers through tern's SFU; egress
-    /// packets per relay CPU-second (starts the tern binary given).
+    /// SFU mode: in each of --rooms rooms one publisher to --subscribers
+    /// subscribers, through tern's SFU and/or Janus' VideoRoom (remote
+    /// publishers + RTP forwarders), alternating per repetition; egress
+    /// packets per relay CPU-second and one-way latency.
     Sfu {
+        /// Targets, comma-separated, alternated within each repetition.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "tern")]
+        targets: Vec<tern_bench::sfu::SfuTarget>,
+        /// Repetitions of each target.
+        #[arg(long, default_value_t = 1)]
+        reps: usize,
         /// The tern binary.
         #[arg(long, default_value = "target/release/tern")]
         tern: PathBuf,
-        /// Subscribers of the one publisher.
+        /// The janus binary.
+        #[arg(long, default_value = "/usr/bin/janus")]
+        janus: PathBuf,
+        /// Janus' module folder (holding plugins/ and transports/); default:
+        /// the usual install folders.
+        #[arg(long)]
+        janus_modules: Option<PathBuf>,
+        /// Rooms (tern routers, Janus VideoRooms), one publisher each.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        /// Subscribers per room (rooms x subscribers at most 10000).
         #[arg(long, default_value_t = 100)]
         subscribers: usize,
-        /// Publisher packets per second.
+        /// Publisher packets per second, over all rooms.
         #[arg(long, default_value_t = 500)]
         rate: u64,
-        /// Seconds of traffic (at most 60).
+        /// Seconds of traffic per window (at most 60).
         #[arg(long, default_value_t = 5)]
         duration: u64,
         /// RTP payload bytes.
@@ -52,9 +70,18 @@ enum Cmd {
         /// tern worker threads.
         #[arg(long, default_value_t = 1)]
         workers: usize,
-        /// SRTP (AES_CM_128_HMAC_SHA1_80) towards the subscribers.
+        /// SRTP (AES_CM_128_HMAC_SHA1_80) towards the subscribers, on every target.
         #[arg(long)]
         srtp: bool,
+        /// Receiving sockets, one thread each (subscribers spread over them).
+        #[arg(long, default_value_t = 2)]
+        receivers: usize,
+        /// Fail (exit 1, after the table) when a window lost more than this %.
+        #[arg(long, default_value_t = 5.0)]
+        max_loss: f64,
+        /// Print the reports as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// One measurement window against one target.
     Run {
@@ -711,24 +738,71 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
             forward(&f, drop, delay_ms, reply)?
         }
         Cmd::Sfu {
+            targets,
+            reps,
             tern,
+            janus,
+            janus_modules,
+            rooms,
             subscribers,
             rate,
             duration,
             payload,
             workers,
             srtp,
+            receivers,
+            max_loss,
+            json: as_json,
         } => {
-            let report = tern_bench::sfu::run(&tern_bench::sfu::SfuScenario {
-                tern,
+            use tern_bench::sfu;
+            let sc = sfu::SfuScenario {
+                tern: resolve_beside_exe(&tern),
+                janus,
+                janus_modules,
+                rooms,
                 subscribers,
                 rate,
                 duration,
                 payload,
                 workers,
                 srtp,
-            })?;
-            json(&report)?;
+                receivers,
+            };
+            let mut reports = Vec::new();
+            for rep in 0..reps.max(1) {
+                // Rotate which target goes first.
+                let n = targets.len().max(1);
+                for i in 0..targets.len() {
+                    let target = targets[(i + rep) % n];
+                    let r = sfu::run(target, &sc, rep)?;
+                    eprintln!(
+                        "rep {rep} {}: sent {} received {}/{} (loss {:.3} %), {:.0} egress/CPU-s{}, p50 {:.1} µs p99 {:.1} µs",
+                        target.name(),
+                        r.sent,
+                        r.received,
+                        r.expected,
+                        r.loss_pct,
+                        r.egress_per_cpu_second,
+                        r.counted_per_cpu_second
+                            .map_or(String::new(), |c| format!(" ({c:.0} by its counter)")),
+                        r.latency.p50_us,
+                        r.latency.p99_us
+                    );
+                    reports.push(r);
+                }
+            }
+            if as_json {
+                json(&reports)?;
+            } else {
+                out(&sfu::table(&reports));
+            }
+            let failed: Vec<String> = reports
+                .iter()
+                .filter_map(|r| sfu::verdict(r, max_loss))
+                .collect();
+            if !failed.is_empty() {
+                return Err(tern_bench::Error(failed.join("; ")));
+            }
         }
     }
     Ok(())
