@@ -95,7 +95,10 @@ pub struct RouterConfig {
     pub feedback_ssrc: Ssrc,
     /// At most one key frame request per encoding in this interval.
     pub key_frame_request_interval: Duration,
-    /// NACKs for packets older than this are not answered.
+    /// NACKs for packets older than this are not answered. Two seconds by
+    /// default: on a 400 ms RTT path a receiver's NACK can leave a second
+    /// after the packet (AVPF paces it to its RTCP interval) and still be in
+    /// time for a jitter buffer sized for that path.
     pub retransmit_max_age: Duration,
     /// An encoding with no packet for this long is not chosen as a target.
     pub encoding_inactive_after: Duration,
@@ -112,7 +115,7 @@ impl Default for RouterConfig {
         Self {
             feedback_ssrc: Ssrc::new(0x7465_726E), // "tern"
             key_frame_request_interval: Duration::from_millis(500),
-            retransmit_max_age: Duration::from_secs(1),
+            retransmit_max_age: Duration::from_secs(2),
             encoding_inactive_after: Duration::from_secs(1),
             max_packet_size: 1500,
             event_capacity: 1024,
