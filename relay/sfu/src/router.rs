@@ -4,8 +4,9 @@
 //! retransmission buffers), consumers (one producer's media to one
 //! transport, with their own SSRC, payload types, layers, pause state and
 //! sequence/timestamp continuity), RTCP handling (SR rewrite, RR stats,
-//! NACK answers, PLI/FIR forwarding with a throttle) and the key-frame
-//! requests that layer switches need. Must not touch: sockets, the clock,
+//! NACK answers, PLI/FIR forwarding with a throttle, the SDES that names
+//! a consumer's RTX stream) and the key-frame requests that layer switches
+//! need. Must not touch: sockets, the clock,
 //! SRTP. Packets and `now` come in; transmits go into the caller's
 //! [`Output`], events are polled, and [`Router::poll_timeout`] says when to
 //! call [`Router::handle_timeout`].
@@ -94,7 +95,10 @@ pub struct RouterConfig {
     pub feedback_ssrc: Ssrc,
     /// At most one key frame request per encoding in this interval.
     pub key_frame_request_interval: Duration,
-    /// NACKs for packets older than this are not answered.
+    /// NACKs for packets older than this are not answered. Two seconds by
+    /// default: on a 400 ms RTT path a receiver's NACK can leave a second
+    /// after the packet (AVPF paces it to its RTCP interval) and still be in
+    /// time for a jitter buffer sized for that path.
     pub retransmit_max_age: Duration,
     /// An encoding with no packet for this long is not chosen as a target.
     pub encoding_inactive_after: Duration,
@@ -111,7 +115,7 @@ impl Default for RouterConfig {
         Self {
             feedback_ssrc: Ssrc::new(0x7465_726E), // "tern"
             key_frame_request_interval: Duration::from_millis(500),
-            retransmit_max_age: Duration::from_secs(1),
+            retransmit_max_age: Duration::from_secs(2),
             encoding_inactive_after: Duration::from_secs(1),
             max_packet_size: 1500,
             event_capacity: 1024,
@@ -191,7 +195,11 @@ pub struct ConsumerParams {
     /// First outgoing timestamp (pick at random in production).
     pub initial_timestamp: u32,
     /// Send retransmissions as RTX (RFC 4588) on this SSRC instead of
-    /// repeating them on the consumer's own SSRC.
+    /// repeating them on the consumer's own SSRC. The router then names both
+    /// SSRCs in an RTCP SDES with one CNAME (RFC 4588 §5.2), with the first
+    /// forwarded packet and every [`RR_INTERVAL`] after, so that a receiver
+    /// validating new SSRCs (RFC 3550 §6.2.1, A.1) takes the RTX stream's
+    /// first packet at once instead of holding it for a second one.
     pub rtx_ssrc: Option<Ssrc>,
     /// The consumer's RTX payload type for each of its media payload types,
     /// as (media, rtx). Media types without one are retransmitted plainly.
@@ -468,6 +476,7 @@ impl Router {
                     ssrc,
                     pt_map: map,
                     next_seq: params.initial_seq.get() ^ 0x5A5A,
+                    cname: consumer_cname(params.ssrc),
                 }
             }),
             history: vec![HistoryEntry::default(); HISTORY].into_boxed_slice(),
@@ -858,6 +867,10 @@ impl Router {
                 picture_id: picture_id.map_or(NONE16, |p| p),
                 tl0_pic_idx: tl0_pic_idx.map_or(NONE16, u16::from),
             };
+            if c.stats.packets == 0 {
+                // The RTX stream is named before anything can need it.
+                send_source_description(c, cid, out, stats);
+            }
             let ssrc = c.ssrc;
             let header = pkt.header_len();
             let written = out.push(c.transport, PacketKind::Rtp, Some(cid), |slot| {
@@ -958,12 +971,20 @@ impl Router {
         }
         let Router {
             producers,
+            consumers,
             stats,
             config,
             nack_due,
             ..
         } = self;
         *nack_due = None;
+        if rr_due {
+            for (i, c) in consumers.iter() {
+                if c.rtx.is_some() && !c.paused && c.stats.packets > 0 {
+                    send_source_description(c, ConsumerId(i), out, stats);
+                }
+            }
+        }
         for (_, p) in producers.iter_mut() {
             for i in 0..p.encodings.len() {
                 if p.encodings[i].key_frame_wanted {
@@ -1490,6 +1511,47 @@ struct ConsumerRtx {
     /// Consumer media payload type → its RTX payload type (`NO_PT`: none).
     pt_map: [u8; 128],
     next_seq: u16,
+    /// The CNAME its SDES gives the media and the RTX SSRC alike.
+    cname: [u8; CNAME_LEN],
+}
+
+/// Length of the CNAME the router gives a consumer with RTX.
+const CNAME_LEN: usize = 13;
+
+/// `tern-` and the consumer's media SSRC in hex: one per consumer (SSRCs
+/// are unique in the receiver's session), the same for its RTX stream.
+fn consumer_cname(ssrc: Ssrc) -> [u8; CNAME_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut c = *b"tern-00000000";
+    for (i, b) in c[5..].iter_mut().enumerate() {
+        *b = HEX[(ssrc.get() >> (28 - 4 * i) & 0xF) as usize];
+    }
+    c
+}
+
+/// Name a consumer's media and RTX SSRCs with one CNAME: an RR with no
+/// blocks (a compound packet starts with a report) and the SDES. Nothing
+/// for a consumer without RTX.
+fn send_source_description(
+    c: &Consumer,
+    cid: ConsumerId,
+    out: &mut Output,
+    stats: &mut RouterStats,
+) {
+    let Some(rtx) = &c.rtx else {
+        return;
+    };
+    let (media, rtx_ssrc, cname) = (c.ssrc, rtx.ssrc, rtx.cname);
+    let written = out.push(c.transport, PacketKind::Rtcp, Some(cid), |slot| {
+        let n = rtcp::write_receiver_report(slot, media, &[]).ok()?;
+        let m = rtcp::write_sdes_cname(slot.get_mut(n..)?, &[media, rtx_ssrc], &cname).ok()?;
+        Some(n + m)
+    });
+    if written {
+        stats.source_descriptions_sent += 1;
+    } else {
+        count(stats, DropReason::OutputFull);
+    }
 }
 
 #[derive(Debug)]

@@ -87,6 +87,9 @@ pub struct RouterStats {
     pub upstream_nacks_sent: u64,
     /// Receiver reports sent to producers.
     pub receiver_reports_sent: u64,
+    /// SDES packets naming a consumer's media and RTX SSRCs (RFC 4588 §5.2)
+    /// sent to consumers.
+    pub source_descriptions_sent: u64,
     /// Events dropped because the caller did not poll them.
     pub events_dropped: u64,
     /// Drops by [`DropReason::index`].

@@ -1096,6 +1096,184 @@ fn rid_encodings_learn_their_rtx_ssrc_from_the_repaired_rid() {
     );
 }
 
+/// A subscriber that validates new SSRCs as RFC 3550 allows (§6.2.1,
+/// Appendix A.1) and GStreamer's `rtpsession` does: an SSRC first heard in
+/// RTP is on probation until two packets arrive in sequence — its packets
+/// are held till then, and one out of sequence is dropped and restarts the
+/// count — while an SSRC that RTCP (a report, an SDES) named first is valid
+/// from its first packet.
+#[derive(Default)]
+struct ValidatingReceiver {
+    sources: std::collections::HashMap<u32, Source>,
+    /// RTP passed on to the jitter buffer, in order.
+    delivered: Vec<Rx>,
+}
+
+struct Source {
+    valid: bool,
+    in_sequence: u8,
+    expected: Option<u16>,
+    held: Vec<Rx>,
+}
+
+impl ValidatingReceiver {
+    const MIN_SEQUENTIAL: u8 = 2;
+
+    fn receive(&mut self, datagram: &[u8]) {
+        if rtcp::is_rtcp(datagram) {
+            for p in rtcp::compound(datagram).flatten() {
+                let named: Vec<u32> = match p {
+                    RtcpPacket::SourceDescription(sd) => {
+                        sd.chunks().map(|c| c.ssrc.get()).collect()
+                    }
+                    RtcpPacket::ReceiverReport(rr) => vec![rr.sender_ssrc().get()],
+                    RtcpPacket::SenderReport(sr) => vec![sr.sender_info().ssrc.get()],
+                    _ => vec![],
+                };
+                for ssrc in named {
+                    self.sources.entry(ssrc).or_insert(Source {
+                        valid: true,
+                        in_sequence: 0,
+                        expected: None,
+                        held: Vec::new(),
+                    });
+                }
+            }
+            return;
+        }
+        let p = rtp::RtpPacket::parse(datagram).unwrap();
+        let rx = Rx {
+            ssrc: p.ssrc().get(),
+            seq: p.seq().get(),
+            ts: p.timestamp(),
+            pt: p.payload_type().get(),
+            marker: p.marker(),
+            payload: p.payload().to_vec(),
+            bytes: datagram.to_vec(),
+        };
+        let s = self.sources.entry(rx.ssrc).or_insert(Source {
+            valid: false,
+            in_sequence: 0,
+            expected: None,
+            held: Vec::new(),
+        });
+        if s.valid {
+            self.delivered.push(rx);
+            return;
+        }
+        let next = rx.seq.wrapping_add(1);
+        if s.expected.is_some_and(|e| e != rx.seq) {
+            s.in_sequence = 0;
+            s.expected = Some(next);
+            return;
+        }
+        s.expected = Some(next);
+        s.in_sequence += 1;
+        s.held.push(rx);
+        if s.in_sequence == Self::MIN_SEQUENTIAL {
+            s.valid = true;
+            self.delivered.append(&mut s.held);
+        }
+    }
+
+    /// The original sequence numbers of the RTX packets passed on.
+    fn repaired(&self, rtx_ssrc: u32) -> Vec<u16> {
+        self.delivered
+            .iter()
+            .filter(|r| r.ssrc == rtx_ssrc)
+            .map(|r| u16::from_be_bytes([r.payload[0], r.payload[1]]))
+            .collect()
+    }
+}
+
+#[test]
+fn a_consumers_rtx_stream_is_named_so_its_first_retransmission_is_not_held_in_probation() {
+    let mut w = World::new();
+    let p = w
+        .router
+        .add_producer(video_producer(Codec::Vp8, &[0x5]))
+        .unwrap();
+    let mut c = consumer(p, 10, 0x50);
+    c.rtx_ssrc = Some(Ssrc::new(0x51));
+    c.rtx_payload_types = vec![(pt(VP8_PT), pt(97))];
+    c.initial_seq = SeqNo::new(0);
+    let cid = w.add_consumer(c).unwrap();
+    // A plain consumer beside it gets no SDES: it has no RTX stream to name.
+    w.add_consumer(consumer(p, 11, 0x60)).unwrap();
+    let mut rx = ValidatingReceiver::default();
+    let mut seen = 0;
+    // The path to the subscriber loses two media packets 1.3 s apart: each
+    // retransmission is the RTX stream's only packet for a long while, the
+    // way a sparse RTX stream goes (one packet a loss).
+    let lost = [5u16, 125];
+    let mut deliver = |w: &World, rx: &mut ValidatingReceiver| {
+        let sent = &w.sent[&TransportId(10)];
+        for d in &sent[seen..] {
+            let media_seq = (!rtcp::is_rtcp(d))
+                .then(|| rtp::RtpPacket::parse(d).unwrap())
+                .filter(|p| p.ssrc().get() == 0x50)
+                .map(|p| p.seq().get());
+            if !media_seq.is_some_and(|q| lost.contains(&q)) {
+                rx.receive(d);
+            }
+        }
+        seen = sent.len();
+    };
+    let mut s = Stream::new(Codec::Vp8, 0x5, 0, 100, 0);
+    for f in 0..60u32 {
+        for pkt in s.frame(f == 0, 3, None, false) {
+            w.input(PUB, &pkt).unwrap();
+        }
+        w.advance(FRAME);
+        deliver(&w, &mut rx);
+        // The subscriber NACKs each loss 6 frames (200 ms) after it, and
+        // the retransmission goes straight through, not held for a second.
+        for (i, &l) in lost.iter().enumerate() {
+            if u32::from(l / 3) + 6 == f {
+                assert_eq!(w.input(TransportId(10), &nack(0x50, &[l])), Ok(1));
+                deliver(&w, &mut rx);
+                assert_eq!(rx.repaired(0x51), lost[..=i], "frame {f}");
+            }
+        }
+    }
+    let media: Vec<u16> = rx
+        .delivered
+        .iter()
+        .filter(|r| r.ssrc == 0x50)
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(media.len(), 180 - lost.len());
+
+    // What named it: an RR and an SDES giving both SSRCs one CNAME, before
+    // the first media packet and again every RR_INTERVAL.
+    let first = &w.sent[&TransportId(10)][0];
+    let packets: Vec<_> = rtcp::compound(first).collect::<Result<_, _>>().unwrap();
+    let [RtcpPacket::ReceiverReport(rr), RtcpPacket::SourceDescription(sd)] = &packets[..] else {
+        panic!("{packets:?}")
+    };
+    assert_eq!(
+        (rr.sender_ssrc().get(), rr.report_blocks().count()),
+        (0x50, 0)
+    );
+    let chunks: Vec<(u32, Vec<u8>)> = sd
+        .chunks()
+        .map(|c| (c.ssrc.get(), c.items().next().unwrap().text.to_vec()))
+        .collect();
+    assert_eq!(
+        chunks,
+        vec![
+            (0x50, b"tern-00000050".to_vec()),
+            (0x51, b"tern-00000050".to_vec())
+        ]
+    );
+    // 60 frames of 33 ms: the one with the first packet, one a second after.
+    let sdes = w.rtcp_to(TransportId(10)).len() as u64;
+    assert_eq!(w.router.stats().source_descriptions_sent, sdes);
+    assert!((2..=3).contains(&sdes), "{sdes}");
+    assert!(w.rtcp_to(TransportId(11)).is_empty());
+    assert_eq!(w.router.consumer_stats(cid).unwrap().retransmitted, 2);
+}
+
 #[test]
 fn consumers_with_rtx_get_retransmissions_on_their_rtx_stream() {
     let mut w = World::new();

@@ -416,6 +416,27 @@ proptest! {
     }
 
     #[test]
+    fn sdes_cname_writer_is_read_by_webrtc_rs(
+        sources in prop::collection::vec(any::<u32>(), 1..4),
+        cname in prop::collection::vec(b'a'..=b'z', 1..40),
+    ) {
+        let ssrcs: Vec<Ssrc> = sources.iter().copied().map(Ssrc::new).collect();
+        let mut buf = [0u8; 400];
+        let n = rtcp::write_receiver_report(&mut buf, ssrcs[0], &[]).unwrap();
+        let n = n + rtcp::write_sdes_cname(&mut buf[n..], &ssrcs, &cname).unwrap();
+        let pkts = rtcp_ref::packet::unmarshal(&mut &buf[..n]).unwrap();
+        prop_assert_eq!(pkts.len(), 2);
+        let sd = pkts[1].as_any().downcast_ref::<rtcp_ref::source_description::SourceDescription>().unwrap();
+        let theirs: Vec<(u32, Vec<u8>)> = sd.chunks.iter().map(|c| {
+            assert_eq!(c.items.len(), 1);
+            assert_eq!(c.items[0].sdes_type, rtcp_ref::source_description::SdesType::SdesCname);
+            (c.source, c.items[0].text.to_vec())
+        }).collect();
+        let want: Vec<(u32, Vec<u8>)> = sources.iter().map(|&s| (s, cname.clone())).collect();
+        prop_assert_eq!(theirs, want);
+    }
+
+    #[test]
     fn rtcp_writers_are_read_by_webrtc_rs(
         ssrc in any::<u32>(), ntp in any::<u64>(), rtp in any::<u32>(),
         blocks in prop::collection::vec(reception_report(), 0..4),

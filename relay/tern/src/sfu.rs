@@ -834,6 +834,7 @@ impl Shard {
                 upstream_nacks_sent: s.upstream_nacks_sent,
                 receiver_reports_sent: s.receiver_reports_sent,
                 sender_reports_forwarded: s.sender_reports_forwarded,
+                source_descriptions_sent: s.source_descriptions_sent,
                 drops: DropReason::ALL
                     .iter()
                     .map(|r| (r.as_str().to_owned(), s.dropped(*r)))

@@ -805,11 +805,21 @@ fn gstreamer_subscribers_recover_2_percent_loss_and_200_ms_delay_by_nack() {
     )["id"]
         .clone();
     // Subscriber 2 negotiated RTX (RFC 4588): tern resends on its RTX
-    // stream, and GStreamer's `rtprtxreceive` restores the packets. It runs
-    // with the loss but not the delay: with 200 ms each way, about one run
-    // in six left it 88 of 90 frames while tern had resent every packet
-    // asked for (`retransmitted` = the packets the proxy dropped, the other
-    // NACKs for packets past the end) — not understood yet, so not asserted.
+    // stream, and GStreamer's `rtprtxreceive` restores the packets. tern
+    // names the RTX SSRC in an RTCP SDES (the media's CNAME, RFC 4588 §5.2)
+    // from the first packet on: without it `rtpsession` held the sparse RTX
+    // stream's first packet in probation (RFC 3550 A.1: two in sequence)
+    // until the next loss, seconds later, too late for the jitter buffer.
+    //
+    // Jitter buffers of 2 s, sized for this path: a NACK leaves `rtpsession`
+    // only when AVPF's RTCP timing lets it — up to an RTCP interval (about
+    // 0.5 s here, 0.7 s with the RTX SSRC as a third member) after the jitter
+    // buffer asks — and its answer is a 400 ms round trip behind, so 1 s of
+    // buffer left the RTX subscriber a frame short in about one run in four
+    // (the repair landing just past its deadline). A real receiver on a
+    // 400 ms RTT path sizes its buffer above RTT plus feedback delay; tern
+    // answers NACKs for packets up to 2 s old (`retransmit_max_age`; at 1 s
+    // the late NACKs such a buffer sends went unanswered).
     let subs: Vec<ProxiedSubscriber> = (0..3u32)
         .map(|i| {
             let mut consumer = json!({ "producer": producer, "ssrc": 0x7777_0001 + i });
@@ -823,9 +833,8 @@ fn gstreamer_subscribers_recover_2_percent_loss_and_200_ms_delay_by_nack() {
                 &base,
                 consumer,
                 0.02,
-                // The RTX subscriber: loss only (see above).
-                Duration::from_millis(if i == 2 { 0 } else { 200 }),
-                1000,
+                Duration::from_millis(200),
+                2000,
             )
         })
         .collect();

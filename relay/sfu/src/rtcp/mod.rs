@@ -20,8 +20,8 @@ pub use sdes::{
     Goodbye, SdesChunk, SdesChunks, SdesItem, SdesItems, SourceDescription, SDES_CNAME,
 };
 pub use write::{
-    write_fir, write_nack, write_pli, write_receiver_report, write_sender_report, NackBuilder,
-    WriteError,
+    write_fir, write_nack, write_pli, write_receiver_report, write_sdes_cname, write_sender_report,
+    NackBuilder, WriteError,
 };
 
 /// Sender report (RFC 3550 §6.4.1).

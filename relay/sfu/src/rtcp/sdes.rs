@@ -188,6 +188,46 @@ mod tests {
     }
 
     #[test]
+    fn written_cname_chunks_read_back_at_every_padding() {
+        use super::super::{write_sdes_cname, WriteError};
+        let sources = [Ssrc::new(0x5151_0001), Ssrc::new(0x5151_0F02)];
+        for n in 0..=9 {
+            let cname = &b"tern-abcd"[..n];
+            let mut buf = [0xEE; 64];
+            let len = write_sdes_cname(&mut buf, &sources, cname).unwrap();
+            assert_eq!(len % 4, 0);
+            assert_eq!(len, 4 + 2 * (6 + n + 1).next_multiple_of(4));
+            let mut packets = compound(&buf[..len]);
+            let Some(Ok(RtcpPacket::SourceDescription(s))) = packets.next() else {
+                panic!("{n}")
+            };
+            assert!(packets.next().is_none());
+            let chunks: Vec<_> = s.chunks().collect();
+            assert_eq!(chunks.len(), 2);
+            for (c, want) in chunks.iter().zip(sources) {
+                assert_eq!(c.ssrc, want);
+                let items: Vec<_> = c.items().collect();
+                assert_eq!(items.len(), 1);
+                assert_eq!((items[0].kind, items[0].text), (super::SDES_CNAME, cname));
+            }
+        }
+        let mut small = [0; 15];
+        assert!(matches!(
+            write_sdes_cname(&mut small, &sources, b"x"),
+            Err(WriteError::BufferTooSmall { needed: 20, .. })
+        ));
+        let mut buf = [0; 600];
+        assert_eq!(
+            write_sdes_cname(&mut buf, &sources, &[b'a'; 256]),
+            Err(WriteError::ItemTooLong(256))
+        );
+        assert_eq!(
+            write_sdes_cname(&mut buf, &[Ssrc::new(1); 32], b"a"),
+            Err(WriteError::TooManyChunks(32))
+        );
+    }
+
+    #[test]
     fn sdes_item_past_end_is_an_error() {
         let buf = [0x81, 202, 0, 2, 0, 0, 0, 1, 1, 9, b'a', b'b'];
         let e = compound(&buf).next().unwrap().unwrap_err();

@@ -3,7 +3,8 @@
 //! too small (nothing useful is written then).
 
 use super::report::REPORT_BLOCK_LEN;
-use super::{feedback, ReportBlock, SenderInfo, PT_PSFB, PT_RR, PT_RTPFB, PT_SR};
+use super::SDES_CNAME;
+use super::{feedback, ReportBlock, SenderInfo, PT_PSFB, PT_RR, PT_RTPFB, PT_SDES, PT_SR};
 use crate::types::{SeqNo, Ssrc};
 
 /// Why a packet could not be written.
@@ -21,6 +22,12 @@ pub enum WriteError {
     /// More report blocks than the 5-bit count field holds (31).
     #[error("{0} report blocks exceed the RTCP maximum of 31")]
     TooManyBlocks(usize),
+    /// More SDES chunks than the 5-bit count field holds (31).
+    #[error("{0} SDES chunks exceed the RTCP maximum of 31")]
+    TooManyChunks(usize),
+    /// An SDES item longer than its one-octet length field holds (255).
+    #[error("SDES item of {0} bytes exceeds 255")]
+    ItemTooLong(usize),
 }
 
 fn room(buf: &[u8], needed: usize) -> Result<(), WriteError> {
@@ -84,6 +91,36 @@ pub fn write_receiver_report(
     put32(buf, 4, sender.get());
     for (i, b) in blocks.iter().enumerate() {
         b.write(&mut buf[8 + i * REPORT_BLOCK_LEN..]);
+    }
+    Ok(len)
+}
+
+/// Write an SDES packet (RFC 3550 §6.5) naming every source in `sources`
+/// with the one CNAME `cname`: a chunk each, holding the CNAME item and the
+/// null octets that end the chunk on a 32-bit boundary.
+pub fn write_sdes_cname(
+    buf: &mut [u8],
+    sources: &[Ssrc],
+    cname: &[u8],
+) -> Result<usize, WriteError> {
+    if sources.len() > 31 {
+        return Err(WriteError::TooManyChunks(sources.len()));
+    }
+    if cname.len() > usize::from(u8::MAX) {
+        return Err(WriteError::ItemTooLong(cname.len()));
+    }
+    // SSRC, item type and length, the text, then at least one null octet.
+    let chunk = (4 + 2 + cname.len() + 1).next_multiple_of(4);
+    let len = 4 + chunk * sources.len();
+    room(buf, len)?;
+    header(buf, sources.len() as u8, PT_SDES, len);
+    for (i, ssrc) in sources.iter().enumerate() {
+        let at = 4 + i * chunk;
+        put32(buf, at, ssrc.get());
+        buf[at + 4] = SDES_CNAME;
+        buf[at + 5] = cname.len() as u8;
+        buf[at + 6..at + 6 + cname.len()].copy_from_slice(cname);
+        buf[at + 6 + cname.len()..at + chunk].fill(0);
     }
     Ok(len)
 }

@@ -347,6 +347,7 @@ pub(crate) struct RouterStatsView {
     pub(crate) upstream_nacks_sent: u64,
     pub(crate) receiver_reports_sent: u64,
     pub(crate) sender_reports_forwarded: u64,
+    pub(crate) source_descriptions_sent: u64,
     pub(crate) drops: std::collections::BTreeMap<String, u64>,
 }
 
