@@ -813,12 +813,15 @@ fn accepted_with_dtls(c: &Config) {
 /// `listen-dtls` parses (file and flag) in every build; without the `dtls`
 /// feature validation refuses it and says which feature is missing.
 #[test]
-fn listen_dtls_parses_and_is_refused_without_the_feature() {
+fn listen_dtls_parses_in_every_build_and_needs_the_feature() {
     use clap::Parser as _;
-    let text = "listen-dtls = [\"127.0.0.1:0\"]\ntls-cert = \"c.pem\"\ntls-key = \"k.pem\"\n";
+    let text = "realm = \"r\"\nlisten-dtls = [\"127.0.0.1:0\"]\n\
+                tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\n";
     let from_file = Config::from_toml_str(text).unwrap();
     let cli = crate::cli::Cli::try_parse_from([
         "tern",
+        "--realm",
+        "r",
         "--listen-dtls",
         "127.0.0.1:0",
         "--tls-cert",
