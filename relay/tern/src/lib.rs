@@ -70,6 +70,17 @@ use shared::Shared;
 use side::{Side, SideConfig, WorkerLink};
 use worker::{Control, Setup, WorkerStats};
 
+/// The optional cargo features this tern was built with, by name: `xdp`
+/// (the XDP pre-filter and the AF_XDP back end) and `dtls` (TURN over DTLS,
+/// OpenSSL). Tests use it to build the `tern` binary the same way and to
+/// know whether a transport can run.
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "xdp")]
+    "xdp",
+    #[cfg(feature = "dtls")]
+    "dtls",
+];
+
 /// How long [`RelayHandle::stats`] waits for each worker's answer.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
