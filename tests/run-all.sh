@@ -75,7 +75,8 @@ phase() {
 }
 
 # tern's optional features (relay/tern/Cargo.toml): off by default so that the README's
-# first command builds with nothing but Rust; every test here runs with them on.
+# first command builds with nothing but Rust; every test here runs with them on (and the
+# workspace phases with tern-bench's AF_XDP harness too).
 FEATURES=tern/xdp,tern/dtls
 
 # The default build (`cargo run --release -p tern`): OpenSSL must not be in its
@@ -94,14 +95,16 @@ default_build() {
 
 total_start=$SECONDS
 phase fmt cargo fmt --all -- --check
-phase clippy cargo clippy --workspace --all-targets --features "$FEATURES" -- -D warnings
+phase clippy cargo clippy --workspace --all-targets --features "$FEATURES,tern-bench/xdp" -- -D warnings
 phase default-build default_build
-phase build-tests cargo test --workspace --features "$FEATURES" --no-run
-phase test cargo test --workspace --features "$FEATURES" --no-fail-fast
+phase build-tests cargo test --workspace --features "$FEATURES,tern-bench/xdp" --no-run
+phase test cargo test --workspace --features "$FEATURES,tern-bench/xdp" --no-fail-fast
 # The default run uses the back end `auto` picks (io_uring where the kernel offers
 # it); the daemon's and the end-to-end/interop tests run again on the portable one.
 phase test-mmsg env TERN_TEST_IO_BACKEND=mmsg cargo test -p tern -p tern-tests --features "$FEATURES" --no-fail-fast
 phase tuning tuning_suite
+# The benchmark harness end to end, bounded (bench/smoke.sh says what it checks).
+phase bench-smoke root_phase bench/smoke.sh
 phase package root_phase tests/package.sh
 phase operating root_phase tests/operating.sh
 printf '=== phase times (TERN_REQUIRE_INTEROP=%s)\n' "${TERN_REQUIRE_INTEROP:-0}"

@@ -36,5 +36,7 @@ pub mod sfu;
 pub mod stream;
 pub mod sweep;
 pub mod turn_client;
+#[cfg(feature = "xdp")]
+mod xsk_load;
 
 pub use error::{Error, Result};

@@ -65,6 +65,31 @@ pub struct Load {
     pub flood_rate_pps: f64,
     /// Packet count limit over all flood flows.
     pub flood_count: u64,
+    /// Sender clock tick: zero paces every packet on time (spinning for
+    /// waits under 60 µs, so a sender thread keeps a core busy); otherwise
+    /// a sender sleeps a tick whenever it is caught up and then sends what
+    /// accrued, so senders use little CPU and the machine-wide CPU figure
+    /// is mostly the relay's and the kernel's.
+    #[serde(with = "secs")]
+    pub tick: Duration,
+    /// Send and receive through AF_XDP sockets in these namespaces instead
+    /// of the kernel's UDP path (`--harness-io xsk`; one sender and one
+    /// receiver thread; needs the `xdp` feature).
+    pub xsk: Option<XskSides>,
+}
+
+/// Where the AF_XDP harness runs: the client and peer namespaces and the
+/// veth in each (see `crate::xsk_load`).
+#[derive(Clone, Debug, Serialize)]
+pub struct XskSides {
+    /// The client namespace (a `/run/netns` path).
+    pub client_netns: std::path::PathBuf,
+    /// The client namespace's veth.
+    pub client_if: String,
+    /// The peer namespace.
+    pub peer_netns: std::path::PathBuf,
+    /// The peer namespace's veth.
+    pub peer_if: String,
 }
 
 impl Load {
@@ -155,6 +180,9 @@ pub struct Measurement {
     pub cpu: CpuReport,
     /// The echoed direction (peer → relay → client), with `Load::echo`.
     pub echo: Option<EchoReport>,
+    /// With `--harness-io xsk`: how the harness's own datagrams went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub harness_xsk: Option<HarnessXsk>,
     /// Probe payload bytes the kernel took (what the peers see, no TURN framing).
     pub sent_bytes: u64,
     /// Payload bytes of the distinct probes received.
@@ -206,6 +234,21 @@ pub struct ClassReport {
     pub reordered: u64,
     /// One-way latency of this class's probes.
     pub latency: Latency,
+}
+
+/// The AF_XDP harness's own paths: what went through its XSKs and what
+/// the kernel carried instead (TX ring full; datagrams the sink's XDP
+/// program passed up).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct HarnessXsk {
+    /// Generator frames through the client-side XSK.
+    pub sent_xsk: u64,
+    /// Generator datagrams sent through the kernel instead.
+    pub sent_kernel: u64,
+    /// Sink datagrams through the peer-side XSK.
+    pub received_xsk: u64,
+    /// Sink datagrams through the peer sockets.
+    pub received_kernel: u64,
 }
 
 /// What came back to the clients when peers echo.
@@ -275,28 +318,51 @@ pub fn measure(
     let max_seq = requested + load.burst as u64 + 1;
 
     thread::scope(|s| {
-        let rx_handles: Vec<_> = peers
-            .iter()
-            .enumerate()
-            .map(|(r, sock)| {
-                let core = cores.get((senders + r) % cores.len().max(1)).copied();
+        let rx_handles: Vec<_> = match xsk_sides(load) {
+            Some(sides) => {
+                // One AF_XDP sink for every peer socket; senders start once
+                // it is attached (or failed, which the window then shows).
+                let (ready_tx, ready) = std::sync::mpsc::channel();
                 let (received_total, stop_rx) = (&received_total, &stop_rx);
-                s.spawn(move || {
-                    if let Some(c) = core {
-                        core_affinity::set_for_current(c);
-                    }
-                    receive(
-                        sock,
-                        (flows.len(), nlow),
-                        run,
-                        max_seq,
-                        received_total,
-                        stop_rx,
-                        load.echo,
-                    )
+                let h = s.spawn(move || {
+                    let mut st = RxStats::new((flows.len(), nlow), max_seq);
+                    let counts =
+                        xsk_receive(sides, peers, received_total, stop_rx, ready_tx, |d, now| {
+                            st.on(d, run, now)
+                        });
+                    st.xsk = Some(counts);
+                    st
+                });
+                match ready.recv_timeout(Duration::from_secs(10)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => eprintln!("tern-bench: AF_XDP sink: {e}"),
+                    Err(_) => eprintln!("tern-bench: AF_XDP sink not ready after 10 s"),
+                }
+                vec![h]
+            }
+            None => peers
+                .iter()
+                .enumerate()
+                .map(|(r, sock)| {
+                    let core = cores.get((senders + r) % cores.len().max(1)).copied();
+                    let (received_total, stop_rx) = (&received_total, &stop_rx);
+                    s.spawn(move || {
+                        if let Some(c) = core {
+                            core_affinity::set_for_current(c);
+                        }
+                        receive(
+                            sock,
+                            (flows.len(), nlow),
+                            run,
+                            max_seq,
+                            received_total,
+                            stop_rx,
+                            load.echo,
+                        )
+                    })
                 })
-            })
-            .collect();
+                .collect(),
+        };
         let echo_total = &echo_total;
         let echo_handle = load.echo.then(|| {
             let stop_rx = &stop_rx;
@@ -320,8 +386,15 @@ pub fn measure(
                     if let Some(c) = core {
                         core_affinity::set_for_current(c);
                     }
-                    start.wait();
-                    send(&mine, first_flow, sc as u32, rate, count, load, run)
+                    match xsk_sides(load) {
+                        Some(sides) => xsk_send(sides, &mine, start, |tx| {
+                            send_with(tx, &mine, (first_flow, sc as u32), rate, count, load, run)
+                        }),
+                        None => {
+                            start.wait();
+                            send(&mine, first_flow, sc as u32, rate, count, load, run)
+                        }
+                    }
                 });
                 tx_handles.push((class, h));
             }
@@ -498,6 +571,15 @@ fn summarize(requested: u64, tx: &TxStats, rx: &RxStats, cpu: CpuReport) -> Meas
         latency: Latency::from_hist(&hist),
         cpu,
         echo: None,
+        harness_xsk: match (tx.xsk, rx.xsk) {
+            (None, None) => None,
+            (t, r) => Some(HarnessXsk {
+                sent_xsk: t.map_or(0, |t| t.0),
+                sent_kernel: t.map_or(0, |t| t.1),
+                received_xsk: r.map_or(0, |r| r.0),
+                received_kernel: r.map_or(0, |r| r.1),
+            }),
+        },
         sent_bytes: tx.bytes,
         received_bytes,
         delivered_bytes_per_s: per_s(received_bytes, send_s),
@@ -519,6 +601,9 @@ pub struct TxStats {
     pub bytes: u64,
     /// Packets the kernel took, by payload size (index = bytes).
     pub sizes: Vec<u64>,
+    /// With the AF_XDP harness: frames through the XSK, datagrams the
+    /// XSK path had to hand to the kernel instead.
+    pub xsk: Option<(u64, u64)>,
 }
 
 impl TxStats {
@@ -534,6 +619,10 @@ impl TxStats {
         for (a, b) in self.sizes.iter_mut().zip(&o.sizes) {
             *a += b;
         }
+        self.xsk = match (self.xsk, o.xsk) {
+            (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -562,13 +651,74 @@ fn frame(prefix: &mut [u8], len: usize) {
     }
 }
 
+/// Where a sender's datagrams go: the kernel (`sendmmsg` per flow, see
+/// [`KernelTx`]) or, with the `xdp` feature, an AF_XDP socket
+/// (`crate::xsk_load`).
+pub(crate) trait Transmit {
+    /// Queue one datagram of `len` bytes on the sender's flow `k`, written by `fill`.
+    fn push(&mut self, k: usize, len: usize, fill: impl FnOnce(&mut [u8]));
+    /// Hand what is queued on flow `k` over: (taken, failed).
+    fn flush(&mut self, k: usize) -> (usize, usize);
+    /// The sender is caught up (about to sleep) or done.
+    fn idle(&mut self) {}
+}
+
+/// The kernel path: a `sendmmsg` per flow and burst on its connected socket.
+pub(crate) struct KernelTx {
+    batch: SendBatch,
+    fds: Vec<std::os::fd::RawFd>,
+}
+
+impl KernelTx {
+    pub(crate) fn new(flows: &[&Flow], burst: usize) -> KernelTx {
+        KernelTx {
+            batch: SendBatch::new(burst.max(1)),
+            fds: flows.iter().map(|f| f.sock.as_raw_fd()).collect(),
+        }
+    }
+}
+
+impl Transmit for KernelTx {
+    fn push(&mut self, _k: usize, len: usize, fill: impl FnOnce(&mut [u8])) {
+        self.batch.push(len, None, fill);
+    }
+
+    fn flush(&mut self, k: usize) -> (usize, usize) {
+        let queued = self.batch.len();
+        let (ok, _err) = self.batch.flush(self.fds[k]);
+        (ok, queued - ok)
+    }
+}
+
 /// Send `count` probes at `rate_pps` round-robin over `flows` (whose global
 /// ids are `first_flow + k * stride`), stopping at the count or at
-/// `load.duration`.
+/// `load.duration`, through the kernel.
 pub fn send(
     flows: &[&Flow],
     first_flow: u32,
     stride: u32,
+    rate_pps: f64,
+    count: u64,
+    load: &Load,
+    run: u32,
+) -> TxStats {
+    let mut tx = KernelTx::new(flows, load.burst);
+    send_with(
+        &mut tx,
+        flows,
+        (first_flow, stride),
+        rate_pps,
+        count,
+        load,
+        run,
+    )
+}
+
+/// [`send`] through any [`Transmit`].
+pub(crate) fn send_with(
+    tx: &mut impl Transmit,
+    flows: &[&Flow],
+    (first_flow, stride): (u32, u32),
     rate_pps: f64,
     count: u64,
     load: &Load,
@@ -588,7 +738,6 @@ pub fn send(
     };
     st.sizes = vec![0; MAX_SIZE + 1];
     let burst = load.burst.max(1);
-    let mut batch = SendBatch::new(burst);
     let mut lens = vec![0usize; burst];
     let mut seqs = vec![0u64; flows.len()];
     let mut states: Vec<u64> = (0..flows.len())
@@ -596,7 +745,10 @@ pub fn send(
         .collect();
     let t0 = monotonic_ns();
     let end = t0 + load.duration.as_nanos() as u64;
-    let depth = (rate_pps * 0.005).max(2.0 * burst as f64);
+    let tick = load.tick;
+    let depth = (rate_pps * 0.005)
+        .max(2.0 * burst as f64)
+        .max(2.0 * rate_pps * tick.as_secs_f64());
     let mut bucket = TokenBucket::new(rate_pps, depth, t0);
     let mut next = 0usize;
     let mut now = t0;
@@ -607,7 +759,14 @@ pub fn send(
         let n = bucket.take(want);
         if n == 0 {
             let wait = bucket.wait_ns();
-            if wait > 60_000 {
+            if !tick.is_zero() {
+                tx.idle();
+                thread::sleep(
+                    tick.max(Duration::from_nanos(wait))
+                        .min(Duration::from_millis(100)),
+                );
+            } else if wait > 60_000 {
+                tx.idle();
                 thread::sleep(Duration::from_nanos((wait - 50_000).min(1_000_000)));
             } else {
                 std::hint::spin_loop();
@@ -628,7 +787,7 @@ pub fn send(
                 sent_ns: monotonic_ns(),
             };
             seqs[k] += 1;
-            batch.push(pl + body_len(&flow.prefix, size), None, |b| {
+            tx.push(k, pl + body_len(&flow.prefix, size), |b| {
                 let (head, body) = b.split_at_mut(pl);
                 head.copy_from_slice(&flow.prefix);
                 frame(head, size);
@@ -636,16 +795,98 @@ pub fn send(
                 body[size..].fill(0);
             });
         }
-        let (ok, _err) = batch.flush(flow.sock.as_raw_fd());
+        let (ok, failed) = tx.flush(k);
         for &size in &lens[..ok] {
             st.bytes += size as u64;
             st.sizes[size] += 1;
         }
         st.sent += ok as u64;
-        st.errors += n - ok as u64;
+        st.errors += failed as u64;
     }
+    tx.idle();
     st.elapsed_ns = monotonic_ns().saturating_sub(t0).max(1);
     st
+}
+
+/// The AF_XDP sides of `load`, if it uses them and this build has them.
+fn xsk_sides(load: &Load) -> Option<&XskSides> {
+    if cfg!(feature = "xdp") {
+        load.xsk.as_ref()
+    } else {
+        None
+    }
+}
+
+/// Open the sender's XSK, wait for the start, and run `go` through it.
+#[cfg(feature = "xdp")]
+fn xsk_send(
+    sides: &XskSides,
+    flows: &[&Flow],
+    start: &Barrier,
+    go: impl FnOnce(&mut crate::xsk_load::XskTx<'_>) -> TxStats,
+) -> TxStats {
+    let tx = crate::xsk_load::XskTx::open(sides, flows);
+    start.wait();
+    match tx {
+        Ok(mut tx) => {
+            let mut st = go(&mut tx);
+            st.xsk = Some(tx.counts());
+            st
+        }
+        Err(e) => {
+            eprintln!("tern-bench: AF_XDP sender: {e}");
+            TxStats::default()
+        }
+    }
+}
+
+#[cfg(not(feature = "xdp"))]
+fn xsk_send(
+    _: &XskSides,
+    _: &[&Flow],
+    start: &Barrier,
+    _: impl FnOnce(&mut KernelTx) -> TxStats,
+) -> TxStats {
+    start.wait();
+    TxStats::default()
+}
+
+/// Open the sink's XSK, say whether that worked, and receive until `stop`.
+#[cfg(feature = "xdp")]
+fn xsk_receive(
+    sides: &XskSides,
+    peers: &[UdpSocket],
+    received_total: &AtomicU64,
+    stop: &AtomicBool,
+    ready: std::sync::mpsc::Sender<Result<(), crate::Error>>,
+    on: impl FnMut(&[u8], u64) -> bool,
+) -> (u64, u64) {
+    match crate::xsk_load::XskRx::open(sides, peers) {
+        Ok(mut rx) => {
+            let _ = ready.send(Ok(()));
+            rx.run(received_total, stop, on);
+            rx.counts()
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            (0, 0)
+        }
+    }
+}
+
+#[cfg(not(feature = "xdp"))]
+fn xsk_receive(
+    _: &XskSides,
+    _: &[UdpSocket],
+    _: &AtomicU64,
+    _: &AtomicBool,
+    ready: std::sync::mpsc::Sender<Result<(), crate::Error>>,
+    _: impl FnMut(&[u8], u64) -> bool,
+) -> (u64, u64) {
+    let _ = ready.send(Err(crate::Error(
+        "this tern-bench was built without the xdp feature".into(),
+    )));
+    (0, 0)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -686,6 +927,8 @@ struct RxStats {
     flood_from: usize,
     bytes: [u64; 2],
     sizes: Vec<u64>,
+    /// With the AF_XDP harness: datagrams through the XSK, through the kernel.
+    xsk: Option<(u64, u64)>,
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -704,6 +947,7 @@ impl RxStats {
             flood_from,
             bytes: [0; 2],
             sizes: vec![0; MAX_SIZE + 1],
+            xsk: None,
         }
     }
 
@@ -764,6 +1008,7 @@ impl RxStats {
             *a += b;
         }
         self.foreign += o.foreign;
+        self.xsk = self.xsk.or(o.xsk);
     }
 }
 

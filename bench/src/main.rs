@@ -260,6 +260,12 @@ struct ScenarioArgs {
     /// Packets per flow per sendmmsg.
     #[arg(long, default_value_t = 1)]
     burst: usize,
+    /// Sender tick, microseconds: 0 paces each packet on time (a sender
+    /// spins between close packets); N > 0 sleeps N µs whenever caught up
+    /// and sends what accrued, so the senders barely load the machine and
+    /// `machine ns/pkt` is mostly relay and kernel (at most 100000).
+    #[arg(long, default_value_t = 0)]
+    tick_us: u64,
     /// Send indications instead of ChannelData (permission only, no channel).
     #[arg(long)]
     send_indications: bool,
@@ -325,6 +331,12 @@ struct ScenarioArgs {
     /// (needs --null-io mmsg or uring).
     #[arg(long)]
     null_per_flow: bool,
+    /// The harness's own packet I/O: kernel (sendmmsg/recvmmsg), or xsk:
+    /// AF_XDP sockets on the client and peer veths (--topology netns, one
+    /// sender; a tern-bench built with --features xdp), which keeps the
+    /// harness's CPU out of the machine-wide figure.
+    #[arg(long, value_enum, default_value = "kernel")]
+    harness_io: tern_bench::scenario::HarnessIo,
 }
 
 fn parse_mix(s: &str) -> Result<PayloadMix, String> {
@@ -376,6 +388,8 @@ impl ScenarioArgs {
             }),
             flood_flows: self.flood_flows,
             flood_rate_pps: flood_rate,
+            tick: Duration::from_micros(self.tick_us.min(100_000)),
+            xsk: None,
             flood_count: (flood_rate * self.flood_flows as f64 * duration.as_secs_f64()).ceil()
                 as u64,
         };
@@ -402,6 +416,7 @@ impl ScenarioArgs {
             topology: self.topology,
             null_io: self.null_io,
             null_per_flow: self.null_per_flow,
+            harness_io: self.harness_io,
         })
     }
 }

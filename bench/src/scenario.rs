@@ -79,6 +79,20 @@ pub enum TopologyKind {
     Netns,
 }
 
+/// The harness's own packet I/O (generator and sink).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum HarnessIo {
+    /// Kernel UDP sockets: `sendmmsg` per flow, `recvmmsg` per peer socket.
+    #[default]
+    Kernel,
+    /// AF_XDP sockets on the client and peer veths (netns topology, one
+    /// sender, no echo or flood flows; a tern-bench built with `--features
+    /// xdp`): the harness's CPU per packet drops far below the relay's, so
+    /// the machine-wide figure is mostly the relay and its kernel path.
+    Xsk,
+}
+
 /// Everything that defines a scenario, shared by `run`, `compare` and `sweep`.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -119,6 +133,8 @@ pub struct Scenario {
     pub null_io: crate::null_io::NullIo,
     /// The null relay sends each flow from its own socket (`--null-per-flow`).
     pub null_per_flow: bool,
+    /// The harness's own packet I/O.
+    pub harness_io: HarnessIo,
 }
 
 impl Scenario {
@@ -144,6 +160,7 @@ pub struct Bench {
     pub path: Option<DataPath>,
     releases: Vec<Vec<u8>>,
     run: u32,
+    xsk: Option<crate::load::XskSides>,
     _server: Option<Spawned>,
     // After `_server`: the relay is killed before its namespace goes.
     _topo: Option<Topology>,
@@ -186,8 +203,27 @@ impl Bench {
         if kind == TargetKind::TernXdp && topo.is_none() {
             bail!("tern-xdp needs --topology netns: XDP does not run on loopback");
         }
+        let xsk = match (sc.harness_io, &topo) {
+            (HarnessIo::Kernel, _) => None,
+            (HarnessIo::Xsk, None) => bail!("--harness-io xsk needs --topology netns"),
+            (HarnessIo::Xsk, Some(_)) if !cfg!(feature = "xdp") => {
+                bail!("--harness-io xsk needs a tern-bench built with --features xdp")
+            }
+            (HarnessIo::Xsk, Some(_))
+                if sc.load.senders > 1 || sc.load.flood_flows > 0 || sc.load.echo =>
+            {
+                bail!("--harness-io xsk runs one sender on one queue: no --senders > 1, --flood-flows or --echo")
+            }
+            (HarnessIo::Xsk, Some(t)) => Some(crate::load::XskSides {
+                client_netns: t.client.path(),
+                client_if: "c0".into(),
+                peer_netns: t.peer.path(),
+                peer_if: "p0".into(),
+            }),
+        };
         let mut b = Bench::start_in(kind, sc, topo.as_ref())?;
         b._topo = topo;
+        b.xsk = xsk;
         Ok(b)
     }
 
@@ -319,6 +355,7 @@ impl Bench {
             path: Some(sc.path),
             releases,
             run: 0,
+            xsk: None,
             _server: server,
             _topo: None,
         })
@@ -350,6 +387,7 @@ impl Bench {
             path: None,
             releases: Vec::new(),
             run: 0,
+            xsk: None,
             _server: None,
             _topo: None,
         })
@@ -366,15 +404,17 @@ impl Bench {
         };
         self.run += 1;
         let run = (std::process::id() << 8) ^ self.run;
+        let mut load = load.clone();
+        load.xsk = self.xsk.clone();
         let m = {
             let _bar = crate::progress::Bar::start(self.kind.name(), load.duration);
-            measure(&self.flows, &self.peers, load, run, self.pid)
+            measure(&self.flows, &self.peers, &load, run, self.pid)
         };
         RunReport {
             target: self.kind,
             path: self.path,
             flows: self.flows.len(),
-            load: load.clone(),
+            load,
             setup_s: self.setup_s,
             idle_core_pct_before: idle,
             idle_ok: ok,

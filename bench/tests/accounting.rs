@@ -27,6 +27,8 @@ fn load(rate: f64, count: u64) -> Load {
         flood_flows: 0,
         flood_rate_pps: 0.0,
         flood_count: 0,
+        tick: Duration::ZERO,
+        xsk: None,
     }
 }
 
@@ -84,7 +86,7 @@ fn clean_path_reports_no_loss_and_exact_counts() {
     assert_eq!(r.m.sent, 1_000);
     assert_eq!(r.m.received, 1_000);
     assert_eq!((r.m.lost, r.m.duplicates, r.m.foreign), (0, 0, 0));
-    assert!(r.m.latency.p50_us < 5_000.0 || r.m.latency.p50_us > 0.0);
+    assert!(r.m.latency.p50_us > 0.0, "{:?}", r.m.latency);
     // A second window on the same flows starts its accounting afresh.
     let r2 = b.window(&load(50_000.0, 500), 0.0, Duration::ZERO);
     assert_eq!((r2.m.sent, r2.m.received), (500, 500));
@@ -104,6 +106,22 @@ fn pacing_offers_requested_count_over_several_senders() {
     assert_eq!(m.received, 1_001);
     assert_eq!(m.requested, 1_001);
     assert!(!m.generator_limited || m.send_shortfall_pct == 0.0);
+}
+
+#[test]
+fn tick_pacing_sends_every_packet_once_in_clumps() {
+    // A 2 ms tick at 20 kpps: about 40 packets accrue per tick over 5
+    // flows; the senders must still offer exactly the count, none twice.
+    let peers = peer_sockets(1, false).unwrap();
+    let addr = peers[0].local_addr().unwrap();
+    let b = Bench::plain(addr, peers, 5, None).unwrap();
+    let mut l = load(20_000.0, 2_000);
+    l.senders = 2;
+    l.burst = 8;
+    l.tick = Duration::from_millis(2);
+    let m = measure(&b.flows, &b.peers, &l, 43, None);
+    assert_eq!((m.requested, m.sent, m.received), (2_000, 2_000, 2_000));
+    assert_eq!((m.lost, m.duplicates), (0, 0), "{m:?}");
 }
 
 fn turnserver() -> Option<PathBuf> {
@@ -141,6 +159,7 @@ fn real_turn_sessions_through_coturn_when_installed() {
             topology: TopologyKind::Loopback,
             null_io: Default::default(),
             null_per_flow: false,
+            harness_io: tern_bench::scenario::HarnessIo::Kernel,
         };
         let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
         assert_eq!(b.flows.len(), 20);
@@ -275,6 +294,7 @@ fn mix_and_flood_through_real_coturn_sessions_when_installed() {
             topology: TopologyKind::Loopback,
             null_io: Default::default(),
             null_per_flow: false,
+            harness_io: tern_bench::scenario::HarnessIo::Kernel,
         };
         let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
         assert_eq!(b.flows.len(), 12, "flood flows are sessions too");

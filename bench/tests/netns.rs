@@ -43,6 +43,8 @@ fn load(rate: f64, count: u64) -> Load {
         flood_flows: 0,
         flood_rate_pps: 0.0,
         flood_count: 0,
+        tick: Duration::ZERO,
+        xsk: None,
     }
 }
 
@@ -204,9 +206,70 @@ fn coturn_across_the_netns_topology_when_installed() {
         topology: TopologyKind::Netns,
         null_io: Default::default(),
         null_per_flow: false,
+        harness_io: tern_bench::scenario::HarnessIo::Kernel,
     };
     let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
     let r = b.window(&sc.load, 100.0, Duration::ZERO);
     assert_eq!((r.m.sent, r.m.received), (400, 400), "{:?}", r.m);
     assert!(r.m.cpu.relay_cpu_s.is_some());
+}
+
+/// The AF_XDP harness: the generator's frames leave through an XSK on the
+/// client veth, coturn relays them as it would any datagram, and the sink
+/// takes them from an XSK behind tern's XDP program on the peer veth —
+/// every probe accounted, none through the kernel on either side.
+#[cfg(feature = "xdp")]
+#[test]
+fn af_xdp_harness_through_coturn_when_installed() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(bin) = turnserver() else {
+        eprintln!("skipped: coturn (turnserver) is not installed");
+        return;
+    };
+    let mut l = load(10_000.0, 600);
+    l.burst = 4;
+    l.tick = Duration::from_millis(1);
+    let sc = Scenario {
+        flows: 20,
+        path: DataPath::Channel,
+        load: l,
+        receivers: 2,
+        workers: 1,
+        tern_bin: PathBuf::from("/nonexistent"),
+        coturn_bin: bin,
+        realm: "tern.bench".into(),
+        secret: "s3cret".into(),
+        user: "bench".into(),
+        long_term: false,
+        server: None,
+        relay_pid: None,
+        idle_pct: 100.0,
+        idle_wait: Duration::ZERO,
+        topology: TopologyKind::Netns,
+        null_io: Default::default(),
+        null_per_flow: false,
+        harness_io: tern_bench::scenario::HarnessIo::Xsk,
+    };
+    let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
+    for _ in 0..2 {
+        let r = b.window(&sc.load, 100.0, Duration::ZERO);
+        assert_eq!((r.m.sent, r.m.received), (600, 600), "{:?}", r.m);
+        assert_eq!((r.m.lost, r.m.duplicates, r.m.foreign), (0, 0, 0));
+        assert_eq!(
+            r.m.harness_xsk,
+            Some(tern_bench::load::HarnessXsk {
+                sent_xsk: 600,
+                sent_kernel: 0,
+                received_xsk: 600,
+                received_kernel: 0,
+            })
+        );
+    }
+    // One sender on one queue: the harness refuses more.
+    let mut two = sc.clone();
+    two.load.senders = 2;
+    let err = Bench::start(TargetKind::Coturn, &two).err().expect("refused");
+    assert!(err.to_string().contains("one sender"), "{err}");
 }

@@ -306,7 +306,7 @@ impl Xsk {
     /// when no frame or TX slot is free or `build` cancelled.
     pub fn send(&mut self, build: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
         self.complete();
-        if self.tx.free_entries() <= self.tx_pending {
+        if !self.tx.has_free(self.tx_pending + 1) {
             self.stats.tx_full += 1;
             return false;
         }
@@ -328,7 +328,7 @@ impl Xsk {
             len: len as u32,
             options: 0,
         };
-        // SAFETY: free_entries() > tx_pending: the slot is ours to write.
+        // SAFETY: has_free(tx_pending + 1): the slot is ours to write.
         unsafe { self.tx.write(slot, d) };
         self.tx_pending += 1;
         self.stats.tx_frames += 1;
@@ -619,6 +619,16 @@ impl Ring {
         }
         self.cached_cons = self.cons().load(Ordering::Acquire);
         self.size - self.cached_prod.wrapping_sub(self.cached_cons)
+    }
+
+    /// Producer side: whether `n` slots are free, refreshing the consumer
+    /// when the cached view has fewer (it only ever underestimates).
+    fn has_free(&mut self, n: u32) -> bool {
+        if self.size - self.cached_prod.wrapping_sub(self.cached_cons) >= n {
+            return true;
+        }
+        self.cached_cons = self.cons().load(Ordering::Acquire);
+        self.size - self.cached_prod.wrapping_sub(self.cached_cons) >= n
     }
 
     fn free_entries_now(&self) -> u32 {
