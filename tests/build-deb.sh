@@ -6,7 +6,9 @@
 # already built (stripped): the package, its scripts and the daemon's
 # behaviour are what CI checks, and this costs seconds instead of a second
 # full optimised build (~3 min of CPU). TERN_DEB_PROFILE=release (or another
-# profile) builds the package the way it ships: `cargo deb -p tern`.
+# profile) builds the package the way it ships: `cargo deb -p tern`. Both
+# ways the binary has the features the package declares
+# ([package.metadata.deb] features in relay/tern/Cargo.toml: xdp, dtls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: tests/build-deb.sh OUTDIR [cargo deb args]}
@@ -16,7 +18,7 @@ if [[ -n ${TERN_DEB_PROFILE:-} ]]; then
     cargo deb -p tern --profile "$TERN_DEB_PROFILE" -o "$out/" "$@"
     exit
 fi
-cargo build -q -p tern --features xdp --bin tern
+cargo build -q -p tern --features xdp,dtls --bin tern
 target=$(cargo metadata -q --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 # cargo deb --no-build takes the binary from <target>/release/: a scratch one.

@@ -13,7 +13,8 @@
 #                 build the XDP pre-filter (xdp/: clang -target bpf, the UAPI and
 #                 bpf_helpers.h headers; libbpf-sys's vendored libbpf needs libelf/zlib)
 #   libssl-dev    OpenSSL headers for the `openssl` crate: TURN over DTLS
-#                 (relay/tern/src/dtls/) runs on OpenSSL's DTLS (pkg-config finds it)
+#                 (relay/tern/src/dtls/, tern's `dtls` feature, which CI and the
+#                 package build with) runs on OpenSSL's DTLS (pkg-config finds it)
 #   gstreamer1.0-tools -plugins-base -plugins-good -plugins-bad
 #                 real media peers of the SFU test (relay/tern/tests/sfu_gst.rs):
 #                 gst-launch-1.0, vp8enc/vp8dec, the RTP payloaders, rtpbin and

@@ -160,6 +160,11 @@ check "statoverride recorded" quiet dpkg-statoverride --list /etc/tern/tern.toml
 check "tern --version runs" quiet /usr/bin/tern --version
 out=$(tern check-config /etc/tern/tern.toml 2>&1)
 if [[ $? -eq 0 && $out == *": ok: listen 0.0.0.0:3478"* ]]; then ok "the packaged config passes tern check-config"; else bad "tern check-config" "$out"; fi
+# The package is built with tern's dtls feature: its tern accepts listen-dtls (a
+# default build refuses it, naming the feature).
+printf 'realm = "example.org"\nlisten-dtls = ["127.0.0.1:5349"]\nrelay-ip = ["127.0.0.1"]\nuser = ["alice:secret"]\ntls-cert = "/etc/tern/cert.pem"\ntls-key = "/etc/tern/key.pem"\n' >"$TMP/dtls.toml"
+out=$(tern check-config "$TMP/dtls.toml" 2>&1)
+if [[ $? -eq 0 && $out == *": ok: "* ]]; then ok "the packaged tern has DTLS (check-config accepts listen-dtls)"; else bad "the packaged tern has DTLS (built with --features dtls)" "$out"; fi
 check "the packaged config is not the loopback development default" \
 	lacks '^listen = .*127\.0\.0\.1|^allow-peer' "$(cat /etc/tern/tern.toml)"
 check "tern-tune --help runs" quiet tern-tune --help

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tern's full check, the README's test command and what CI runs after installing the
-# interop tools (.ci/run): formatting, clippy with warnings as errors, every test of the
-# workspace, the tuning suite, the Debian package and the README's operating commands.
+# interop tools (.ci/run): formatting, clippy with warnings as errors, the default build
+# (no OpenSSL, no libbpf), every test of the workspace with tern's features xdp and dtls,
+# the tuning suite, the Debian package and the README's operating commands.
 # With CI set, missing interop tools fail the interop tests instead of skipping them
 # (TERN_REQUIRE_INTEROP=1). Prints the time each phase took.
 set -euo pipefail
@@ -74,14 +75,34 @@ phase() {
     fi
 }
 
+# tern's optional features (relay/tern/Cargo.toml): off by default so that the README's
+# first command builds with nothing but Rust; every test here runs with them on (and the
+# workspace phases with tern-bench's AF_XDP harness too).
+FEATURES=tern/xdp,tern/dtls
+
+# The default build (`cargo run --release -p tern`): OpenSSL must not be in its
+# dependency graph, it must be clippy-clean, and its own tests (listen-dtls refused,
+# naming the feature) must pass.
+default_build() {
+    local linked
+    linked=$(cargo tree -q -p tern -e normal,build --prefix none | grep -E '^(openssl|openssl-sys|libbpf-sys) ' || true)
+    if [[ -n $linked ]]; then
+        printf 'the default build of tern links:\n%s\n' "$linked" >&2
+        return 1
+    fi
+    cargo clippy -p tern --all-targets -- -D warnings
+    cargo test -p tern --lib --test cli
+}
+
 total_start=$SECONDS
 phase fmt cargo fmt --all -- --check
-phase clippy cargo clippy --workspace --all-targets --features tern/xdp,tern-bench/xdp -- -D warnings
-phase build-tests cargo test --workspace --features tern/xdp,tern-bench/xdp --no-run
-phase test cargo test --workspace --features tern/xdp,tern-bench/xdp --no-fail-fast
+phase clippy cargo clippy --workspace --all-targets --features "$FEATURES,tern-bench/xdp" -- -D warnings
+phase default-build default_build
+phase build-tests cargo test --workspace --features "$FEATURES,tern-bench/xdp" --no-run
+phase test cargo test --workspace --features "$FEATURES,tern-bench/xdp" --no-fail-fast
 # The default run uses the back end `auto` picks (io_uring where the kernel offers
 # it); the daemon's and the end-to-end/interop tests run again on the portable one.
-phase test-mmsg env TERN_TEST_IO_BACKEND=mmsg cargo test -p tern -p tern-tests --features tern/xdp --no-fail-fast
+phase test-mmsg env TERN_TEST_IO_BACKEND=mmsg cargo test -p tern -p tern-tests --features "$FEATURES" --no-fail-fast
 phase tuning tuning_suite
 # The benchmark harness end to end, bounded (bench/smoke.sh says what it checks).
 phase bench-smoke root_phase bench/smoke.sh

@@ -270,6 +270,8 @@ fn af_xdp_harness_through_coturn_when_installed() {
     // One sender on one queue: the harness refuses more.
     let mut two = sc.clone();
     two.load.senders = 2;
-    let err = Bench::start(TargetKind::Coturn, &two).err().expect("refused");
+    let err = Bench::start(TargetKind::Coturn, &two)
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("one sender"), "{err}");
 }

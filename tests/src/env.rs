@@ -62,6 +62,23 @@ pub fn skip_or_fail(what: &str, install: &str) {
     eprintln!("skipped: {line}");
 }
 
+/// True when the `tern` library these tests link was built with the cargo
+/// feature `feature` (see [`tern::FEATURES`]). Otherwise prints
+/// `skipped: tern built without --features FEATURE`, or panics with the same
+/// text when [`interop_required`] (CI builds with every feature).
+pub fn require_tern_feature(feature: &str) -> bool {
+    if tern::FEATURES.contains(&feature) {
+        return true;
+    }
+    let line =
+        format!("tern built without --features {feature} (cargo test --features tern/{feature})");
+    if interop_required() {
+        panic!("{REQUIRE_INTEROP_ENV}=1 but {line}");
+    }
+    eprintln!("skipped: {line}");
+    false
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

@@ -139,7 +139,8 @@ impl Drop for TestRelay {
 
 /// Path of the `tern` binary of this workspace, built (once per test process) with
 /// `cargo build -p tern --bin tern` into the same target directory and profile as the
-/// running test, so the test never runs a stale binary.
+/// running test, with the features of the linked `tern` library ([`tern::FEATURES`]),
+/// so the test never runs a stale binary.
 pub fn tern_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -192,6 +193,12 @@ pub fn tern_binary() -> PathBuf {
         .arg(&manifest)
         .arg("--target-dir")
         .arg(&target_dir);
+        // The features the linked library has (`--features tern/xdp,tern/dtls`
+        // in tests/run-all.sh): a binary that can run what the tests ask of
+        // it, and no rebuild of tern without them (and back) on every run.
+        if !tern::FEATURES.is_empty() {
+            cmd.arg("--features").arg(tern::FEATURES.join(","));
+        }
         if profile != "debug" {
             cmd.args([
                 "--profile",

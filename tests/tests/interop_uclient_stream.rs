@@ -4,7 +4,10 @@
 //! and Send indications, ten concurrent sessions, every message echoed, none
 //! lost. The relayed transport stays UDP; tern's counters must show the
 //! allocations and the relayed messages under the right client transport.
-//! The TLS certificate is self-signed, made by the test (rcgen).
+//! The TLS certificate is self-signed, made by the test (rcgen). The DTLS
+//! cases need tern's `dtls` feature (`--features tern/dtls`, as
+//! tests/run-all.sh builds); without it they skip, or fail under
+//! `TERN_REQUIRE_INTEROP=1`.
 //!
 //! RFC 6062 (`tcp-relay`): `turnutils_uclient -T` (and `-T -S`) makes TCP
 //! allocations for four clients and has each Connect to the relayed address
@@ -19,7 +22,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use tern_tests::env::require_tool;
+use tern_tests::env::{require_tern_feature, require_tool};
 use tern_tests::ports::{free_udp_port, V4};
 use tern_tests::process::{run_with_timeout, scratch_dir, ChildGuard};
 use tern_tests::relay::{test_config, TestRelay, PASSWORD, USER};
@@ -92,6 +95,9 @@ fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 fn run(name: &str, transport: Transport, extra: &[&str]) {
+    if transport == Transport::Dtls && !require_tern_feature("dtls") {
+        return;
+    }
     let Some(uclient) = require_tool("turnutils_uclient", INSTALL) else {
         return;
     };

@@ -151,6 +151,11 @@ pub const DEFAULT_SFU_PORTS: (u16, u16) = (40000, 40999);
 /// `nic-stats-interval` unless set, in seconds.
 pub const DEFAULT_NIC_STATS_INTERVAL: u64 = 10;
 
+/// Why `listen-dtls` is refused by a tern built without the `dtls` feature
+/// (OpenSSL is linked only with it).
+const DTLS_NOT_BUILT: &str = "needs a tern built with --features dtls \
+     (cargo build --release -p tern --features dtls; OpenSSL's headers: libssl-dev, pkg-config)";
+
 /// A public address to advertise, optionally with the private address it maps
 /// to (1:1 NAT, e.g. an EC2 Elastic IP): `PUBLIC[/PRIVATE]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -394,6 +399,9 @@ impl Config {
                     "also in listen: one UDP port serves one of them",
                 ));
             }
+        }
+        if !cfg!(feature = "dtls") && !self.listen_dtls.is_empty() {
+            return Err(ConfigError::problem("listen-dtls", DTLS_NOT_BUILT));
         }
         self.validate_tls_files()?;
         if self.tcp_relay && self.listen_tcp.is_empty() && self.listen_tls.is_empty() {

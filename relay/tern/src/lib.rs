@@ -56,7 +56,9 @@ use tern_turn::policy::PeerPolicy;
 use tern_turn::{Credentials, RelayPortRange, ServerConfig, Stats, Transport};
 
 pub use config::{Config, ConfigError};
-pub use dtls::{DtlsDrop, DtlsError, DtlsStats};
+#[cfg(feature = "dtls")]
+pub use dtls::DtlsError;
+pub use dtls::{DtlsDrop, DtlsStats};
 use nicstats::NicSelection;
 pub use notify::Notifier;
 pub use side::{DrainCause, Lifecycle, UndrainError};
@@ -67,6 +69,17 @@ use metrics::{Report, Reporter};
 use shared::Shared;
 use side::{Side, SideConfig, WorkerLink};
 use worker::{Control, Setup, WorkerStats};
+
+/// The optional cargo features this tern was built with, by name: `xdp`
+/// (the XDP pre-filter and the AF_XDP back end) and `dtls` (TURN over DTLS,
+/// OpenSSL). Tests use it to build the `tern` binary the same way and to
+/// know whether a transport can run.
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "xdp")]
+    "xdp",
+    #[cfg(feature = "dtls")]
+    "dtls",
+];
 
 /// How long [`RelayHandle::stats`] waits for each worker's answer.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -97,6 +110,7 @@ pub enum StartError {
     #[error("tls-cert/tls-key: {0}")]
     Tls(#[from] TlsError),
     /// The certificate or key could not be loaded for `listen-dtls`.
+    #[cfg(feature = "dtls")]
     #[error("tls-cert/tls-key (DTLS): {0}")]
     Dtls(#[from] DtlsError),
     /// The admin endpoint could not be bound.
@@ -216,20 +230,27 @@ impl Relay {
         }
         // One cookie secret for every worker: a client's retried ClientHello
         // verifies whichever worker the kernel hands it to.
-        let mut dtls_secret = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut dtls_secret);
-        let dtls_context = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) if !config.listen_dtls.is_empty() => {
-                Some(dtls::ossl::load(cert, key, dtls_secret)?)
-            }
-            _ => None,
+        #[cfg(feature = "dtls")]
+        let (dtls_secret, dtls_config, listen_dtls, mut dtls_listeners) = {
+            let mut dtls_secret = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut dtls_secret);
+            let dtls_context = match (&config.tls_cert, &config.tls_key) {
+                (Some(cert), Some(key)) if !config.listen_dtls.is_empty() => {
+                    Some(dtls::ossl::load(cert, key, dtls_secret)?)
+                }
+                _ => None,
+            };
+            let (listen_dtls, dtls_listeners) = bind_listeners(&config.listen_dtls, workers)?;
+            let dtls_config = dtls_context.map(|context| dtls::DtlsConfig {
+                idle_timeout: Duration::from_secs(config.stream_idle_timeout),
+                handshake_timeout: Duration::from_secs(config.tls_handshake_timeout),
+                context,
+            });
+            (dtls_secret, dtls_config, listen_dtls, dtls_listeners)
         };
-        let (listen_dtls, mut dtls_listeners) = bind_listeners(&config.listen_dtls, workers)?;
-        let dtls_config = dtls_context.map(|context| dtls::DtlsConfig {
-            idle_timeout: Duration::from_secs(config.stream_idle_timeout),
-            handshake_timeout: Duration::from_secs(config.tls_handshake_timeout),
-            context,
-        });
+        // `validate` refused `listen-dtls`: nothing to bind.
+        #[cfg(not(feature = "dtls"))]
+        let listen_dtls = Vec::new();
         let stream_config = stream::StreamConfig {
             idle_timeout: Duration::from_secs(config.stream_idle_timeout),
             handshake_timeout: Duration::from_secs(config.tls_handshake_timeout),
@@ -288,7 +309,9 @@ impl Relay {
                 listeners: std::mem::take(&mut listeners[index]),
                 stream_listeners: std::mem::take(&mut tcp_listeners[index]),
                 stream_config: stream_config.clone(),
+                #[cfg(feature = "dtls")]
                 dtls_listeners: std::mem::take(&mut dtls_listeners[index]),
+                #[cfg(feature = "dtls")]
                 dtls_config: dtls_config.clone(),
                 handoffs: (
                     handoff_rx[index]
@@ -383,6 +406,7 @@ impl Relay {
             listen_tcp,
             listen_tls,
             listen_dtls,
+            #[cfg(feature = "dtls")]
             dtls_secret,
             backend: selection.kind,
             shared,
@@ -486,6 +510,7 @@ pub struct RelayHandle {
     listen_tls: Vec<SocketAddr>,
     listen_dtls: Vec<SocketAddr>,
     /// The DTLS cookie secret, kept across certificate reloads.
+    #[cfg(feature = "dtls")]
     dtls_secret: [u8; 32],
     backend: BackendKind,
     shared: Arc<Shared>,
@@ -623,6 +648,7 @@ impl RelayHandle {
             _ => None,
         };
         // The same for DTLS: live associations keep their session.
+        #[cfg(feature = "dtls")]
         let dtls = match (
             &config.tls_cert,
             &config.tls_key,
@@ -637,6 +663,8 @@ impl RelayHandle {
             },
             _ => None,
         };
+        #[cfg(not(feature = "dtls"))]
+        let dtls: Option<std::convert::Infallible> = None;
         let (credentials, policy) = credentials_and_policy(config);
         self.side.set_admin_token(config.admin_token.clone());
         for w in &self.side.links {
@@ -647,6 +675,7 @@ impl RelayHandle {
             if let Some(tls) = &tls {
                 w.send(Control::Tls(tls.clone()));
             }
+            #[cfg(feature = "dtls")]
             if let Some(ctx) = &dtls {
                 w.send(Control::Dtls(ctx.clone()));
             }

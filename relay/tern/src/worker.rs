@@ -32,6 +32,7 @@ use tern_turn::{
     Stats, Transport, Via, PEER_HEADROOM, PEER_TAILROOM,
 };
 
+#[cfg(feature = "dtls")]
 use crate::dtls::{Dtls, DtlsConfig};
 use crate::metrics::{Counters, Reporter};
 use crate::shared::Shared;
@@ -58,6 +59,7 @@ pub(crate) enum Control {
     /// A new TLS certificate and key (SIGHUP); live connections keep theirs.
     Tls(Arc<rustls::ServerConfig>),
     /// A new DTLS context (SIGHUP: certificate and key); live associations keep theirs.
+    #[cfg(feature = "dtls")]
     Dtls(openssl::ssl::SslContext),
     /// Start or stop draining (refuse new allocations); `epoch` is echoed in reports.
     Draining { on: bool, epoch: u64 },
@@ -93,8 +95,10 @@ pub(crate) struct Setup {
     pub(crate) stream_listeners: Vec<(TcpListener, Transport)>,
     pub(crate) stream_config: StreamConfig,
     /// This worker's sockets of the `listen-dtls` addresses (empty: no DTLS).
+    #[cfg(feature = "dtls")]
     pub(crate) dtls_listeners: Vec<UdpSocket>,
     /// The DTLS context and timeouts; `None` without `listen-dtls`.
+    #[cfg(feature = "dtls")]
     pub(crate) dtls_config: Option<DtlsConfig>,
     /// Data connections other workers hand over (RFC 6062), and how many workers run.
     pub(crate) handoffs: (Receiver<crate::stream::Handoff>, usize),
@@ -177,6 +181,7 @@ enum Role {
     Free,
     Listener(SocketAddr),
     /// A `listen-dtls` socket: its datagrams go to the DTLS layer.
+    #[cfg(feature = "dtls")]
     Dtls(SocketAddr),
     Relay(SocketAddr),
     /// An SFU transport's socket, by transport id.
@@ -195,6 +200,7 @@ struct Sockets {
     streams: Option<Box<Streams>>,
     /// DTLS clients, when `listen-dtls` is configured. Taken out while a
     /// datagram of theirs is handled.
+    #[cfg(feature = "dtls")]
     dtls: Option<Box<Dtls>>,
     /// RFC 6062 work the core asked of the host while the streams were taken
     /// out; applied by `apply_stream_ops`.
@@ -314,6 +320,7 @@ impl<P: PacketIo> Worker<P> {
             relays: RelayTable::new(),
             unroutable: 0,
             streams: None,
+            #[cfg(feature = "dtls")]
             dtls: None,
             stream_ops: Vec::new(),
         };
@@ -324,6 +331,7 @@ impl<P: PacketIo> Worker<P> {
             sockets.listeners.push((local, id));
         }
         let now = Instant::now();
+        #[cfg(feature = "dtls")]
         if let Some(config) = setup
             .dtls_config
             .filter(|_| !setup.dtls_listeners.is_empty())
@@ -422,6 +430,7 @@ impl<P: PacketIo> Worker<P> {
             if let Some(streams) = &self.sockets.streams {
                 deadline = deadline.min(streams.poll_timeout());
             }
+            #[cfg(feature = "dtls")]
             if let Some(dtls) = &self.sockets.dtls {
                 deadline = deadline.min(dtls.poll_timeout());
             }
@@ -483,12 +492,15 @@ impl<P: PacketIo> Worker<P> {
         }
         self.service_streams();
         let now = Instant::now();
-        if let Some(dtls) = &mut self.sockets.dtls {
-            if dtls.poll_timeout() <= now {
-                dtls.on_timeout(&mut self.io, now);
+        #[cfg(feature = "dtls")]
+        {
+            if let Some(dtls) = &mut self.sockets.dtls {
+                if dtls.poll_timeout() <= now {
+                    dtls.on_timeout(&mut self.io, now);
+                }
             }
+            self.end_dtls_closed(now);
         }
-        self.end_dtls_closed(now);
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             let mut host = WorkerHost {
                 io: &mut self.io,
@@ -580,6 +592,7 @@ impl<P: PacketIo> Worker<P> {
     }
 
     /// End the allocations of DTLS associations that closed.
+    #[cfg(feature = "dtls")]
     fn end_dtls_closed(&mut self, now: Instant) {
         let mut ended = false;
         while let Some(ft) = self.sockets.dtls.as_mut().and_then(|d| d.take_closed()) {
@@ -644,6 +657,7 @@ impl<P: PacketIo> Worker<P> {
                     self.server
                         .handle_peer_packet(local, meta.source, slot, meta.len, now)
                 }
+                #[cfg(feature = "dtls")]
                 Role::Dtls(local) => {
                     let Some(mut dtls) = self.sockets.dtls.take() else {
                         continue;
@@ -715,6 +729,7 @@ impl<P: PacketIo> Worker<P> {
             if let Some(streams) = &mut self.sockets.streams {
                 streams.on_event(&event, self.batch_at);
             }
+            #[cfg(feature = "dtls")]
             if let Some(dtls) = &mut self.sockets.dtls {
                 dtls.on_event(&event, self.batch_at);
             }
@@ -736,6 +751,7 @@ impl<P: PacketIo> Worker<P> {
                     streams.set_tls(config);
                 }
             }
+            #[cfg(feature = "dtls")]
             Control::Dtls(context) => {
                 if let Some(dtls) = &mut self.sockets.dtls {
                     dtls.set_context(context);
@@ -775,15 +791,22 @@ impl<P: PacketIo> Worker<P> {
     }
 
     fn stream_stats(&self) -> StreamStats {
-        let mut stats = self
+        let stats = self
             .sockets
             .streams
             .as_ref()
             .map(|s| *s.stats())
             .unwrap_or_default();
-        if let Some(dtls) = &self.sockets.dtls {
-            stats.dtls = *dtls.stats();
-        }
+        #[cfg(feature = "dtls")]
+        let stats = StreamStats {
+            dtls: self
+                .sockets
+                .dtls
+                .as_ref()
+                .map(|d| *d.stats())
+                .unwrap_or_default(),
+            ..stats
+        };
         stats
     }
 
@@ -817,6 +840,7 @@ impl<P: PacketIo> Worker<P> {
         if let Some(streams) = &mut self.sockets.streams {
             streams.close_all(&mut self.io);
         }
+        #[cfg(feature = "dtls")]
         if let Some(dtls) = &mut self.sockets.dtls {
             dtls.close_all(&mut self.io);
         }
@@ -861,6 +885,9 @@ fn send_via<P: PacketIo>(
     to: SocketAddr,
     payload: &[u8],
 ) -> bool {
+    // Without the feature there is no DTLS client: `route` finds no socket
+    // for `Via::Dtls` and the datagram is counted below.
+    #[cfg(feature = "dtls")]
     if let Via::Dtls(local) = via {
         return match &mut sockets.dtls {
             Some(dtls) => dtls.send(io, local, to, payload),

@@ -166,6 +166,54 @@ fn bad_flag_exits_non_zero_naming_it() {
     assert!(text(&out.stderr).contains("realm"));
 }
 
+/// `listen-dtls` parses in every build. A tern built without the `dtls`
+/// feature (the default: no OpenSSL needed to build it) refuses it, in
+/// `check-config` and at start, saying which feature it lacks; one built
+/// with it accepts the file and, at start, tries to load the certificate.
+#[test]
+fn listen_dtls_needs_the_dtls_feature() {
+    const MISSING: &str = "listen-dtls: needs a tern built with --features dtls";
+    let dir = std::env::temp_dir().join(format!("tern-cli-dtls-{}", std::process::id()));
+    let (cert, key) = (dir.join("absent-cert.pem"), dir.join("absent-key.pem"));
+    let file = scratch(
+        "dtls.toml",
+        &format!(
+            "{GOOD}listen-dtls = [\"127.0.0.1:0\"]\ntls-cert = {:?}\ntls-key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    );
+    let checked = run(tern().arg("check-config").arg(&file));
+    let stderr = text(&checked.stderr);
+    let flags = [
+        "--listen-dtls",
+        "127.0.0.1:0",
+        "--realm",
+        "example.org",
+        "--relay-ip",
+        "127.0.0.1",
+        "--admin",
+        "127.0.0.1:0",
+        "--user",
+        "alice:secret",
+        "--tls-cert",
+    ];
+    let started = run(tern().args(flags).arg(&cert).arg("--tls-key").arg(&key));
+    let log = text(&started.stderr);
+    assert!(!started.status.success(), "absent certificate files: {log}");
+    if cfg!(feature = "dtls") {
+        assert!(checked.status.success(), "{stderr}");
+        assert!(text(&checked.stdout).contains("ok"));
+        assert!(log.contains("tls-cert/tls-key (DTLS)"), "{log}");
+        assert!(!log.contains(MISSING), "{log}");
+    } else {
+        assert_eq!(checked.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(MISSING), "{stderr}");
+        assert!(log.contains(MISSING), "{log}");
+        assert!(!log.contains("relay started"), "{log}");
+    }
+}
+
 /// `tern` with `args`, its log read line by line; killed on drop.
 fn daemon(args: &[&str]) -> Daemon {
     let mut cmd = tern();

@@ -9,6 +9,11 @@
 //! unaffected. A certificate reload keeps the live association and serves
 //! the new certificate to new clients; a drain refuses new DTLS allocations
 //! and keeps the live one relaying.
+//!
+//! Built with tern's `dtls` feature (`--features tern/dtls`, as
+//! tests/run-all.sh does); without it, tests/cli.rs checks the refusal.
+
+#![cfg(feature = "dtls")]
 
 mod common;
 mod ports;

@@ -762,7 +762,7 @@ tls-handshake-timeout = 4
         listen_dtls: vec!["127.0.0.1:5349".parse().unwrap()],
         ..base()
     };
-    assert!(dtls(true).validate().is_ok());
+    accepted_with_dtls(&dtls(true));
     assert_eq!(
         dtls(false).validate().unwrap_err().key(),
         Some("listen-dtls")
@@ -774,7 +774,7 @@ tls-handshake-timeout = 4
         listen: vec![],
         ..dtls(true)
     };
-    assert!(alone.validate().is_ok(), "DTLS alone is a listen address");
+    accepted_with_dtls(&alone);
     let udp_clash = Config {
         listen: vec!["127.0.0.1:5349".parse().unwrap()],
         ..dtls(true)
@@ -795,6 +795,55 @@ tls-handshake-timeout = 4
         ..base()
     };
     assert!(tcp_only.validate().is_ok());
+}
+
+/// A valid DTLS configuration: accepted by a tern built with the `dtls`
+/// feature, refused with an error naming the feature by one without it.
+fn accepted_with_dtls(c: &Config) {
+    let validated = c.validate();
+    if cfg!(feature = "dtls") {
+        assert!(validated.is_ok(), "{:?}", validated.err());
+    } else {
+        let e = validated.unwrap_err();
+        assert_eq!(e.key(), Some("listen-dtls"));
+        assert!(e.to_string().contains("built with --features dtls"), "{e}");
+    }
+}
+
+/// `listen-dtls` parses (file and flag) in every build; without the `dtls`
+/// feature validation refuses it and says which feature is missing.
+#[test]
+fn listen_dtls_parses_in_every_build_and_needs_the_feature() {
+    use clap::Parser as _;
+    let text = "realm = \"r\"\nlisten-dtls = [\"127.0.0.1:0\"]\n\
+                tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\n";
+    let from_file = Config::from_toml_str(text).unwrap();
+    let cli = crate::cli::Cli::try_parse_from([
+        "tern",
+        "--realm",
+        "r",
+        "--listen-dtls",
+        "127.0.0.1:0",
+        "--tls-cert",
+        "c.pem",
+        "--tls-key",
+        "k.pem",
+    ])
+    .unwrap();
+    let mut from_flags = Config::default();
+    cli.flags.apply(&mut from_flags);
+    for c in [from_file, from_flags] {
+        assert_eq!(c.listen_dtls, vec!["127.0.0.1:0".parse().unwrap()]);
+        accepted_with_dtls(&c);
+    }
+    if !cfg!(feature = "dtls") {
+        let e = Config::from_toml_str(text).unwrap().validate().unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("listen-dtls: needs a tern built with --features dtls"),
+            "{e}"
+        );
+    }
 }
 
 #[test]
