@@ -76,6 +76,10 @@ enum Cmd {
         /// Receiving sockets, one thread each (subscribers spread over them).
         #[arg(long, default_value_t = 2)]
         receivers: usize,
+        /// Receivers poll their sockets every N µs instead of sleeping on
+        /// them, so no relay pays to wake the harness (0: block, as before).
+        #[arg(long, default_value_t = 100)]
+        receive_poll_us: u64,
         /// Fail (exit 1, after the table) when a window lost more than this %.
         #[arg(long, default_value_t = 5.0)]
         max_loss: f64,
@@ -751,6 +755,7 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
             workers,
             srtp,
             receivers,
+            receive_poll_us,
             max_loss,
             json: as_json,
         } => {
@@ -767,6 +772,7 @@ fn real_main(cli: Cli) -> tern_bench::Result<()> {
                 workers,
                 srtp,
                 receivers,
+                receive_poll: Duration::from_micros(receive_poll_us.min(100_000)),
             };
             let mut reports = Vec::new();
             for rep in 0..reps.max(1) {

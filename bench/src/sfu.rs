@@ -114,6 +114,11 @@ pub struct SfuScenario {
     pub srtp: bool,
     /// Receiving sockets (one thread each).
     pub receivers: usize,
+    /// Receivers poll their sockets every this often instead of sleeping
+    /// on them (zero: block): a sleeping receiver is woken by the relay's
+    /// send, and on this VM that wake-up costs the relay more than the send
+    /// (bench/README.md, "SFU: tern and Janus").
+    pub receive_poll: Duration,
 }
 
 /// Rooms × subscribers, and who is who: publisher packet `k` belongs to
@@ -230,7 +235,11 @@ pub fn run(target: SfuTarget, sc: &SfuScenario, rep: usize) -> Result<SfuReport>
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0")?;
             crate::mmsg::grow_buffers(&socket2::SockRef::from(&s), 32 << 20);
-            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            if sc.receive_poll.is_zero() {
+                s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            } else {
+                s.set_nonblocking(true)?;
+            }
             Ok(s)
         })
         .collect::<Result<_>>()?;
@@ -253,7 +262,8 @@ pub fn run(target: SfuTarget, sc: &SfuScenario, rep: usize) -> Result<SfuReport>
             let stop = stop.clone();
             let srtp = sc.srtp.then(|| SrtpProbe::new(&SRTP_MASTER));
             let limit = Duration::from_secs(duration + 10);
-            std::thread::spawn(move || receive(&sock, layout, srtp, run_id, &stop, limit))
+            let poll = sc.receive_poll;
+            std::thread::spawn(move || receive(&sock, layout, srtp, run_id, &stop, limit, poll))
         })
         .collect();
 
@@ -699,6 +709,7 @@ fn receive(
     run: u32,
     stop: &AtomicBool,
     limit: Duration,
+    poll: Duration,
 ) -> Rx {
     let mut rx = Rx::new(layout.consumers());
     let mut batch = RecvBatch::new(64);
@@ -712,6 +723,9 @@ fn receive(
         if n == 0 {
             if stop.load(Ordering::Relaxed) && last.elapsed() > Duration::from_millis(500) {
                 break;
+            }
+            if !poll.is_zero() {
+                std::thread::sleep(poll);
             }
             continue;
         }
