@@ -13,7 +13,7 @@ use std::time::Duration;
 use tern_bench::forwarder::{ForwarderConfig, ForwarderThread};
 use tern_bench::load::{measure, peer_sockets, peer_sockets_on, Load};
 use tern_bench::netns::{in_netns, is_root, unique_name, Direction, LossFilter, Netns, Topology};
-use tern_bench::scenario::{Bench, Scenario, TargetKind, TopologyKind};
+use tern_bench::scenario::{Bench, HarnessIo, Scenario, TargetKind, TopologyKind};
 use tern_bench::turn_client::DataPath;
 
 fn root_or_skip() -> bool {
@@ -171,6 +171,31 @@ fn three_namespace_topology_relays_and_cleans_up() {
     }
 }
 
+/// 20 channel flows through coturn across the topology.
+fn coturn_scenario(bin: PathBuf, load: Load, receivers: usize, harness_io: HarnessIo) -> Scenario {
+    Scenario {
+        flows: 20,
+        path: DataPath::Channel,
+        load,
+        receivers,
+        workers: 1,
+        tern_bin: PathBuf::from("/nonexistent"),
+        coturn_bin: bin,
+        realm: "tern.bench".into(),
+        secret: "s3cret".into(),
+        user: "bench".into(),
+        long_term: false,
+        server: None,
+        relay_pid: None,
+        idle_pct: 100.0,
+        idle_wait: Duration::ZERO,
+        topology: TopologyKind::Netns,
+        null_io: Default::default(),
+        null_per_flow: false,
+        harness_io,
+    }
+}
+
 fn turnserver() -> Option<PathBuf> {
     let p = std::env::var_os("PATH")?;
     std::env::split_paths(&p)
@@ -187,27 +212,7 @@ fn coturn_across_the_netns_topology_when_installed() {
         eprintln!("skipped: coturn (turnserver) is not installed");
         return;
     };
-    let sc = Scenario {
-        flows: 20,
-        path: DataPath::Channel,
-        load: load(10_000.0, 400),
-        receivers: 1,
-        workers: 1,
-        tern_bin: PathBuf::from("/nonexistent"),
-        coturn_bin: bin,
-        realm: "tern.bench".into(),
-        secret: "s3cret".into(),
-        user: "bench".into(),
-        long_term: false,
-        server: None,
-        relay_pid: None,
-        idle_pct: 100.0,
-        idle_wait: Duration::ZERO,
-        topology: TopologyKind::Netns,
-        null_io: Default::default(),
-        null_per_flow: false,
-        harness_io: tern_bench::scenario::HarnessIo::Kernel,
-    };
+    let sc = coturn_scenario(bin, load(10_000.0, 400), 1, HarnessIo::Kernel);
     let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
     let r = b.window(&sc.load, 100.0, Duration::ZERO);
     assert_eq!((r.m.sent, r.m.received), (400, 400), "{:?}", r.m);
@@ -231,27 +236,7 @@ fn af_xdp_harness_through_coturn_when_installed() {
     let mut l = load(10_000.0, 600);
     l.burst = 4;
     l.tick = Duration::from_millis(1);
-    let sc = Scenario {
-        flows: 20,
-        path: DataPath::Channel,
-        load: l,
-        receivers: 2,
-        workers: 1,
-        tern_bin: PathBuf::from("/nonexistent"),
-        coturn_bin: bin,
-        realm: "tern.bench".into(),
-        secret: "s3cret".into(),
-        user: "bench".into(),
-        long_term: false,
-        server: None,
-        relay_pid: None,
-        idle_pct: 100.0,
-        idle_wait: Duration::ZERO,
-        topology: TopologyKind::Netns,
-        null_io: Default::default(),
-        null_per_flow: false,
-        harness_io: tern_bench::scenario::HarnessIo::Xsk,
-    };
+    let sc = coturn_scenario(bin, l, 2, HarnessIo::Xsk);
     let mut b = Bench::start(TargetKind::Coturn, &sc).unwrap();
     for _ in 0..2 {
         let r = b.window(&sc.load, 100.0, Duration::ZERO);

@@ -13,7 +13,7 @@ use tern_io::xsk::{Xsk, XskConfig, XskMode};
 use tern_xdp::{AttachMode, Counter, Filter, FilterConfig};
 
 mod netns;
-use netns::{can_run, parse_mac, Netns};
+use netns::{can_run, parse_mac, veth, Netns};
 
 #[test]
 fn relay_traffic_through_an_xsk_both_ways_ipv4_and_ipv6() {
@@ -22,15 +22,11 @@ fn relay_traffic_through_an_xsk_both_ways_ipv4_and_ipv6() {
     }
     let a = Netns::new("xa");
     let b = Netns::new("xb");
-    a.exec(&[
-        "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
-    ]);
+    veth(&a, "txdpa", &b, "txdpb");
     a.exec(&["ip", "addr", "add", "10.79.0.1/24", "dev", "txdpa"]);
     a.exec(&["ip", "addr", "add", "fd79::1/64", "dev", "txdpa", "nodad"]);
     b.exec(&["ip", "addr", "add", "10.79.0.2/24", "dev", "txdpb"]);
     b.exec(&["ip", "addr", "add", "fd79::2/64", "dev", "txdpb", "nodad"]);
-    a.exec(&["ip", "link", "set", "txdpa", "up"]);
-    b.exec(&["ip", "link", "set", "txdpb", "up"]);
     // Finished UDP checksums on a's frames, so the XSK sees what a NIC delivers.
     a.exec(&["ethtool", "-K", "txdpa", "tx", "off"]);
     let mac_a = parse_mac(&a.exec(&["cat", "/sys/class/net/txdpa/address"]));
@@ -188,13 +184,9 @@ fn next_hops_come_from_the_kernels_tables() {
     }
     let a = Netns::new("na");
     let b = Netns::new("nb");
-    a.exec(&[
-        "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
-    ]);
+    veth(&a, "txdpa", &b, "txdpb");
     a.exec(&["ip", "addr", "add", "10.80.0.1/24", "dev", "txdpa"]);
     a.exec(&["ip", "addr", "add", "fd80::1/64", "dev", "txdpa", "nodad"]);
-    a.exec(&["ip", "link", "set", "txdpa", "up"]);
-    b.exec(&["ip", "link", "set", "txdpb", "up"]);
     a.exec(&["ip", "route", "add", "192.0.2.0/24", "via", "10.80.0.254"]);
     a.exec(&["ip", "route", "add", "2001:db8::/32", "via", "fd80::fe"]);
     let gw_mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
@@ -310,17 +302,13 @@ fn xdp_io_relays_through_the_xsk_and_falls_back_to_the_kernel() {
     }
     let a = Netns::new("ia");
     let b = Netns::new("ib");
-    a.exec(&[
-        "ip", "link", "add", "txdpa", "type", "veth", "peer", "name", "txdpb", "netns", &b.0,
-    ]);
+    veth(&a, "txdpa", &b, "txdpb");
     a.exec(&["ip", "addr", "add", "10.81.0.1/24", "dev", "txdpa"]);
     a.exec(&["ip", "addr", "add", "10.81.0.3/24", "dev", "txdpa"]);
     a.exec(&["ip", "addr", "add", "10.81.0.4/24", "dev", "txdpa"]);
     a.exec(&["ip", "addr", "add", "fd81::1/64", "dev", "txdpa", "nodad"]);
     b.exec(&["ip", "addr", "add", "10.81.0.2/24", "dev", "txdpb"]);
     b.exec(&["ip", "addr", "add", "fd81::2/64", "dev", "txdpb", "nodad"]);
-    a.exec(&["ip", "link", "set", "txdpa", "up"]);
-    b.exec(&["ip", "link", "set", "txdpb", "up"]);
     a.exec(&["ethtool", "-K", "txdpa", "tx", "off"]);
     b.exec(&["ethtool", "-K", "txdpb", "tx", "off"]);
     let mac_a = a.exec(&["cat", "/sys/class/net/txdpa/address"]);
@@ -514,13 +502,9 @@ fn tx_ring_refreshes_the_consumer_before_calling_itself_full() {
     }
     let a = Netns::new("ta");
     let b = Netns::new("tb");
-    a.exec(&[
-        "ip", "link", "add", "txdpr", "type", "veth", "peer", "name", "txdps", "netns", &b.0,
-    ]);
+    veth(&a, "txdpr", &b, "txdps");
     a.exec(&["ip", "addr", "add", "10.78.0.1/24", "dev", "txdpr"]);
     b.exec(&["ip", "addr", "add", "10.78.0.2/24", "dev", "txdps"]);
-    a.exec(&["ip", "link", "set", "txdpr", "up"]);
-    b.exec(&["ip", "link", "set", "txdps", "up"]);
     let mac_a = parse_mac(&a.exec(&["cat", "/sys/class/net/txdpr/address"]));
     let mac_b = parse_mac(&b.exec(&["cat", "/sys/class/net/txdps/address"]));
     let sink = {

@@ -58,6 +58,16 @@ impl Drop for Netns {
     }
 }
 
+/// A veth pair, `ifa` in `a` and `ifb` in `b`, both up (addresses are the
+/// caller's).
+pub(crate) fn veth(a: &Netns, ifa: &str, b: &Netns, ifb: &str) {
+    a.exec(&[
+        "ip", "link", "add", ifa, "type", "veth", "peer", "name", ifb, "netns", &b.0,
+    ]);
+    a.exec(&["ip", "link", "set", ifa, "up"]);
+    b.exec(&["ip", "link", "set", ifb, "up"]);
+}
+
 pub(crate) struct Back(File);
 
 impl Drop for Back {
