@@ -371,33 +371,39 @@ impl Conn {
         }
     }
 
+    /// Hand rustls the next TLS records: from the ring's buffer when io_uring
+    /// reads this connection, else one read of the socket. `Ok(None)`: not a
+    /// TLS connection, or nothing buffered yet on the ring; `Err`: how the
+    /// ring's receive side ended.
+    fn pull_records(&mut self) -> Result<Option<io::Result<usize>>, CloseReason> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(None);
+        };
+        if !self.ring {
+            return Ok(Some(tls.read_tls(&mut self.socket)));
+        }
+        if self.tstart == self.tlen {
+            // An empty slice would read as EOF to rustls: look at how the
+            // receive side ended instead.
+            return self.rx_end.map_or(Ok(None), Err);
+        }
+        let mut records = &self.tin[self.tstart..self.tlen];
+        let got = tls.read_tls(&mut records);
+        if let Ok(n) = got {
+            self.tstart += n;
+        }
+        Ok(Some(got))
+    }
+
     /// One `read` of TLS records into the session, then every plaintext byte
     /// it yields into the buffer (cut into messages as it fills).
     fn read_tls(
         &mut self,
         on_message: &mut impl FnMut(FiveTuple, &[u8]) -> bool,
     ) -> Result<Option<usize>, CloseReason> {
-        let Some(tls) = self.tls.as_mut() else {
-            return Ok(None);
-        };
         let n = loop {
-            let got = if self.ring {
-                if self.tstart == self.tlen {
-                    // An empty slice would read as EOF to rustls: look at how
-                    // the receive side ended instead.
-                    match self.rx_end {
-                        Some(reason) => return Err(reason),
-                        None => return Ok(None),
-                    }
-                }
-                let mut records = &self.tin[self.tstart..self.tlen];
-                let got = tls.read_tls(&mut records);
-                if let Ok(n) = got {
-                    self.tstart += n;
-                }
-                got
-            } else {
-                tls.read_tls(&mut self.socket)
+            let Some(got) = self.pull_records()? else {
+                return Ok(None);
             };
             match got {
                 Ok(0) => return Err(CloseReason::PeerClosed),
@@ -408,6 +414,9 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Other => break 0,
                 Err(_) => return Err(CloseReason::Reset),
             }
+        };
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(None);
         };
         if let Err(e) = tls.process_new_packets() {
             tracing::trace!(error = %e, "TLS error");
@@ -479,15 +488,18 @@ impl Conn {
         if self.rlen == self.rbuf.len() {
             return Ok(None);
         }
-        let Some(tls) = self.tls.as_mut() else {
+        if self.tls.is_none() {
             let got = self.read_plain()?;
             if got.is_some() {
                 self.last_rx = now;
             }
             return Ok(got);
-        };
+        }
         // Plaintext already decrypted first, then one socket read.
         loop {
+            let Some(tls) = self.tls.as_mut() else {
+                return Ok(None);
+            };
             match tls.reader().read(&mut self.rbuf[self.rlen..]) {
                 Ok(0) => return Err(CloseReason::PeerClosed),
                 Ok(m) => {
@@ -497,26 +509,16 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Err(CloseReason::PeerClosed),
             }
-            let got = if self.ring {
-                if self.tstart == self.tlen {
-                    match self.rx_end {
-                        Some(reason) => return Err(reason),
-                        None => return Ok(None),
-                    }
-                }
-                let mut records = &self.tin[self.tstart..self.tlen];
-                let got = tls.read_tls(&mut records);
-                if let Ok(n) = got {
-                    self.tstart += n;
-                }
-                got
-            } else {
-                tls.read_tls(&mut self.socket)
+            let Some(got) = self.pull_records()? else {
+                return Ok(None);
             };
             match got {
                 Ok(0) => return Err(CloseReason::PeerClosed),
                 Ok(_) => {
                     self.last_rx = now;
+                    let Some(tls) = self.tls.as_mut() else {
+                        return Ok(None);
+                    };
                     tls.process_new_packets()
                         .map_err(|_| CloseReason::TlsError)?;
                 }
