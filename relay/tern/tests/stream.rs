@@ -25,7 +25,7 @@ use tern_turn::Transport;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
-const REALM: &str = "tern.test";
+use common::REALM;
 
 fn config(io_backend: IoBackend) -> Config {
     Config {
@@ -133,20 +133,15 @@ impl<S: Read + Write> StreamTurn<S> {
         signed: bool,
         build: impl FnOnce(&mut MessageWriter<'_>),
     ) -> Answer {
-        let tid = TransactionId([self.next_tid; 12]);
-        self.next_tid = self.next_tid.wrapping_add(1);
         let mut out = [0u8; 512];
-        let mut w = MessageWriter::new(&mut out, method, Class::Request, tid).unwrap();
-        build(&mut w);
-        if signed {
-            let key = tern_stun::long_term_key_md5(USER, REALM, PASSWORD);
-            w.add_raw(attr::USERNAME, USER.as_bytes()).unwrap();
-            w.add_raw(attr::REALM, REALM.as_bytes()).unwrap();
-            w.add_raw(attr::NONCE, &self.nonce).unwrap();
-            w.add_message_integrity(&key).unwrap();
-            w.add_fingerprint().unwrap();
-        }
-        let len = w.finish();
+        let credentials = (USER, PASSWORD, self.nonce.as_slice());
+        let (len, tid) = common::encode_request(
+            &mut out,
+            &mut self.next_tid,
+            method,
+            signed.then_some(credentials),
+            build,
+        );
         self.stream.write_all(&out[..len]).unwrap();
         loop {
             let frame = self.recv().expect("a response");

@@ -121,20 +121,19 @@ impl Turn {
         signed: bool,
         build: impl FnOnce(&mut MessageWriter<'_>),
     ) -> Answer {
-        let tid = TransactionId([self.next_tid; 12]);
-        self.next_tid = self.next_tid.wrapping_add(1);
         let mut out = [0u8; 512];
-        let mut w = MessageWriter::new(&mut out, method, Class::Request, tid).unwrap();
-        build(&mut w);
-        if signed {
-            let key = tern_stun::long_term_key_md5(&self.user, REALM, &self.password);
-            w.add_raw(attr::USERNAME, self.user.as_bytes()).unwrap();
-            w.add_raw(attr::REALM, REALM.as_bytes()).unwrap();
-            w.add_raw(attr::NONCE, &self.nonce).unwrap();
-            w.add_message_integrity(&key).unwrap();
-            w.add_fingerprint().unwrap();
-        }
-        let len = w.finish();
+        let credentials = (
+            self.user.as_str(),
+            self.password.as_str(),
+            self.nonce.as_slice(),
+        );
+        let (len, _) = encode_request(
+            &mut out,
+            &mut self.next_tid,
+            method,
+            signed.then_some(credentials),
+            build,
+        );
         self.socket.send_to(&out[..len], self.server).unwrap();
         let mut buf = [0u8; 1500];
         let (n, _) = self.socket.recv_from(&mut buf).expect("a STUN response");
@@ -608,4 +607,31 @@ pub fn relay_both_ways(
         got.insert(payload);
     }
     assert_eq!(got, sent, "{round}: peer → client");
+}
+
+/// Encode a request into `out` with the next transaction id from `next_tid`
+/// (all 12 bytes that value), built by `build`, and — with `signed` as
+/// (user, password, nonce) — USERNAME, REALM, NONCE, MESSAGE-INTEGRITY and
+/// FINGERPRINT after it. Returns its length and transaction id. Shared by
+/// the UDP, stream and DTLS test clients.
+pub fn encode_request(
+    out: &mut [u8],
+    next_tid: &mut u8,
+    method: Method,
+    signed: Option<(&str, &str, &[u8])>,
+    build: impl FnOnce(&mut MessageWriter<'_>),
+) -> (usize, TransactionId) {
+    let tid = TransactionId([*next_tid; 12]);
+    *next_tid = next_tid.wrapping_add(1);
+    let mut w = MessageWriter::new(out, method, Class::Request, tid).unwrap();
+    build(&mut w);
+    if let Some((user, password, nonce)) = signed {
+        let key = tern_stun::long_term_key_md5(user, REALM, password);
+        w.add_raw(attr::USERNAME, user.as_bytes()).unwrap();
+        w.add_raw(attr::REALM, REALM.as_bytes()).unwrap();
+        w.add_raw(attr::NONCE, nonce).unwrap();
+        w.add_message_integrity(&key).unwrap();
+        w.add_fingerprint().unwrap();
+    }
+    (w.finish(), tid)
 }
